@@ -1,0 +1,18 @@
+"""mfnet: Multi-Fiber Networks for efficient video recognition (Chen et al., ECCV 2018).
+
+The public entry points::
+
+    import mfnet
+    model = mfnet.create_model("mfnet3d", num_classes=400, weights="MFNet3D_Kinetics-400_72.8.pth")
+    mfnet.count_params(model), mfnet.count_macs(model, (1, 3, 16, 224, 224))
+"""
+
+from __future__ import annotations
+
+from mfnet.errors import MfnetError
+from mfnet.models import create_model, list_models
+from mfnet.tools.flops import count_macs, count_params
+
+__version__ = "0.1.0"
+
+__all__ = ["MfnetError", "__version__", "count_macs", "count_params", "create_model", "list_models"]

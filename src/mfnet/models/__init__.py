@@ -1,0 +1,12 @@
+"""Models: the multi-fiber unit, every family built from it, the registry and checkpoint loading."""
+
+from __future__ import annotations
+
+# Importing the families registers their builders.
+from mfnet.models import mfnet as _mfnet  # noqa: F401
+from mfnet.models.base import ClassifierBase
+from mfnet.models.factory import create_model
+from mfnet.models.fiber import MultiFiberUnit
+from mfnet.models.registry import list_models, register_model
+
+__all__ = ["ClassifierBase", "MultiFiberUnit", "create_model", "list_models", "register_model"]

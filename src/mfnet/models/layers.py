@@ -1,0 +1,72 @@
+"""Small building blocks shared by every family: pre-activation convolutions in 2D or 3D."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+Size = int | Sequence[int]
+
+
+def as_tuple(value: Size, dim: int) -> tuple[int, ...]:
+    """``3 -> (3, 3, 3)`` for ``dim=3``; a sequence must already have ``dim`` entries."""
+    if isinstance(value, int):
+        return (value,) * dim
+    out = tuple(int(v) for v in value)
+    if len(out) != dim:
+        raise ValueError(f"expected {dim} sizes, got {out}")
+    return out
+
+
+def conv_layer(dim: int) -> type[nn.Conv2d] | type[nn.Conv3d]:
+    """``nn.Conv2d`` or ``nn.Conv3d``."""
+    return {2: nn.Conv2d, 3: nn.Conv3d}[dim]
+
+
+def norm_layer(dim: int) -> type[nn.BatchNorm2d] | type[nn.BatchNorm3d]:
+    """``nn.BatchNorm2d`` or ``nn.BatchNorm3d``."""
+    return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dim]
+
+
+def pool_layer(dim: int) -> type[nn.MaxPool2d] | type[nn.MaxPool3d]:
+    """``nn.MaxPool2d`` or ``nn.MaxPool3d``."""
+    return {2: nn.MaxPool2d, 3: nn.MaxPool3d}[dim]
+
+
+class BnActConv(nn.Module):
+    """Pre-activation convolution: ``BN -> ReLU -> Conv`` (no bias), in 2D or 3D.
+
+    Input and output are ``(N, C, T, H, W)`` for ``dim=3`` and ``(N, C, H, W)`` for ``dim=2``. Padding keeps
+    the size for odd kernels (``kernel // 2``) before the stride.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Size = 1,
+        *,
+        stride: Size = 1,
+        groups: int = 1,
+        dim: int = 3,
+        act_layer: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        kernel = as_tuple(kernel_size, dim)
+        # NOTE: the attribute names `bn` and `conv` match the authors' released checkpoints.
+        self.bn = norm_layer(dim)(in_channels)
+        self.relu = act_layer(inplace=True) if act_layer is nn.ReLU else act_layer()
+        self.conv = conv_layer(dim)(
+            in_channels,
+            out_channels,
+            kernel,
+            stride=as_tuple(stride, dim),
+            padding=tuple(k // 2 for k in kernel),
+            groups=groups,
+            bias=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.relu(self.bn(x)))

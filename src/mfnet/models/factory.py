@@ -28,17 +28,17 @@ def create_model(
             safetensors. A 2D checkpoint given to a 3D model is inflated. A classifier of another size is
             skipped (and reported) only when ``num_classes`` was given explicitly.
         inflate: How 2D kernels fill time when inflating: ``"average"`` (repeat and divide by T) or
-            ``"center"`` (the 2D kernel at the centre frame, zeros elsewhere); see ``inflate_state_dict``.
+            ``"random"`` (the authors' alternative: zero-sum noise over time); see ``inflate_kernel``.
         **arch_kwargs: Architecture options of the builder (``fibers``, ``multiplexer``, ``drop_rate``, ...).
     """
     if weights is None:
         return build_model(name, num_classes=num_classes, **arch_kwargs)
-    from mfnet.models.checkpoint import load_into, read_checkpoint
+    from mfnet.models.checkpoint import load_weights, read_checkpoint
 
     checkpoint = read_checkpoint(weights)
     classes_given = num_classes is not None
     if not classes_given:
         num_classes = checkpoint.num_classes
     model = build_model(name, num_classes=num_classes, **arch_kwargs)
-    load_into(model, checkpoint, skip_classifier=classes_given, inflate=inflate)
+    load_weights(model, checkpoint, skip_classifier=classes_given, inflate=inflate)
     return model

@@ -11,7 +11,6 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev,onnx]"
 	touch $(STAMP)
 

@@ -1,9 +1,298 @@
-"""Commands of this family (filled in by its issue)."""
+"""``mfnet train``, ``mfnet eval``, ``mfnet recipes`` and ``mfnet report``: parsing and printing only.
+
+The work is done by ``mfnet.engine.train.train``, ``mfnet.engine.evaluate.evaluate`` and
+``mfnet.tools.report.write_report``. Under ``torchrun`` the same commands run distributed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mfnet.cli._common import print_json
+from mfnet.errors import MfnetError
 
 
 def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
-    """Adds this family's commands to the ``mfnet`` parser."""
+    """Adds ``train``, ``eval``, ``recipes`` and ``report`` to the ``mfnet`` parser."""
+    p = commands.add_parser(
+        "train",
+        help="train a model with a recipe (also under torchrun)",
+        description="Train a model with a named recipe. Run it under `torchrun --nproc-per-node N` for distributed "
+        "data parallel training. RUN_DIR receives checkpoints, metrics.jsonl, TensorBoard logs, model.pt and figures.",
+    )
+    p.add_argument("--recipe", help="a recipe name (see `mfnet recipes`); not needed with --resume")
+    _add_data_args(p)
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set epochs=3 --set batch_size=16 (repeatable)",
+    )
+    p.add_argument("--out", type=Path, help="the run directory to create")
+    p.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest complete checkpoint"
+    )
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--amp", action="store_true", help="mixed precision on GPU (bf16; --set amp_dtype=fp16)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (and checkpoint)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-figures", action="store_true", help="do not draw the figures at the end")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_train)
+
+    p = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint: clip- and video-level accuracy",
+        description="Evaluate a checkpoint with K clips x 1 or 3 crops per video: clip-level and video-level "
+        "top-1/top-5 (softmax averaged over a video's clips and crops), mean class accuracy, per-class accuracy, "
+        "confusion matrix and per-video predictions. With --splits 1,2,3 it reports the 3-split average.",
+    )
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        required=True,
+        type=str,
+        help="checkpoint(s); with --splits give one per split, or one path containing {split}",
+    )
+    _add_data_args(p)
+    p.add_argument("--splits", help="evaluate splits, e.g. 1,2,3, and report their average (UCF-101/HMDB51)")
+    p.add_argument("--subset", help="part of the annotations to evaluate (default: test, else val)")
+    p.add_argument("--clips", type=int, default=10, help="clips per video (default 10)")
+    p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="crops per clip (default 1)")
+    p.add_argument("--clip-length", type=int, help="frames per clip (default: from the run's recipe, else 16)")
+    p.add_argument("--frame-interval", type=int, help="frame interval (default: from the recipe, else 2)")
+    p.add_argument("--crop-size", type=int, help="crop size (default: from the recipe, else 224)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per batch and process (default 8)")
+    p.add_argument("--workers", type=int, default=2, help="data loader workers (default 2)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", type=Path, help="write metrics.json, predictions.csv/json and scores.pt here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(handler=_eval)
+
+    p = commands.add_parser("recipes", help="list the training recipes, or show one (recipes show NAME)")
+    sub = p.add_subparsers(title="recipes commands", metavar="RECIPES_COMMAND")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(handler=_recipes_list)
+    show = sub.add_parser("show", help="print every field of a recipe")
+    show.add_argument("name", help="a recipe name")
+    show.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="show the recipe with these overrides",
+    )
+    show.add_argument("--json", action="store_true", help="print it as JSON")
+    show.set_defaults(handler=_recipes_show)
+
+    p = commands.add_parser("report", help="redraw a run's figures and write report.md / report.html")
+    p.add_argument("run_dir", type=Path, help="the run directory of `mfnet train`")
+    p.add_argument("--samples", type=int, default=4, help="sample videos in the predictions figure (default 4)")
+    p.add_argument("--eval-dir", type=Path, help="an `mfnet eval --out` folder (default: RUN_DIR/eval)")
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    p.set_defaults(handler=_report)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--format",
+        help="annotation format (kinetics400, ucf101, hmdb51, list, ..., imagefolder); default: the recipe's",
+    )
+    p.add_argument("--annotations", type=Path, help="annotation file or folder")
+    p.add_argument("--data", "--root", dest="root", type=Path, help="folder the video paths start from")
+    p.add_argument("--split", type=int, choices=(1, 2, 3), help="UCF-101 / HMDB51 split")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="mfnet: %(message)s", stream=sys.stderr)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mfnet.engine.inputs import DataSpec
+    from mfnet.engine.recipes import apply_overrides, get_recipe
+    from mfnet.engine.train import recipe_of_run, train
+
+    _setup_logging()
+    if args.resume is not None:
+        if args.out is not None and args.out != args.resume:
+            raise MfnetError("--resume RUN_DIR continues that directory: leave out --out or give the same path")
+        run_dir = args.resume
+        recipe = apply_overrides(recipe_of_run(run_dir), args.overrides)
+        saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
+    else:
+        if not args.recipe or args.out is None:
+            raise MfnetError("give --recipe NAME and --out RUN_DIR (or --resume RUN_DIR); see `mfnet recipes`")
+        run_dir = args.out
+        recipe = get_recipe(args.recipe, args.overrides)
+        saved = {}
+    if args.amp:
+        recipe = apply_overrides(recipe, {"amp": True})
+    spec = DataSpec(
+        format=args.format or saved.get("format") or recipe.data_format,
+        annotations=args.annotations or saved.get("annotations"),
+        root=args.root or saved.get("root"),
+        split=args.split or saved.get("split") or recipe.split,
+    )
+    if spec.annotations is None and spec.root is None:
+        raise MfnetError("say where the data is: --annotations FILE and/or --data ROOT (see `mfnet train --help`)")
+    if spec.split is not None and spec.split != recipe.split:
+        recipe = apply_overrides(recipe, {"split": spec.split})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "data.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+    result = train(
+        recipe,
+        out_dir=run_dir,
+        data=spec,
+        resume=args.resume is not None,
+        device=args.device,
+        max_steps=args.max_steps,
+        progress=not args.no_progress,
+        figures=not args.no_figures,
+    )
+    out = {
+        "run_dir": str(result.run_dir),
+        "model": str(result.model_path) if result.model_path else None,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "finished": result.finished,
+        "epochs": result.epochs_done,
+        "steps": result.steps,
+        "metrics": result.metrics,
+    }
+    if args.json:
+        print_json(out)
+    else:
+        state = "finished" if result.finished else "stopped"
+        print(f"{state} after {result.epochs_done} epochs ({result.steps} steps); run directory {result.run_dir}")
+        for key, value in result.metrics.items():
+            if isinstance(value, float):
+                print(f"  {key:<28} {value:.4f}")
+        if result.model_path:
+            print(f"model: {result.model_path}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mfnet.engine.evaluate import average_splits, evaluate
+    from mfnet.engine.inputs import DataSpec
+
+    _setup_logging()
+    if args.annotations is None and args.root is None:
+        raise MfnetError("say where the data is: --annotations FILE and/or --data ROOT (see `mfnet eval --help`)")
+    fmt = args.format or _format_of(args.weights[0])
+    if fmt is None:
+        raise MfnetError("give the annotation format with --format (kinetics400, ucf101, hmdb51, list, ...)")
+    splits: list[int | None]
+    if args.splits:
+        try:
+            splits = [int(s) for s in args.splits.split(",")]
+        except ValueError:
+            raise MfnetError(f"invalid --splits {args.splits!r}: write e.g. 1,2,3") from None
+        if len(args.weights) == 1:
+            weights = [args.weights[0].replace("{split}", str(s)) for s in splits]
+        elif len(args.weights) == len(splits):
+            weights = list(args.weights)
+        else:
+            raise MfnetError(f"{len(splits)} splits need {len(splits)} --weights (or one path containing {{split}})")
+    else:
+        if len(args.weights) != 1:
+            raise MfnetError("several --weights need --splits (one checkpoint per split)")
+        splits, weights = [args.split], list(args.weights)
+    results = []
+    for split, w in zip(splits, weights, strict=True):
+        spec = DataSpec(format=fmt, annotations=args.annotations, root=args.root, split=split)
+        out_dir = None
+        if args.out is not None:
+            out_dir = args.out / f"split{split}" if len(splits) > 1 else args.out
+        result = evaluate(
+            w,
+            spec,
+            clips=args.clips,
+            crops=args.crops,
+            subset=args.subset,
+            clip_length=args.clip_length,
+            frame_interval=args.frame_interval,
+            crop_size=args.crop_size,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            device=args.device,
+            out_dir=out_dir,
+            progress=not args.no_progress,
+        )
+        results.append(result)
+        summary = {"weights": w, "split": split, **result.summary()}
+        if args.json:
+            print_json({**summary, "per_class_accuracy": result.to_json()["per_class_accuracy"]})
+        else:
+            label = f"split {split}: " if split is not None else ""
+            print(f"{label}{w}: {_describe(summary)}")
+    if len(results) > 1:
+        avg = average_splits(results)
+        if args.json:
+            print_json({"average": avg})
+        else:
+            print(f"average of {len(results)} splits: {_describe(avg)}")
+    return 0
+
+
+def _format_of(weights: str) -> str | None:
+    """The data format recorded next to a run's checkpoint (``data.json``), if any."""
+    for folder in (Path(weights).parent, Path(weights).parent.parent):
+        if (folder / "data.json").exists():
+            return json.loads((folder / "data.json").read_text()).get("format")
+    return None
+
+
+def _describe(s: dict) -> str:
+    parts = [
+        f"video top-1 {100 * s['video_top1']:.2f}%",
+        f"top-5 {100 * s['video_top5']:.2f}%",
+        f"clip top-1 {100 * s['clip_top1']:.2f}%",
+        f"top-5 {100 * s['clip_top5']:.2f}%",
+        f"mean class acc {100 * s['mean_class_accuracy']:.2f}%",
+    ]
+    if "videos" in s:
+        parts.append(f"{s['videos']} videos, {s['clips']} clips")
+    return ", ".join(parts)
+
+
+def _recipes_list(args: argparse.Namespace) -> int:
+    from mfnet.engine.recipes import RECIPES
+
+    if args.json:
+        print_json({name: r.description for name, r in RECIPES.items()})
+        return 0
+    width = max(len(n) for n in RECIPES)
+    for name, recipe in RECIPES.items():
+        print(f"{name:<{width}}  {recipe.description}")
+    return 0
+
+
+def _recipes_show(args: argparse.Namespace) -> int:
+    from mfnet.engine.recipes import describe, get_recipe
+
+    recipe = get_recipe(args.name, args.overrides)
+    if args.json:
+        print_json({**recipe.to_dict(), "scaled_lr": recipe.scaled_lr()})
+    else:
+        print(describe(recipe))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from mfnet.tools.report import write_report
+
+    paths = write_report(args.run_dir, samples=args.samples, eval_dir=args.eval_dir)
+    if args.json:
+        print_json({k: str(v) for k, v in paths.items()})
+    else:
+        for name, path in paths.items():
+            print(f"{name:<10} {path}")
+    return 0

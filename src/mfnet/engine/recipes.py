@@ -1,0 +1,305 @@
+"""Training recipes: the paper's settings as named, typed, printable data.
+
+A :class:`Recipe` is a flat dataclass; ``mfnet train --recipe NAME --set key=value`` and
+:func:`apply_overrides` change single fields with the field's own type. The built-in recipes follow the
+paper (Chen et al., ECCV 2018, Sec. 4) and the authors' released training scripts:
+
+* ``kinetics400``: ``mfnet3d`` from inflated ImageNet ``mfnet2d`` weights; SGD with Nesterov momentum 0.9,
+  weight decay 1e-4, LR 0.1 at a global batch of 1024 (scaled linearly with the real batch), step decay x0.1;
+  16-frame 224x224 clips with a frame interval drawn from ``[1, 2, 2, 3]``. The milestones are the authors'
+  18, 28 and 34 million samples expressed in epochs of Kinetics-400 (~240k training videos).
+* ``ucf101`` / ``hmdb51``: fine-tuning from Kinetics weights (split 1, 2 or 3 with ``--set split=N``); LR 0.005 at
+  batch 128, three x0.1 decays, backbone LR x0.2 and new classifier x1, dropout 0.5 before the classifier.
+* ``imagenet``: ``mfnet2d`` (or ``--set model=mf_resnet18`` / ``mf_mobilenet_v2``), LR 0.5 at batch 1024 decaying
+  exponentially per epoch, 5 warm-up epochs.
+* ``smoke``: a tiny ``mfnet3d`` run (4x64x64 clips, 2 epochs) that finishes in minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from mfnet.errors import MfnetError
+
+
+@dataclass
+class Recipe:
+    """Everything a training run needs besides the data location and the output directory.
+
+    Learning rates are given at ``lr_reference_batch`` and scaled linearly to the real global batch
+    (``batch_size``, summed over all processes). Epoch-valued fields (``lr_milestones``, ``warmup_epochs``)
+    are converted to optimizer steps with the real number of steps per epoch, so schedules are applied per step.
+    """
+
+    name: str = "custom"
+    description: str = ""
+    # --- model
+    model: str = "mfnet3d"
+    num_classes: int = 400
+    init_weights: str | None = None  # a checkpoint path (2D weights are inflated for 3D models); None: random
+    inflate: str = "average"
+    drop_rate: float = 0.0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # --- data
+    data_format: str = "kinetics400"  # annotation format of mfnet.data.annotations (or "imagefolder")
+    split: int | None = None  # UCF-101 / HMDB51 split 1, 2 or 3
+    train_subset: str = "train"
+    val_subset: str = "val"
+    clip_length: int = 16
+    frame_interval: int = 2
+    train_frame_intervals: tuple[int, ...] = ()  # drawn per clip when given, e.g. (1, 2, 2, 3)
+    crop_size: int = 224
+    resize: int = 256  # short side before the centre crop(s) at evaluation
+    train_scale: tuple[int, int] = (256, 320)  # short side drawn in this range before the random crop
+    val_clips: int = 1  # clips per video for the validation pass after each epoch
+    test_clips: int = 10  # clips per video for `mfnet eval` (the paper averages many clips)
+    test_crops: int = 1
+    # --- optimisation
+    epochs: int = 100
+    batch_size: int = 1024  # global batch per optimizer step (all processes together)
+    accumulate_steps: int = 1  # micro-batches per optimizer step (gradient accumulation on small machines)
+    base_lr: float = 0.1
+    lr_reference_batch: int = 1024
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    backbone_lr_mult: float = 1.0
+    classifier_lr_mult: float = 1.0
+    schedule: str = "step"  # step | exp | cosine | constant
+    lr_milestones: tuple[float, ...] = ()  # epochs at which the step schedule multiplies the LR by lr_gamma
+    lr_gamma: float = 0.1  # step factor, or the per-epoch factor of the exp schedule
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip_norm: float = 0.0  # 0: off
+    # --- machinery
+    amp: bool = False  # autocast on GPU only (never on CPU)
+    amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a gradient scaler)
+    sync_bn: bool = False
+    channels_last: bool = True
+    seed: int = 0
+    deterministic: bool = False
+    num_workers: int = 4
+    log_every_steps: int = 10
+    checkpoint_every_steps: int = 1000  # 0: only at the end of each epoch
+    keep_checkpoints: int = 3
+    eval_every_epochs: int = 1  # 0: no validation pass during training
+
+    def scaled_lr(self) -> float:
+        """The base LR scaled linearly from ``lr_reference_batch`` to the real global ``batch_size``."""
+        return self.base_lr * self.batch_size / self.lr_reference_batch
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """The inverse of :meth:`to_dict`; unknown keys raise ``MfnetError``."""
+        recipe = cls()
+        return apply_overrides(recipe, {k: v for k, v in data.items()})
+
+
+def _fine_tune(name: str, num_classes: int, data_format: str, milestones: tuple[float, ...], what: str) -> Recipe:
+    return Recipe(
+        name=name,
+        description=f"Fine-tune mfnet3d from Kinetics-400 weights on {what} (split 1-3): LR 0.005 at batch 128, "
+        "three x0.1 decays, backbone LR x0.2, dropout 0.5.",
+        model="mfnet3d",
+        num_classes=num_classes,
+        drop_rate=0.5,
+        data_format=data_format,
+        split=1,
+        val_subset="test",
+        epochs=50,
+        batch_size=128,
+        base_lr=0.005,
+        lr_reference_batch=128,
+        backbone_lr_mult=0.2,
+        classifier_lr_mult=1.0,
+        schedule="step",
+        lr_milestones=milestones,
+        lr_gamma=0.1,
+        val_clips=1,
+    )
+
+
+def _builtin() -> dict[str, Recipe]:
+    recipes = [
+        Recipe(
+            name="kinetics400",
+            description="Train mfnet3d on Kinetics-400 from inflated ImageNet mfnet2d weights "
+            "(set init_weights=PATH): SGD Nesterov, LR 0.1 at batch 1024, step decay x0.1, 16x224x224 clips.",
+            model="mfnet3d",
+            num_classes=400,
+            data_format="kinetics400",
+            train_frame_intervals=(1, 2, 2, 3),
+            epochs=158,  # the authors' 38 M samples / ~240k videos
+            batch_size=1024,
+            base_lr=0.1,
+            lr_reference_batch=1024,
+            schedule="step",
+            lr_milestones=(75.0, 117.0, 142.0),  # 18, 28, 34 M samples
+            warmup_epochs=2.0,
+        ),
+        _fine_tune("ucf101", 101, "ucf101", (20.0, 35.0, 45.0), "UCF-101"),
+        _fine_tune("hmdb51", 51, "hmdb51", (14.0, 28.0, 42.0), "HMDB51"),
+        Recipe(
+            name="imagenet",
+            description="Train a 2D model (mfnet2d, mf_resnet18, mf_mobilenet_v2) on ImageNet-1k images: "
+            "LR 0.5 at batch 1024 decaying exponentially (x0.93 per epoch), 5 warm-up epochs.",
+            model="mfnet2d",
+            num_classes=1000,
+            data_format="imagefolder",
+            clip_length=1,
+            frame_interval=1,
+            epochs=100,
+            batch_size=1024,
+            base_lr=0.5,
+            lr_reference_batch=1024,
+            schedule="exp",
+            lr_gamma=0.93,
+            warmup_epochs=5.0,
+            label_smoothing=0.1,
+            resize=256,
+            train_scale=(256, 480),
+        ),
+        Recipe(
+            name="smoke",
+            description="A laptop-CPU smoke test: mfnet3d on 4x64x64 clips, batch 8, 2 epochs, cosine LR.",
+            model="mfnet3d",
+            num_classes=10,
+            data_format="list",
+            clip_length=4,
+            frame_interval=2,
+            crop_size=64,
+            resize=72,
+            train_scale=(72, 90),
+            epochs=2,
+            batch_size=8,
+            base_lr=0.05,
+            lr_reference_batch=8,
+            schedule="cosine",
+            warmup_epochs=0.2,
+            num_workers=2,
+            log_every_steps=1,
+            checkpoint_every_steps=50,
+            test_clips=3,
+        ),
+    ]
+    return {r.name: r for r in recipes}
+
+
+RECIPES: dict[str, Recipe] = _builtin()
+
+
+def list_recipes() -> list[str]:
+    """Names of the built-in recipes."""
+    return list(RECIPES)
+
+
+def get_recipe(name: str, overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """A fresh copy of built-in recipe ``name`` with ``overrides`` (``{"key": value}`` or ``["key=value"]``)."""
+    if name not in RECIPES:
+        raise MfnetError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)} (run `mfnet recipes`)")
+    recipe = dataclasses.replace(RECIPES[name], model_kwargs=dict(RECIPES[name].model_kwargs))
+    return apply_overrides(recipe, overrides or {})
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["lr=0.1", "epochs=3"]`` -> ``{"lr": "0.1", "epochs": "3"}``; a malformed item raises ``MfnetError``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MfnetError(f"invalid override {item!r}: write key=value, e.g. --set epochs=3")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def apply_overrides(recipe: Recipe, overrides: dict[str, Any] | list[str]) -> Recipe:
+    """Returns a copy of ``recipe`` with fields replaced; string values are converted to the field's type."""
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    hints = typing.get_type_hints(Recipe)
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in hints:
+            close = [f for f in hints if key.replace("-", "_") == f or key in f][:3]
+            hint = f" (did you mean {', '.join(close)}?)" if close else "; run `mfnet recipes show NAME` for the fields"
+            raise MfnetError(f"unknown recipe field {key!r}{hint}")
+        changes[key] = _convert(key, value, hints[key])
+    return dataclasses.replace(recipe, **changes)
+
+
+def _convert(key: str, value: Any, hint: Any) -> Any:
+    """Converts ``value`` (a string from the command line or a JSON value) to the type ``hint``."""
+    try:
+        return _convert_or_raise(value, hint)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise MfnetError(f"invalid value {value!r} for recipe field {key!r} (expected {_type_name(hint)})") from None
+
+
+def _convert_or_raise(value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert_or_raise(value, inner[0])
+    if origin is tuple:
+        if isinstance(value, str):
+            text = value.strip().strip("()[]")
+            items: list[Any] = [p for p in text.replace(" ", "").split(",") if p] if text else []
+        else:
+            items = list(value)
+        item_type = args[0]
+        converted = tuple(_convert_or_raise(v, item_type) for v in items)
+        if len(args) == 2 and args[1] is not Ellipsis and len(converted) != 2:
+            raise ValueError("expected two values")
+        return converted
+    if origin is dict:
+        parsed = json.loads(value) if isinstance(value, str) else dict(value)
+        if not isinstance(parsed, dict):
+            raise TypeError("expected a JSON object")
+        return parsed
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if hint is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("expected an integer")
+        return int(value)
+    if hint is float:
+        return float(value)
+    if hint is str:
+        return str(value)
+    raise TypeError(f"unsupported field type {hint}")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def describe(recipe: Recipe) -> str:
+    """The recipe as aligned ``key = value`` lines, with the scaled LR."""
+    lines = [f"# {recipe.name}: {recipe.description}".rstrip(": ")]
+    width = max(len(f.name) for f in dataclasses.fields(recipe))
+    for f in dataclasses.fields(recipe):
+        if f.name in ("name", "description"):
+            continue
+        lines.append(f"{f.name:<{width}} = {json.dumps(getattr(recipe, f.name))}")
+    lines.append(f"# learning rate at the global batch {recipe.batch_size}: {recipe.scaled_lr():g}")
+    return "\n".join(lines)

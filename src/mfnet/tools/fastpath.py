@@ -1,0 +1,394 @@
+"""The fast path: the same model, computing the same numbers in less time (inference and training).
+
+Inference (``optimize_for_inference``) works on a copy of the model, in one of these modes:
+
+``"eager"``
+    BatchNorms that read one convolution's output are folded into it (``mfnet.tools.export.fold_batchnorm``)
+    and weights and activations use the channels-last layout (``N, T, H, W, C`` in memory), which oneDNN's
+    grouped 3D convolutions need to run fast. Any model and device.
+``"fused"`` (the default on CPU)
+    ``"eager"``, and then every multi-fiber unit, the stem ``Conv -> BN -> ReLU`` and the tail ``BN -> ReLU``
+    run as oneDNN primitives with fused post-ops and weights packed once::
+
+        a = relu(x * s + t)                    one pass (a depthwise 1x1 primitive), instead of BN then ReLU
+        h = relu(conv_m1'(a))                  conv_m1 with conv_m2's BN folded in and ReLU as a post-op
+        out = conv_m2(h) + shortcut            the residual sum as a post-op (dense convolutions)
+
+    Each pre-activation unit then makes 2 memory passes besides its convolutions, instead of 10.
+``"compile"``
+    ``"eager"`` compiled by ``torch.compile`` (Inductor; on CPU with weight freezing). Costs tens of seconds
+    of compilation on the first call (reported in ``FastpathInfo.compile_s``) and recompiles for new shapes.
+
+Training (``prepare_for_training``) puts the model and its batches in channels-last layout, which speeds up
+the forward and backward convolutions alike; ``autocast_context`` gives mixed precision on GPUs only (on a
+CPU without native bf16 it is many times slower, so it is never used there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mfnet.models.fiber import MultiFiberUnit
+from mfnet.models.layers import BnActConv
+from mfnet.tools.export import fold_batchnorm
+
+MODES = ("auto", "eager", "fused", "compile")
+
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+_Conv = nn.Conv2d | nn.Conv3d
+
+
+@dataclass
+class FastpathInfo:
+    """What ``optimize_for_inference`` did, stored as ``fastpath_info`` on the returned module.
+
+    Attributes:
+        mode: The mode that was applied (``"eager"``, ``"fused"`` or ``"compile"``).
+        folded: Names of the BatchNorms folded into the convolution before them.
+        fused_units: Number of multi-fiber units that run as fused oneDNN primitives.
+        compile_s: Seconds spent compiling on the example input (``"compile"`` mode; else 0).
+        max_rel_diff: Largest difference of the logits on the example input, relative to the largest plain
+            logit (NaN when not checked).
+    """
+
+    mode: str
+    folded: list[str]
+    fused_units: int = 0
+    compile_s: float = 0.0
+    max_rel_diff: float = float("nan")
+
+
+def memory_format(ndim: int) -> torch.memory_format:
+    """The channels-last memory format for a tensor of ``ndim`` dimensions (5: 3D, 4: 2D)."""
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (``(N, C, T, H, W)`` or ``(N, C, H, W)``) with its channels innermost in memory; same values."""
+    return x.contiguous(memory_format=memory_format(x.ndim)) if x.ndim in (4, 5) else x
+
+
+def fused_ops_available(device: torch.device | str = "cpu") -> bool:
+    """Whether the fused oneDNN primitives can run: a CPU build of PyTorch with oneDNN and its fusion ops."""
+    return (
+        torch.device(device).type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+    )
+
+
+@torch.no_grad()
+def optimize_for_inference(
+    model: nn.Module, example_input: torch.Tensor, *, mode: str = "auto", check: bool = False
+) -> nn.Module:
+    """A copy of ``model`` that computes the same outputs (within 1e-4 relative) faster, for inference only.
+
+    The copy keeps the model's class and interface (``forward``, ``clip_features``, ``forward_features``,
+    ``num_classes``, ...) except in ``"compile"`` mode, which returns the compiled module (the original
+    attributes stay reachable through it). Gradients are off; the copy is in eval mode and not meant to be
+    trained or saved (save the original model).
+
+    Args:
+        model: A classifier (any mode; the original is not changed).
+        example_input: A batch like the ones that will be run, ``(N, C, T, H, W)`` (or ``(N, C, H, W)`` for an
+            image model), on the model's device. It picks the device and, for ``"compile"``, the traced shape.
+        mode: ``"auto"`` (``"fused"`` where oneDNN can run it, else ``"eager"``), ``"eager"``, ``"fused"`` or
+            ``"compile"``; see the module docstring.
+        check: Run the plain and the optimized model on ``example_input`` and raise if their logits differ
+            by more than 1e-4 of the largest logit; the difference is stored in ``fastpath_info``.
+
+    Returns:
+        The optimized module, with a ``fastpath_info`` attribute (``FastpathInfo``).
+
+    Raises:
+        ValueError: On an unknown mode, ``"fused"`` where oneDNN cannot run, or a failed check.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown fast-path mode {mode!r}: use one of {', '.join(MODES)}")
+    device = example_input.device
+    fusable = fused_ops_available(device) and example_input.dtype == torch.float32
+    if mode == "auto":
+        mode = "fused" if fusable else "eager"
+    if mode == "fused" and not fusable:
+        raise ValueError(
+            f"the fused fast path needs float32 on a CPU PyTorch with oneDNN, not {example_input.dtype} on "
+            f"{device}; use mode='eager'"
+        )
+    fast = copy.deepcopy(model).eval()
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    folded = fold_batchnorm(fast)
+    model_ndim = getattr(model, "input_ndim", example_input.ndim)  # an image model may take clips too
+    fast = fast.to(memory_format=memory_format(model_ndim))
+    info = FastpathInfo(mode=mode, folded=folded)
+    if mode == "fused":
+        info.fused_units = fuse_modules(fast, n_dim=model_ndim - 2)
+    elif mode == "compile":
+        fast, info.compile_s = _compile(fast, example_input)
+    if check:
+        reference = copy.deepcopy(model).eval()
+        expected = reference(example_input)
+        got = fast(example_input)
+        info.max_rel_diff = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+        if not info.max_rel_diff <= 1e-4:
+            raise ValueError(f"the {mode} fast path differs from the model by {info.max_rel_diff:.2e} (relative)")
+    fast.fastpath_info = info
+    return fast
+
+
+def _compile(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, float]:
+    """``torch.compile`` (Inductor, weight freezing on CPU) and the seconds its first call took."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(model, dynamic=False)
+    start = time.perf_counter()
+    with _inductor_freezing(inductor_config, example_input.device.type == "cpu"), torch.inference_mode():
+        compiled(to_channels_last(example_input))
+    return compiled, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _inductor_freezing(config, enabled: bool) -> Iterator[None]:
+    previous = config.freezing
+    config.freezing = enabled
+    try:
+        yield
+    finally:
+        config.freezing = previous
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fused oneDNN modules (CPU inference)
+
+
+def fuse_modules(model: nn.Module, *, n_dim: int) -> int:
+    """Replaces, in place, the parts of an (eval, BN-folded) model that have a fused oneDNN form.
+
+    ``MultiFiberUnit`` -> ``FusedFiberUnit``; an ``nn.Sequential`` ``Conv -> BN|Identity -> ReLU`` (the stem)
+    -> ``FusedConv``; an ``nn.Sequential`` ``BN -> ReLU`` (the tail) -> ``FusedBnReLU``. Anything else is
+    kept. ``n_dim`` is 3 for a video model, 2 for an image model. Returns the number of fused multi-fiber units.
+    """
+    count = 0
+    for name, child in list(model.named_children()):
+        replacement: nn.Module | None = None
+        if type(child) is MultiFiberUnit and _fusable_unit(child, n_dim):
+            replacement = FusedFiberUnit(child)
+            count += 1
+        elif type(child) is nn.Sequential:
+            replacement = _fuse_sequential(child, n_dim)
+        if replacement is not None:
+            setattr(model, name, replacement)
+        else:
+            count += fuse_modules(child, n_dim=n_dim)
+    return count
+
+
+def _fusable_unit(unit: MultiFiberUnit, n_dim: int) -> bool:
+    parts = [getattr(unit, n) for n in ("conv_i1", "conv_i2", "conv_m1", "conv_m2", "conv_w1") if hasattr(unit, n)]
+    return all(
+        type(p) is BnActConv and type(p.relu) is nn.ReLU and _is_conv(p.conv, n_dim) and _is_bn_or_identity(p.bn)
+        for p in parts
+    )
+
+
+def _fuse_sequential(seq: nn.Sequential, n_dim: int) -> nn.Module | None:
+    layers = list(seq)
+    if len(layers) == 3 and _is_conv(layers[0], n_dim) and _is_bn_or_identity(layers[1]) and _is_relu(layers[2]):
+        return FusedConv.from_conv(layers[0], post_bn=_bn_or_none(layers[1]), relu=True)
+    if len(layers) == 2 and isinstance(layers[0], _BatchNorm) and _is_relu(layers[1]):
+        return FusedBnReLU(layers[0])
+    return None
+
+
+def _is_conv(module: nn.Module, n_dim: int) -> bool:
+    return type(module) is (nn.Conv3d if n_dim == 3 else nn.Conv2d) and module.padding_mode == "zeros"
+
+
+def _is_relu(module: nn.Module) -> bool:
+    return type(module) is nn.ReLU
+
+
+def _is_bn_or_identity(module: nn.Module) -> bool:
+    return type(module) is nn.Identity or (isinstance(module, _BatchNorm) and module.running_var is not None)
+
+
+def _bn_or_none(module: nn.Module) -> _BatchNorm | None:
+    return module if isinstance(module, _BatchNorm) else None
+
+
+def bn_affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as ``y = x * scale + shift``; returns ``(scale, shift)``, each ``(C,)``."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    return scale.detach().clone(), shift.detach().clone()
+
+
+class FusedConv(nn.Module):
+    """A convolution (+ a following eval BN folded in) (+ ReLU) as one oneDNN primitive with packed weights.
+
+    ``forward(x, add=None)`` returns ``relu?(conv(x) + bias) [+ add]``; ``x`` and ``add`` are ``(N, C, T, H, W)``
+    (or ``(N, C, H, W)``) and are used in channels-last layout; the output is channels-last.
+
+    Args:
+        weight: ``(C_out, C_in / groups, k...)``.
+        bias: ``(C_out,)`` or ``None``.
+        padding, stride, dilation, groups: As in ``nn.Conv3d``.
+        relu: Apply ReLU to the convolution's output (before ``add``).
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        padding: Sequence[int],
+        stride: Sequence[int],
+        dilation: Sequence[int],
+        groups: int,
+        relu: bool = False,
+    ) -> None:
+        super().__init__()
+        self.ndim = weight.ndim
+        self.padding, self.stride, self.dilation = list(padding), list(stride), list(dilation)
+        self.groups = groups
+        self.attr = "relu" if relu else "none"
+        self.register_buffer("weight", weight.detach().contiguous(memory_format=memory_format(weight.ndim)))
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self._pack()
+
+    @classmethod
+    def from_conv(cls, conv: _Conv, *, post_bn: _BatchNorm | None = None, relu: bool = False) -> FusedConv:
+        """Builds from ``conv`` and, if given, the eval BN that normalises its output (folded into it)."""
+        weight = conv.weight.detach().clone()
+        bias = conv.bias.detach().clone() if conv.bias is not None else None
+        if post_bn is not None:
+            scale, shift = bn_affine(post_bn)
+            weight = weight * scale.view(-1, *([1] * (weight.ndim - 1)))  # scaled per output channel
+            bias = shift if bias is None else bias * scale + shift
+        return cls(
+            weight,
+            bias,
+            padding=conv.padding,
+            stride=conv.stride,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            relu=relu,
+        )
+
+    def _pack(self) -> None:
+        # oneDNN's blocked copy of the weights, packed once instead of on every call (not saved, not copied).
+        self._packed = torch.ops.mkldnn._reorder_convolution_weight(
+            self.weight, self.padding, self.stride, self.dilation, self.groups
+        )
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.contiguous(memory_format=memory_format(self.ndim))
+        args = (self.padding, self.stride, self.dilation, self.groups)
+        if add is not None and self.groups == 1 and self.attr == "none":  # oneDNN fuses sums into dense convs only
+            add = add.contiguous(memory_format=memory_format(self.ndim))
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, add, self._packed, self.bias, *args, "add", 1.0, None, [], ""
+            )
+        out = torch.ops.mkldnn._convolution_pointwise(x, self._packed, self.bias, *args, self.attr, [], "")
+        return out if add is None else out.add_(add)
+
+    def __deepcopy__(self, memo: dict) -> FusedConv:  # oneDNN tensors cannot be deep-copied: copy, then repack
+        new = copy.copy(self)
+        new.__dict__ = {k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k != "_packed"}
+        new._pack()
+        return new
+
+    def _apply(self, fn, recurse=True):  # .to() / .float() etc. move the weights: repack them
+        out = super()._apply(fn, recurse)
+        self._pack()
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, stride={tuple(self.stride)}, groups={self.groups}, post={self.attr}"
+
+
+class FusedBnReLU(FusedConv):
+    """Eval ``BN -> ReLU`` as one pass: a depthwise 1x1 oneDNN convolution with a ReLU post-op.
+
+    ``(N, C, T, H, W) -> (N, C, T, H, W)`` for a ``BatchNorm3d`` (``(N, C, H, W)`` for 2D), channels-last.
+    """
+
+    def __init__(self, bn: _BatchNorm) -> None:
+        scale, shift = bn_affine(bn)
+        n_dim = 3 if isinstance(bn, nn.BatchNorm3d) else 2
+        super().__init__(
+            scale.view(-1, *([1] * (n_dim + 1))),  # (C, 1, 1, 1[, 1]): one scale per channel
+            shift,
+            padding=[0] * n_dim,
+            stride=[1] * n_dim,
+            dilation=[1] * n_dim,
+            groups=scale.numel(),
+            relu=True,
+        )
+
+
+class FusedFiberUnit(nn.Module):
+    """A ``MultiFiberUnit`` (eval, BN-folded) as fused oneDNN primitives; same input and output.
+
+    ::
+
+        x_in = conv_i2(relu(conv_i1'(bnrelu_i(x)))) + x         (multiplexer; conv_i2's BN folded in conv_i1')
+        out  = conv_m2(relu(conv_m1'(bnrelu_m(x_in)))) + shortcut(x)
+    """
+
+    def __init__(self, unit: MultiFiberUnit) -> None:
+        super().__init__()
+        self.multiplexer = hasattr(unit, "conv_i1")
+        if self.multiplexer:
+            self.act_i = FusedBnReLU(unit.conv_i1.bn)
+            self.conv_i1 = FusedConv.from_conv(unit.conv_i1.conv, post_bn=_bn_or_none(unit.conv_i2.bn), relu=True)
+            self.conv_i2 = FusedConv.from_conv(unit.conv_i2.conv)
+        self.act_m = FusedBnReLU(unit.conv_m1.bn)
+        self.conv_m1 = FusedConv.from_conv(unit.conv_m1.conv, post_bn=_bn_or_none(unit.conv_m2.bn), relu=True)
+        self.conv_m2 = FusedConv.from_conv(unit.conv_m2.conv)
+        self.projection = hasattr(unit, "conv_w1")
+        if self.projection:
+            self.act_w = FusedBnReLU(unit.conv_w1.bn)
+            self.conv_w1 = FusedConv.from_conv(unit.conv_w1.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = to_channels_last(x)
+        x_in = self.conv_i2(self.conv_i1(self.act_i(x)), add=x) if self.multiplexer else x
+        shortcut = self.conv_w1(self.act_w(x)) if self.projection else x
+        return self.conv_m2(self.conv_m1(self.act_m(x_in)), add=shortcut)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+
+
+def prepare_for_training(model: nn.Module) -> nn.Module:
+    """Puts ``model`` (in place) in the channels-last layout for faster training steps; returns it.
+
+    The parameters keep their values and shapes (optimizers, checkpoints and ``state_dict`` are unaffected);
+    feed batches through ``to_channels_last`` too. Works on CPU and GPU.
+    """
+    fmt = torch.channels_last_3d if getattr(model, "input_ndim", 5) == 5 else torch.channels_last
+    return model.to(memory_format=fmt)
+
+
+def autocast_context(device: torch.device | str, *, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed precision for a training or inference step: fp16/bf16 autocast on CUDA, nothing elsewhere.
+
+    On CPU autocast is never used: without native bf16 it is many times slower than fp32.
+    """
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()

@@ -1,0 +1,487 @@
+"""Annotation parsers: every dataset format becomes the same ``VideoRecord(path, label, subset)`` list.
+
+``load_annotations(format, annotations, root, *, split=None, classes=None)`` parses one format and checks which
+annotated videos exist under ``root``. Formats (see docs/data.md for the exact file layouts):
+
+- ``ucf101``: the official ``ucfTrainTestlist`` folder (``classInd.txt``, ``trainlist0N.txt``, ``testlist0N.txt``).
+- ``hmdb51``: the official split folder (``<class>_test_splitN.txt``, marks 1 train, 2 test, 0 unused).
+- ``kinetics-csv``: a Kinetics-400/600/700 CSV file or a folder of them; ``kinetics-json``: the JSON variant.
+- ``mfnet-list``: the paper authors' ``id label path`` lists with ``mapping_table.txt``.
+- ``list``: generic ``path label`` lists (MMAction2; ``path frames label`` for frame folders too).
+- ``folder``: a folder of class sub-folders (optionally inside ``train``/``val``/``test`` folders).
+- ``image-folder``: the same for images (ImageNet-style ``train``/``val`` class folders) for the 2D models.
+- ``ssv2``: Something-Something-v2 (``labels.json`` and ``train``/``validation``/``test`` JSON files).
+
+Subsets are named ``train``, ``val`` and ``test`` (``validate``/``validation`` become ``val``; the official
+UCF-101 and HMDB51 test lists are ``test``). Unlabelled test clips get label ``-1``. Annotated videos that are
+not on disk are reported in ``Annotations.missing`` instead of failing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from mfnet.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from mfnet.errors import DataError
+
+FORMATS = ("ucf101", "hmdb51", "kinetics-csv", "kinetics-json", "mfnet-list", "list", "folder", "image-folder", "ssv2")
+_SUBSET_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validate": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+class VideoRecord(NamedTuple):
+    """One annotated video (or image, or frame folder).
+
+    Attributes:
+        path: the file or frame folder on disk.
+        label: 0-based class index into ``Annotations.classes``; -1 when unlabelled.
+        subset: ``train``, ``val``, ``test`` (or ``all`` when the format does not say).
+    """
+
+    path: Path
+    label: int
+    subset: str
+
+
+@dataclass
+class Annotations:
+    """A parsed dataset.
+
+    Attributes:
+        records: the annotated videos that exist on disk.
+        classes: class names, indexed by label.
+        missing: the annotated videos that do not exist on disk.
+    """
+
+    records: list[VideoRecord]
+    classes: list[str]
+    missing: list[VideoRecord] = field(default_factory=list)
+
+    def subset(self, name: str) -> list[VideoRecord]:
+        """The records of one subset (``train``, ``val``, ``test``; aliases such as ``validation`` work)."""
+        name = _SUBSET_NAMES.get(name.lower(), name.lower())
+        return [record for record in self.records if record.subset == name]
+
+    @property
+    def subsets(self) -> list[str]:
+        """Subset names present, in the order train, val, test, others."""
+        order = {"train": 0, "val": 1, "test": 2}
+        names = {r.subset for r in self.records} | {r.subset for r in self.missing}
+        return sorted(names, key=lambda s: (order.get(s, 3), s))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{subset: {class name (or "<unlabelled>"): videos on disk}}``."""
+        result: dict[str, dict[str, int]] = {}
+        for subset in self.subsets:
+            counter = Counter(self._name(r.label) for r in self.records if r.subset == subset)
+            result[subset] = dict(sorted(counter.items()))
+        return result
+
+    def _name(self, label: int) -> str:
+        return self.classes[label] if 0 <= label < len(self.classes) else "<unlabelled>"
+
+
+def load_annotations(
+    format: str,
+    annotations: str | Path | None,
+    root: str | Path,
+    *,
+    split: int | None = None,
+    classes: Sequence[str] | str | Path | None = None,
+) -> Annotations:
+    """Parses a dataset's annotations and checks its files.
+
+    Args:
+        format: one of ``FORMATS``.
+        annotations: the annotation file or folder (``None`` for ``folder``/``image-folder``).
+        root: the folder the videos live in (paths in the annotations are relative to it).
+        split: the official split (1-3) for ``ucf101`` and ``hmdb51`` (default 1); not used by other formats.
+        classes: class names (a list or a file with one name per line, or ``idx name`` lines) that fix the label
+            order; by default the format's own list (``classInd.txt``, ``mapping_table.txt``, ...) or the sorted
+            names found.
+
+    Raises:
+        DataError: unknown format, missing annotation file or root, malformed lines.
+    """
+    parser = _PARSERS.get(format)
+    if parser is None:
+        raise DataError(f"unknown annotation format {format!r}: use one of {', '.join(FORMATS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset root {root} is not a folder: pass the folder that holds the videos with --root")
+    if annotations is None and format not in ("folder", "image-folder"):
+        raise DataError(f"format {format} needs its annotation file or folder: pass it with --annotations")
+    if annotations is not None and not Path(annotations).exists():
+        raise DataError(f"annotation path {annotations} does not exist: check --annotations")
+    if split is not None and format in ("ucf101", "hmdb51") and split not in (1, 2, 3):
+        raise DataError(f"{format} has splits 1, 2 and 3, not {split}: pass --split 1, 2 or 3")
+    fixed = _read_class_names(classes) if classes is not None else None
+    entries, names = parser(Path(annotations) if annotations is not None else None, root, split or 1)
+    class_list = list(fixed) if fixed is not None else names
+    return _check_files(entries, class_list, root)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+# A parser returns (entries, class names); an entry is (relative path or absolute Path, label, subset) where the
+# label is an int index or a class name (str) to be looked up in the final class list (None: unlabelled).
+_Entry = tuple[object, int | str | None, str]
+
+
+def _lines(path: Path) -> Iterable[tuple[int, str]]:
+    """Non-empty stripped lines (any line ending, BOM removed) with 1-based line numbers."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline=None) as handle:
+        for number, line in enumerate(handle, 1):
+            text = line.strip()
+            if text:  # no comment syntax: HMDB51 file names start with '#'
+                yield number, text
+
+
+def _bad_line(path: Path, number: int, line: str, expected: str) -> DataError:
+    return DataError(f"{path}:{number}: cannot parse {line!r} (expected {expected}): is --format right?")
+
+
+def _read_class_names(source: Sequence[str] | str | Path) -> list[str]:
+    if not isinstance(source, (str, Path)):
+        return list(source)
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"class list {path} does not exist: pass a file with one class name per line")
+    table: dict[int, str] = {}
+    plain: list[str] = []
+    for _, line in _lines(path):
+        first, _, rest = line.partition("\t") if "\t" in line else line.partition(" ")
+        if first.isdigit() and rest.strip():
+            table[int(first)] = rest.strip()
+        plain.append(line)
+    if table and len(table) == len(plain):
+        base = min(table)
+        return [table[i] for i in sorted(table) if i - base < len(table)]
+    return plain
+
+
+def _subset_from_name(name: str) -> str:
+    lowered = name.lower()
+    for key in ("train", "val", "test"):
+        if key in lowered:
+            return key
+    return "all"
+
+
+def _check_files(entries: list[_Entry], classes: list[str], root: Path) -> Annotations:
+    index = {name: i for i, name in enumerate(classes)}
+    folded = {_fold(name): i for i, name in enumerate(classes)}
+    resolver = _Resolver(root)
+    records: list[VideoRecord] = []
+    missing: list[VideoRecord] = []
+    for location, label, subset in entries:
+        if isinstance(label, str):
+            found = index.get(label, folded.get(_fold(label)))
+            if found is None:
+                raise DataError(f"class {label!r} is not in the class list: pass the matching class list")
+            label_index = found
+        elif label is None:
+            label_index = -1
+        else:
+            label_index = label
+            if classes and label_index >= len(classes):
+                raise DataError(f"label {label_index} has no class name (only {len(classes)} classes)")
+        path = location if isinstance(location, Path) else resolver.resolve(str(location))
+        if path is None:
+            missing.append(VideoRecord(root / str(location), label_index, subset))
+        else:
+            records.append(VideoRecord(path, label_index, subset))
+    return Annotations(records, classes, missing)
+
+
+def _fold(name: str) -> str:
+    """Class names compared without case, spaces, underscores or quotes."""
+    return re.sub(r"[\s_'\"]+", "", name).lower()
+
+
+class _Resolver:
+    """Finds an annotated relative path under the root, ignoring case when the exact path is not there."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lower: dict[str, Path] | None = None
+
+    def resolve(self, relative: str) -> Path | None:
+        relative = relative.replace("\\", "/").lstrip("/")
+        path = self.root / relative
+        if path.exists():
+            return path
+        if self._lower is None:
+            self._lower = {}
+            for folder, dirs, files in os.walk(self.root):
+                base = Path(folder)
+                for name in files + dirs:
+                    full = base / name
+                    self._lower.setdefault(full.relative_to(self.root).as_posix().lower(), full)
+        return self._lower.get(relative.lower())
+
+
+# --- UCF-101 ------------------------------------------------------------------------------------------------------
+
+
+def _parse_ucf101(annotations: Path, root: Path, split: int) -> tuple[list[_Entry], list[str]]:
+    folder = annotations if annotations.is_dir() else annotations.parent
+    class_file = folder / "classInd.txt"
+    if not class_file.is_file():
+        raise DataError(f"{folder} has no classInd.txt: pass the ucfTrainTestlist folder with --annotations")
+    table: dict[int, str] = {}
+    for number, line in _lines(class_file):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise _bad_line(class_file, number, line, "'<1-based index> <class name>'")
+        table[int(parts[0])] = parts[1]
+    classes = [table[i] for i in sorted(table)]
+    by_name = {name.lower(): i for i, name in enumerate(classes)}
+    entries: list[_Entry] = []
+    train_file, test_file = folder / f"trainlist0{split}.txt", folder / f"testlist0{split}.txt"
+    if not train_file.is_file() and not test_file.is_file():
+        raise DataError(f"{folder} has neither trainlist0{split}.txt nor testlist0{split}.txt: check --split")
+    if train_file.is_file():
+        for number, line in _lines(train_file):
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise _bad_line(train_file, number, line, "'<Class>/<video>.avi <1-based label>'")
+            entries.append((parts[0], int(parts[1]) - 1, "train"))
+    if test_file.is_file():
+        for number, line in _lines(test_file):
+            relative = line.split()[0]
+            folder_name = relative.replace("\\", "/").split("/")[0]
+            label = by_name.get(folder_name.lower())
+            if label is None:
+                raise _bad_line(test_file, number, line, "'<Class>/<video>.avi' with a class of classInd.txt")
+            entries.append((relative, label, "test"))
+    return entries, classes
+
+
+# --- HMDB51 -------------------------------------------------------------------------------------------------------
+
+_HMDB_FILE = re.compile(r"^(?P<name>.+)_test_split(?P<split>[123])\.txt$")
+
+
+def _parse_hmdb51(annotations: Path, root: Path, split: int) -> tuple[list[_Entry], list[str]]:
+    folder = annotations if annotations.is_dir() else annotations.parent
+    files = {}
+    for path in folder.iterdir():
+        match = _HMDB_FILE.match(path.name)
+        if match and int(match["split"]) == split:
+            files[match["name"]] = path
+    if not files:
+        raise DataError(f"{folder} has no <class>_test_split{split}.txt files: pass the HMDB51 split folder")
+    classes = sorted(files)
+    entries: list[_Entry] = []
+    for label, name in enumerate(classes):
+        for number, line in _lines(files[name]):
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise _bad_line(files[name], number, line, "'<video>.avi <0|1|2>'")
+            if parts[1] != "0":
+                entries.append((f"{name}/{parts[0]}", label, "train" if parts[1] == "1" else "test"))
+    return entries, classes
+
+
+# --- Kinetics -----------------------------------------------------------------------------------------------------
+
+
+class _ClipIndex:
+    """Finds Kinetics clips anywhere under the root by file name (``<id>_<start>_<end>``, else ``<id>``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.by_stem: dict[str, Path] = {}
+        for folder, dirs, files in os.walk(root):
+            for name in files:
+                stem, suffix = os.path.splitext(name)
+                if suffix.lower() in VIDEO_SUFFIXES:
+                    self.by_stem.setdefault(stem, Path(folder) / name)
+            for name in dirs:  # frame folders named like clips
+                if re.search(r"_\d{6}_\d{6}$", name):
+                    self.by_stem.setdefault(name, Path(folder) / name)
+
+    def find(self, youtube_id: str, start: int, end: int) -> Path | None:
+        return self.by_stem.get(f"{youtube_id}_{start:06d}_{end:06d}") or self.by_stem.get(youtube_id)
+
+
+def _kinetics_entries(
+    rows: Iterable[tuple[str, int, int, str | None, str]], root: Path
+) -> tuple[list[_Entry], list[str]]:
+    clips = _ClipIndex(root)
+    entries: list[_Entry] = []
+    names: set[str] = set()
+    for youtube_id, start, end, label, subset in rows:
+        path = clips.find(youtube_id, start, end)
+        if label:
+            names.add(label)
+        relative = f"{label or subset}/{youtube_id}_{start:06d}_{end:06d}.mp4"
+        entries.append((path if path is not None else relative, label or None, subset))
+    return entries, sorted(names)
+
+
+def _parse_kinetics_csv(annotations: Path, root: Path, split: int) -> tuple[list[_Entry], list[str]]:
+    files = sorted(annotations.glob("*.csv")) if annotations.is_dir() else [annotations]
+    if not files:
+        raise DataError(f"{annotations} holds no .csv files: pass a Kinetics CSV file or its folder")
+    rows: list[tuple[str, int, int, str | None, str]] = []
+    for file in files:
+        with open(file, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = {(name or "").strip() for name in reader.fieldnames or []}
+            if not {"youtube_id", "time_start", "time_end"} <= fields:
+                raise DataError(
+                    f"{file} lacks youtube_id,time_start,time_end columns: is it a Kinetics CSV? check --format"
+                )
+            for number, row in enumerate(reader, 2):
+                row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+                try:
+                    start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+                except ValueError:
+                    raise _bad_line(file, number, ",".join(row.values()), "integer time_start, time_end") from None
+                subset = _SUBSET_NAMES.get(row.get("split", "").lower()) or _subset_from_name(file.stem)
+                rows.append((row["youtube_id"], start, end, row.get("label") or None, subset))
+    return _kinetics_entries(rows, root)
+
+
+def _parse_kinetics_json(annotations: Path, root: Path, split: int) -> tuple[list[_Entry], list[str]]:
+    files = sorted(annotations.glob("*.json")) if annotations.is_dir() else [annotations]
+    rows: list[tuple[str, int, int, str | None, str]] = []
+    for file in files:
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{file} is not valid JSON ({err}): re-download it") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{file} is not a Kinetics JSON object of {{youtube_id: {{...}}}}: check --format")
+        for youtube_id, info in data.items():
+            notes = info.get("annotations") or {}
+            segment = notes.get("segment") or [0, 10]
+            subset = _SUBSET_NAMES.get(str(info.get("subset", "")).lower()) or _subset_from_name(file.stem)
+            rows.append((youtube_id, int(segment[0]), int(segment[1]), notes.get("label") or None, subset))
+    return _kinetics_entries(rows, root)
+
+
+# --- the authors' lists and generic lists -------------------------------------------------------------------------
+
+
+def _parse_mfnet_list(annotations: Path, root: Path, split: int) -> tuple[list[_Entry], list[str]]:
+    if annotations.is_dir():
+        raise DataError(f"{annotations} is a folder: pass the list file itself (e.g. kinetics_train_list.txt)")
+    entries: list[_Entry] = []
+    subset = _subset_from_name(annotations.stem)
+    top = -1
+    for number, line in _lines(annotations):
+        parts = line.split(maxsplit=2)
+        if len(parts) != 3 or not parts[0].lstrip("-").isdigit() or not parts[1].lstrip("-").isdigit():
+            raise _bad_line(annotations, number, line, "'<id> <0-based label or -1> <relative path>'")
+        label = int(parts[1])
+        top = max(top, label)
+        entries.append((parts[2], label if label >= 0 else None, subset))
+    table = annotations.parent / "mapping_table.txt"
+    classes = _read_class_names(table) if table.is_file() else [str(i) for i in range(top + 1)]
+    return entries, classes
+
+
+def _parse_list(annotations: Path, root: Path, split: int) -> tuple[list[_Entry], list[str]]:
+    if annotations.is_dir():
+        raise DataError(f"{annotations} is a folder: pass the list file ('<path> <label>' lines)")
+    entries: list[_Entry] = []
+    subset = _subset_from_name(annotations.stem)
+    top = -1
+    for number, line in _lines(annotations):
+        parts = line.split()
+        if len(parts) < 2 or not parts[-1].lstrip("-").isdigit():
+            raise _bad_line(annotations, number, line, "'<path> <label>' or '<frame folder> <frames> <label>'")
+        label = int(parts[-1])
+        top = max(top, label)
+        entries.append((parts[0], label if label >= 0 else None, subset))
+    return entries, [str(i) for i in range(top + 1)]
+
+
+# --- folders ------------------------------------------------------------------------------------------------------
+
+
+def _folder_entries(root: Path, keep: Callable[[Path], bool]) -> tuple[list[_Entry], list[str]]:
+    children = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    subset_dirs = {p: _SUBSET_NAMES[p.name.lower()] for p in children if p.name.lower() in _SUBSET_NAMES}
+    groups = [(p, s) for p, s in subset_dirs.items()] if subset_dirs else [(root, "all")]
+    found: list[tuple[Path, str, str]] = []
+    for base, subset in groups:
+        for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for item in sorted(class_dir.iterdir()):
+                if keep(item):
+                    found.append((item, class_dir.name, subset))
+    if not found:
+        raise DataError(f"{root} has no class sub-folders with videos or images: check --root (or the format)")
+    classes = sorted({name for _, name, _ in found})
+    return [(path, name, subset) for path, name, subset in found], classes
+
+
+def _is_video(path: Path) -> bool:
+    if path.is_dir():  # a frame folder
+        return any(child.suffix.lower() in IMAGE_SUFFIXES for child in path.iterdir())
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _parse_folder(annotations: Path | None, root: Path, split: int) -> tuple[list[_Entry], list[str]]:
+    return _folder_entries(root, _is_video)
+
+
+def _parse_image_folder(annotations: Path | None, root: Path, split: int) -> tuple[list[_Entry], list[str]]:
+    return _folder_entries(root, lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+# --- Something-Something-v2 ---------------------------------------------------------------------------------------
+
+
+def _parse_ssv2(annotations: Path, root: Path, split: int) -> tuple[list[_Entry], list[str]]:
+    folder = annotations if annotations.is_dir() else annotations.parent
+    labels_file = folder / "labels.json"
+    if not labels_file.is_file():
+        raise DataError(f"{folder} has no labels.json: pass the Something-Something-v2 annotation folder")
+    table = json.loads(labels_file.read_text(encoding="utf-8"))
+    classes = [name for name, _ in sorted(table.items(), key=lambda kv: int(kv[1]))]
+    if annotations.is_dir():
+        files = [folder / f"{name}.json" for name in ("train", "validation", "test")]
+        files = [f for f in files if f.is_file()]
+    else:
+        files = [annotations]
+    suffix = ".webm"
+    entries: list[_Entry] = []
+    for file in files:
+        subset = _subset_from_name(file.stem)
+        for item in json.loads(file.read_text(encoding="utf-8")):
+            template = item.get("template")
+            name = template.replace("[", "").replace("]", "") if template else None
+            entries.append((f"{item['id']}{suffix}", name, subset))
+    return entries, classes
+
+
+_PARSERS: dict[str, Callable[[Path | None, Path, int], tuple[list[_Entry], list[str]]]] = {
+    "ucf101": _parse_ucf101,
+    "hmdb51": _parse_hmdb51,
+    "kinetics-csv": _parse_kinetics_csv,
+    "kinetics-json": _parse_kinetics_json,
+    "mfnet-list": _parse_mfnet_list,
+    "list": _parse_list,
+    "folder": _parse_folder,
+    "image-folder": _parse_image_folder,
+    "ssv2": _parse_ssv2,
+}

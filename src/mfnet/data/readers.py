@@ -1,0 +1,323 @@
+"""Video readers: exact frames by index from a video file (PyAV) or a folder of extracted frames.
+
+A reader knows how many frames a video really has and returns the frames asked for as a uint8 tensor
+``(T, H, W, C)`` in RGB order, in the order asked (indices may repeat). ``open_video`` picks the reader.
+
+The PyAV reader never trusts the container header: on first use it demuxes the video stream's packets (no
+decoding, a few milliseconds for a typical clip) to learn every frame's presentation time and where the key
+frames are. A read then seeks to the key frame at or before the first wanted frame and decodes forward only as
+far as the last wanted frame, seeking again across long gaps. When fewer frames decode than packets exist (a
+truncated file, a broken tail), the reader lowers ``num_frames`` to what really decodes and raises
+``VideoError`` so the caller can sample again; frames that fail to decode in the middle of a video are replaced
+by the closest earlier frame that decoded.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import av
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+from mfnet.errors import VideoError
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Decoding through this many frames is cheaper than seeking back to a key frame (empirical, small GOPs).
+_SEEK_GAP_FRAMES = 8
+
+
+class VideoReader(Protocol):
+    """What every reader offers."""
+
+    path: Path
+
+    @property
+    def num_frames(self) -> int:
+        """Frames that really decode (as far as the reader knows so far)."""
+        ...
+
+    @property
+    def fps(self) -> float:
+        """Nominal frames per second."""
+        ...
+
+    def read(self, indices: list[int] | tuple[int, ...] | np.ndarray) -> torch.Tensor:
+        """Returns uint8 RGB frames ``(T, H, W, 3)`` for ``indices`` (0-based, any order, repeats allowed)."""
+        ...
+
+    def close(self) -> None:
+        """Releases the file."""
+        ...
+
+
+def open_video(path: str | Path, *, num_threads: int = 1, fps: float | None = None) -> VideoReader:
+    """Opens a video file with PyAV, or a folder of frames (``img_00001.jpg``, ...) with ``FrameFolderReader``.
+
+    Args:
+        path: a video file or a folder of image files.
+        num_threads: decoder threads per reader (1 suits DataLoader workers; 0 lets FFmpeg choose).
+        fps: the frame rate of a frame folder (ignored for video files, which carry their own).
+
+    Raises:
+        VideoError: the path does not exist, is not a video, or has no video stream.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return FrameFolderReader(path, fps=fps or 25.0)
+    if not path.exists():
+        raise VideoError(f"video {path} does not exist: check the dataset root and the annotation paths")
+    return PyAVReader(path, num_threads=num_threads)
+
+
+class PyAVReader:
+    """Reads frames of one video file with PyAV, seeking to key frames.
+
+    Keep one reader per process (it holds an open file); use it as a context manager or call ``close``.
+    """
+
+    def __init__(self, path: str | Path, *, num_threads: int = 1) -> None:
+        self.path = Path(path)
+        try:
+            self._container = av.open(str(self.path), metadata_errors="ignore")
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+            raise VideoError(f"cannot open {self.path} as a video ({_reason(err)}): re-download or remove it") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise VideoError(f"{self.path} has no video stream: remove it from the dataset")
+        self._stream = self._container.streams.video[0]
+        if num_threads != 1:
+            self._stream.thread_type = "AUTO"
+            self._stream.codec_context.thread_count = num_threads
+        self._pts: list[int] | None = None  # presentation times of the frames, sorted
+        self._key_positions: list[int] = []  # frame indices of key frames, sorted
+        self._decodable: int | None = None  # frames that really decode, once a read hit the end
+
+    def __enter__(self) -> PyAVReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the file."""
+        self._container.close()
+
+    @property
+    def header_frames(self) -> int:
+        """The frame count the container header claims (0 when it says nothing); not to be trusted."""
+        return int(self._stream.frames or 0)
+
+    @property
+    def fps(self) -> float:
+        """Nominal frame rate from the stream (average, else guessed), else from the packet times."""
+        rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
+        if rate:
+            return float(rate)
+        pts = self._frame_pts()
+        if len(pts) > 1 and self._stream.time_base:
+            return float((len(pts) - 1) / ((pts[-1] - pts[0]) * self._stream.time_base))
+        return 25.0
+
+    @property
+    def num_frames(self) -> int:
+        """Frames that decode: counted from the packets, lowered if a read found the file shorter."""
+        count = len(self._frame_pts())
+        return count if self._decodable is None else min(count, self._decodable)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)`` of the frames."""
+        return self._stream.codec_context.height, self._stream.codec_context.width
+
+    def _frame_pts(self) -> list[int]:
+        if self._pts is None:
+            self._scan_packets()
+        assert self._pts is not None
+        return self._pts
+
+    def _scan_packets(self) -> None:
+        entries: list[tuple[int, bool]] = []
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.size == 0:
+                    continue
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                if stamp is None:  # no usable timing: fall back to counting decoded frames
+                    entries = []
+                    break
+                entries.append((stamp, bool(packet.is_keyframe)))
+        except av.FFmpegError:
+            pass  # a broken tail: keep the packets read so far
+        if not entries:
+            self._pts, self._key_positions = [], []
+            self._decodable = self._count_by_decoding()
+            return
+        entries.sort()
+        pts = [stamp for stamp, _ in entries]
+        keys = [index for index, (_, key) in enumerate(entries) if key]
+        if len(set(pts)) != len(pts):  # duplicate stamps: indices by decoding order instead
+            self._pts, self._key_positions = [], []
+            self._decodable = self._count_by_decoding()
+            return
+        self._pts, self._key_positions = pts, keys or [0]
+
+    def _count_by_decoding(self) -> int:
+        count = 0
+        self._seek_start()
+        for _ in self._decode():
+            count += 1
+        return count
+
+    def _seek_start(self) -> None:
+        with contextlib.suppress(av.FFmpegError):
+            self._container.seek(0, backward=True, any_frame=False)
+
+    def _decode(self) -> Iterator[av.VideoFrame]:
+        """Decodes frames from the current position, skipping packets that fail to decode."""
+        for packet in self._container.demux(self._stream):
+            try:
+                yield from packet.decode()
+            except av.FFmpegError:
+                continue
+
+    def read(self, indices: list[int] | tuple[int, ...] | np.ndarray) -> torch.Tensor:
+        """Returns the frames at ``indices`` as uint8 RGB ``(T, H, W, 3)``.
+
+        Raises:
+            IndexError: an index outside ``[0, num_frames)``.
+            VideoError: the video cannot be decoded, or decodes fewer frames than it has packets (``num_frames``
+                is lowered to what decodes, so a new clip can be sampled).
+        """
+        wanted_list = [int(i) for i in np.asarray(indices).reshape(-1)]
+        total = self.num_frames
+        if any(not 0 <= i < total for i in wanted_list):
+            raise IndexError(f"frame indices must lie in [0, {total}) for {self.path}, got {wanted_list}")
+        if not wanted_list:
+            raise IndexError("read() needs at least one frame index")
+        try:
+            found = self._read_sorted(sorted(set(wanted_list)))
+        except av.FFmpegError as err:
+            raise VideoError(f"cannot decode {self.path} ({_reason(err)}): re-encode or remove it") from None
+        frames = [found[i] for i in wanted_list]
+        return torch.from_numpy(np.stack(frames))
+
+    def _read_sorted(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        if not self._pts:  # no timing table: decode from the start, counting
+            return self._read_sequential(wanted)
+        index_of = {stamp: index for index, stamp in enumerate(self._pts)}
+        found: dict[int, np.ndarray] = {}
+        position = 0  # the next wanted index (into ``wanted``) still to find
+        cursor = 0  # the frame index the decoder yields next (as far as known)
+        last_index, last_frame = -1, None  # the last frame decoded since the last seek
+        frames = None
+        no_more_seeks = False
+        while position < len(wanted):
+            target = wanted[position]
+            key = self._key_positions[bisect.bisect_right(self._key_positions, target) - 1]
+            if frames is None or (
+                not no_more_seeks and (cursor > target or (key > cursor and target - cursor >= _SEEK_GAP_FRAMES))
+            ):
+                frames, cursor = self._seek_to(key), key
+                last_index, last_frame = -1, None
+            frame = next(frames, None)
+            if frame is None:  # end of stream before the wanted frames: the file is shorter than its packets
+                self._decodable = last_index + 1 if last_index >= 0 else cursor
+                raise VideoError(
+                    f"{self.path} decodes only {self._decodable} of {len(self._pts)} frames "
+                    "(truncated or corrupt): sample again or re-download it"
+                )
+            index = index_of.get(frame.pts) if frame.pts is not None else None
+            if index is None:  # a timestamp the packet table does not have: count frames instead
+                return self._read_sequential(wanted)
+            if last_index == -1 and index > target and cursor > 0 and not no_more_seeks:
+                frames, cursor, no_more_seeks = self._seek_to(0), 0, True  # the seek overshot: start over
+                continue
+            while position < len(wanted) and wanted[position] <= index:
+                # A wanted frame that did not decode (skipped index) gets the closest earlier frame.
+                source = frame if wanted[position] == index or last_frame is None else last_frame
+                found[wanted[position]] = source.to_ndarray(format="rgb24")
+                position += 1
+            last_index, last_frame, cursor = index, frame, index + 1
+        return found
+
+    def _seek_to(self, frame_index: int) -> Iterator[av.VideoFrame]:
+        assert self._pts is not None
+        self._container.seek(self._pts[frame_index], stream=self._stream, backward=True, any_frame=False)
+        return self._decode()
+
+    def _read_sequential(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        self._seek_start()
+        found: dict[int, np.ndarray] = {}
+        wanted_set = set(wanted)
+        count = 0
+        for frame in self._decode():
+            if count in wanted_set:
+                found[count] = frame.to_ndarray(format="rgb24")
+                if len(found) == len(wanted_set):
+                    return found
+            count += 1
+        self._decodable = count
+        raise VideoError(f"{self.path} decodes only {count} frames (truncated or corrupt): sample again or remove it")
+
+
+class FrameFolderReader:
+    """Reads a folder of extracted frames (``img_00001.jpg`` ...), sorted by the number in their names."""
+
+    def __init__(self, path: str | Path, *, fps: float = 25.0) -> None:
+        self.path = Path(path)
+        files = [p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise VideoError(f"frame folder {self.path} holds no images ({', '.join(IMAGE_SUFFIXES)}): extract it")
+        self._files = sorted(files, key=_natural_key)
+        self._fps = fps
+
+    def __enter__(self) -> FrameFolderReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    @property
+    def num_frames(self) -> int:
+        """Number of image files."""
+        return len(self._files)
+
+    @property
+    def fps(self) -> float:
+        """The frame rate given when opening (frame folders carry none)."""
+        return self._fps
+
+    def read(self, indices: list[int] | tuple[int, ...] | np.ndarray) -> torch.Tensor:
+        """Returns the frames at ``indices`` as uint8 RGB ``(T, H, W, 3)``; raises ``VideoError`` on a bad image."""
+        wanted = [int(i) for i in np.asarray(indices).reshape(-1)]
+        if not wanted or any(not 0 <= i < len(self._files) for i in wanted):
+            raise IndexError(f"frame indices must lie in [0, {len(self._files)}) for {self.path}, got {wanted}")
+        cache: dict[int, torch.Tensor] = {}
+        for index in sorted(set(wanted)):
+            file = self._files[index]
+            try:
+                data = torch.frombuffer(bytearray(file.read_bytes()), dtype=torch.uint8)
+                cache[index] = decode_image(data, mode=ImageReadMode.RGB).permute(1, 2, 0)
+            except (RuntimeError, ValueError) as err:
+                raise VideoError(f"cannot decode frame {file} ({err}): re-extract the frames") from None
+        return torch.stack([cache[i] for i in wanted])
+
+
+def _natural_key(path: Path) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name))
+
+
+def _reason(err: BaseException) -> str:
+    text = getattr(err, "strerror", None) or str(err)
+    return text.split(":")[-1].strip() or type(err).__name__

@@ -1,0 +1,217 @@
+"""Clip transforms: uint8 frames ``(T, H, W, C)`` in, normalised float ``(C, T, H, W)`` out.
+
+Every random parameter (scale, aspect ratio, crop position, flip, colour offsets) is drawn once per clip from
+the ``torch.Generator`` passed in, so all frames of a clip get the same treatment and a dataset can make the
+result reproducible. Resizing, cropping and flipping use ``torchvision.transforms.v2.functional`` on uint8
+frames; the HLS colour jitter of the authors' code is written here (torchvision has none).
+
+Normalisations (on 0-255 values): ``"mfnet"`` is the authors' ``(x - [124, 117, 104]) * 0.0167``;
+``"imagenet"`` is ``(x / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]``; ``"none"`` gives ``x / 255``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms.v2 import functional as F
+
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    # (mean, std) on 0-255 values.
+    "mfnet": ((124.0, 117.0, 104.0), (1 / 0.0167,) * 3),
+    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+    "none": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+}
+
+
+def normalize(clip: torch.Tensor, normalization: str | tuple[Sequence[float], Sequence[float]]) -> torch.Tensor:
+    """Normalises a float clip ``(C, T, H, W)`` of 0-255 values with a named or ``(mean, std)`` normalisation."""
+    mean, std = NORMALIZATIONS[normalization] if isinstance(normalization, str) else normalization
+    mean_t = torch.tensor(mean, dtype=clip.dtype).view(-1, 1, 1, 1)
+    std_t = torch.tensor(std, dtype=clip.dtype).view(-1, 1, 1, 1)
+    return (clip - mean_t) / std_t
+
+
+def _check_normalization(normalization: str | tuple) -> None:
+    if isinstance(normalization, str) and normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}: use one of {sorted(NORMALIZATIONS)}")
+
+
+def _to_tchw(frames: torch.Tensor) -> torch.Tensor:
+    if frames.dim() != 4 or frames.shape[-1] not in (1, 3):
+        raise ValueError(f"frames must be (T, H, W, C), got {tuple(frames.shape)}")
+    return frames.permute(0, 3, 1, 2)  # (T, H, W, C) -> (T, C, H, W), a view
+
+
+def _finish(clip_tchw: torch.Tensor, normalization: str | tuple) -> torch.Tensor:
+    clip = clip_tchw.permute(1, 0, 2, 3).float()  # (T, C, H, W) -> (C, T, H, W)
+    return normalize(clip, normalization).contiguous()
+
+
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+class TrainTransform:
+    """The paper's training augmentation, identical for all frames of a clip.
+
+    1. random short-side scale ``s`` in ``short_side`` with aspect-ratio jitter ``r`` in ``aspect_ratio``
+       (log-uniform; the width is scaled by ``sqrt(r)`` and the height by ``1/sqrt(r)``);
+    2. random ``crop_size`` square crop;  3. horizontal flip with probability 0.5;
+    4. HLS colour jitter: offsets drawn uniformly in ``±hls_jitter`` (OpenCV units: hue 0-180, lightness and
+       saturation 0-255), added and clipped, as in the authors' code;  5. normalisation.
+
+    Defaults follow the paper (224 crops of frames scaled to 224-288); the demo uses e.g. ``crop_size=64,
+    short_side=(64, 80)``.
+    """
+
+    num_views = 1
+
+    def __init__(
+        self,
+        *,
+        crop_size: int = 224,
+        short_side: tuple[int, int] = (224, 288),
+        aspect_ratio: tuple[float, float] = (0.8, 1.25),
+        flip: bool = True,
+        hls_jitter: tuple[float, float, float] | None = (15, 35, 25),
+        normalization: str | tuple = "mfnet",
+    ) -> None:
+        _check_normalization(normalization)
+        if short_side[0] > short_side[1] or aspect_ratio[0] > aspect_ratio[1]:
+            raise ValueError("short_side and aspect_ratio must be (low, high) ranges")
+        self.crop_size = crop_size
+        self.short_side = short_side
+        self.aspect_ratio = aspect_ratio
+        self.flip = flip
+        self.hls_jitter = hls_jitter
+        self.normalization = normalization
+
+    def __call__(
+        self, frames: torch.Tensor, *, generator: torch.Generator | None = None, view: int = 0
+    ) -> torch.Tensor:
+        """Augments uint8 frames ``(T, H, W, C)`` into a normalised float clip ``(C, T, size, size)``."""
+        clip = _to_tchw(frames)
+        height, width = clip.shape[-2:]
+        short = _uniform(*self.short_side, generator)
+        ratio = math.exp(_uniform(math.log(self.aspect_ratio[0]), math.log(self.aspect_ratio[1]), generator))
+        scale = short / min(height, width)
+        new_h = max(self.crop_size, round(height * scale / math.sqrt(ratio)))
+        new_w = max(self.crop_size, round(width * scale * math.sqrt(ratio)))
+        top = int(torch.randint(new_h - self.crop_size + 1, (), generator=generator))
+        left = int(torch.randint(new_w - self.crop_size + 1, (), generator=generator))
+        flip = self.flip and bool(torch.rand((), generator=generator) < 0.5)
+        offsets = [_uniform(-v, v, generator) for v in self.hls_jitter] if self.hls_jitter else None
+        clip = F.resize(clip, [new_h, new_w], antialias=True)  # uint8 (T, C, H, W)
+        clip = clip[..., top : top + self.crop_size, left : left + self.crop_size]
+        if flip:
+            clip = F.horizontal_flip(clip)
+        if offsets is not None:
+            clip = hls_shift(clip.float(), *offsets)
+        return _finish(clip, self.normalization)
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainTransform(crop_size={self.crop_size}, short_side={self.short_side}, "
+            f"aspect_ratio={self.aspect_ratio}, flip={self.flip}, hls_jitter={self.hls_jitter}, "
+            f"normalization={self.normalization!r})"
+        )
+
+
+class EvalTransform:
+    """Evaluation: resize, then one centre crop or three crops along the longer side; no randomness.
+
+    Args:
+        resize: the short side after resizing (256), or ``(height, width)`` for a fixed size such as the
+            authors' ``(256, 256)``.
+        crop_size: the square crop (224).
+        crops: 1 (centre) or 3 (start, centre, end of the longer side); a dataset asks for each with ``view``.
+        normalization: see the module docstring.
+    """
+
+    def __init__(
+        self,
+        *,
+        resize: int | tuple[int, int] = 256,
+        crop_size: int = 224,
+        crops: int = 1,
+        normalization: str | tuple = "mfnet",
+    ) -> None:
+        _check_normalization(normalization)
+        if crops not in (1, 3):
+            raise ValueError("crops must be 1 or 3")
+        self.resize = resize
+        self.crop_size = crop_size
+        self.num_views = crops
+        self.normalization = normalization
+
+    def __call__(
+        self, frames: torch.Tensor, *, generator: torch.Generator | None = None, view: int = 0
+    ) -> torch.Tensor:
+        """Turns uint8 frames ``(T, H, W, C)`` into crop ``view``, a normalised float clip ``(C, T, size, size)``."""
+        clip = _to_tchw(frames)
+        height, width = clip.shape[-2:]
+        if isinstance(self.resize, int):
+            scale = self.resize / min(height, width)
+            size = [max(self.crop_size, round(height * scale)), max(self.crop_size, round(width * scale))]
+        else:
+            size = [max(self.crop_size, self.resize[0]), max(self.crop_size, self.resize[1])]
+        clip = F.resize(clip, size, antialias=True)
+        new_h, new_w = size
+        top, left = (new_h - self.crop_size) // 2, (new_w - self.crop_size) // 2
+        if self.num_views == 3:
+            position = [0, None, -1][view]
+            if new_w >= new_h and position is not None:
+                left = 0 if position == 0 else new_w - self.crop_size
+            elif position is not None:
+                top = 0 if position == 0 else new_h - self.crop_size
+        clip = clip[..., top : top + self.crop_size, left : left + self.crop_size]
+        return _finish(clip, self.normalization)
+
+    def __repr__(self) -> str:
+        return (
+            f"EvalTransform(resize={self.resize}, crop_size={self.crop_size}, crops={self.num_views}, "
+            f"normalization={self.normalization!r})"
+        )
+
+
+def train_transform(**kwargs: object) -> TrainTransform:
+    """The paper's training augmentation; keyword arguments as ``TrainTransform``."""
+    return TrainTransform(**kwargs)  # type: ignore[arg-type]
+
+
+def eval_transform(**kwargs: object) -> EvalTransform:
+    """Evaluation resize and crop(s); keyword arguments as ``EvalTransform``."""
+    return EvalTransform(**kwargs)  # type: ignore[arg-type]
+
+
+def hls_shift(clip: torch.Tensor, hue: float, lightness: float, saturation: float) -> torch.Tensor:
+    """Shifts hue, lightness and saturation of float RGB frames ``(..., 3, H, W)`` with 0-255 values.
+
+    Offsets are in OpenCV's 8-bit HLS units (hue 0-180, lightness and saturation 0-255); shifted values are
+    clipped to their range (hue too, as the authors' code does). Returns float RGB in 0-255.
+    """
+    rgb = clip / 255.0
+    r, g, b = rgb.unbind(-3)
+    vmax, _ = rgb.max(-3)
+    vmin, _ = rgb.min(-3)
+    delta = vmax - vmin
+    light = (vmax + vmin) / 2
+    denom = torch.where(light < 0.5, vmax + vmin, 2 - vmax - vmin).clamp_min(1e-12)
+    sat = torch.where(delta > 0, delta / denom, torch.zeros_like(delta))
+    safe = delta.clamp_min(1e-12)
+    hue_deg = torch.where(
+        vmax == r, 60 * (g - b) / safe, torch.where(vmax == g, 120 + 60 * (b - r) / safe, 240 + 60 * (r - g) / safe)
+    )
+    hue_deg = torch.where(delta > 0, hue_deg % 360, torch.zeros_like(hue_deg))
+    # Shift in OpenCV units and clip, then back to degrees / [0, 1].
+    hue_deg = ((hue_deg / 2 + hue).clamp(0, 180) * 2) % 360
+    light = ((light * 255 + lightness).clamp(0, 255)) / 255
+    sat = ((sat * 255 + saturation).clamp(0, 255)) / 255
+    chroma = sat * torch.minimum(light, 1 - light)
+    channels = []
+    for n in (0.0, 8.0, 4.0):
+        k = (n + hue_deg / 30) % 12
+        channels.append(light - chroma * torch.clamp(torch.minimum(k - 3, 9 - k), -1, 1))
+    return torch.stack(channels, dim=-3) * 255

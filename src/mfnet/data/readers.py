@@ -130,6 +130,8 @@ class PyAVReader:
     def num_frames(self) -> int:
         """Frames that decode: counted from the packets, lowered if a read found the file shorter."""
         count = len(self._frame_pts())
+        if not count:  # no packet timing: the count comes from decoding
+            return self._decodable or 0
         return count if self._decodable is None else min(count, self._decodable)
 
     @property
@@ -187,6 +189,20 @@ class PyAVReader:
                 yield from packet.decode()
             except av.FFmpegError:
                 continue
+
+    def decode_all(self) -> int:
+        """Decodes every frame (without colour conversion) and returns how many decode; for data checks.
+
+        Raises:
+            VideoError: the decoder fails in a way that cannot be skipped.
+        """
+        try:
+            self._seek_start()
+            count = sum(1 for _ in self._decode())
+        except av.FFmpegError as err:
+            raise VideoError(f"cannot decode {self.path} ({_reason(err)}): re-encode or remove it") from None
+        self._decodable = count if self._decodable is None else min(count, self._decodable)
+        return count
 
     def read(self, indices: list[int] | tuple[int, ...] | np.ndarray) -> torch.Tensor:
         """Returns the frames at ``indices`` as uint8 RGB ``(T, H, W, 3)``.

@@ -6,7 +6,26 @@ video-level averaging of clip predictions (the paper's protocol) is written here
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mfnet.data.annotations import VideoRecord
+from mfnet.data.datasets import VideoClipDataset
+from mfnet.data.loader import build_loader
+from mfnet.data.readers import open_video
+from mfnet.data.sampling import ClipIndices, UniformClipSampler
+from mfnet.data.transforms import eval_transform
+from mfnet.errors import MfnetError
 
 
 def average_by_video(clip_probs: torch.Tensor, video_index: torch.Tensor, num_videos: int) -> torch.Tensor:
@@ -40,3 +59,498 @@ def average_by_video(clip_probs: torch.Tensor, video_index: torch.Tensor, num_vi
     sums.index_add_(0, index, probs)  # (V, K): sum of each video's clip probabilities
     counts = torch.bincount(index, minlength=num_videos).to(probs.dtype)  # (V,)
     return sums / counts.unsqueeze(1)  # 0/0 -> NaN for videos without clips
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The predictor: videos in, per-video (or per-window) probabilities and embeddings out.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipSpec:
+    """How clips are cut from a video and pre-processed (the paper's test setting by default).
+
+    Attributes:
+        frames: Frames per clip ``T``.
+        interval: Frames between consecutive clip frames.
+        resize: Short side after resizing (or ``(height, width)``).
+        crop_size: Square crop ``H = W``.
+        crops: Crops per clip: 1 (centre) or 3 (along the longer side).
+        normalization: A normalisation of ``mfnet.data.transforms`` (``"mfnet"``, ``"imagenet"``, ``"none"``).
+    """
+
+    frames: int = 16
+    interval: int = 2
+    resize: int | tuple[int, int] = 256
+    crop_size: int = 224
+    crops: int = 1
+    normalization: str = "mfnet"
+
+    def transform(self) -> Any:
+        """The evaluation transform: uint8 ``(T, H, W, C)`` -> float ``(C, T, crop, crop)``."""
+        return eval_transform(
+            resize=self.resize, crop_size=self.crop_size, crops=self.crops, normalization=self.normalization
+        )
+
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int, int]:
+        """``(N, 3, T, H, W)`` of a batch of clips."""
+        return (batch, 3, self.frames, self.crop_size, self.crop_size)
+
+
+@dataclass
+class VideoPrediction:
+    """The prediction for one video (or one window of a video).
+
+    Attributes:
+        path: The video file.
+        probs: Class probabilities ``(K,)`` averaged over clips x crops; ``None`` if the video failed.
+        clips: Clips averaged (crops not counted).
+        seconds: Duration of the video (of the window in window mode) in seconds; NaN if unknown.
+        error: Why the video could not be used (one sentence), else ``None``.
+        start_s: Start of the window in seconds (0 for whole videos).
+    """
+
+    path: Path
+    probs: torch.Tensor | None
+    clips: int
+    seconds: float
+    error: str | None = None
+    start_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Whether the video was predicted."""
+        return self.error is None and self.probs is not None
+
+    def topk(self, k: int) -> list[tuple[int, float]]:
+        """The ``k`` most probable classes as ``(class index, probability)``, most probable first."""
+        if self.probs is None:
+            return []
+        values, indices = self.probs.topk(min(k, self.probs.numel()))
+        return [(int(i), float(v)) for v, i in zip(values, indices, strict=True)]
+
+
+@dataclass
+class Timeline:
+    """Window predictions over one long video.
+
+    Attributes:
+        path: The video file.
+        windows: One ``VideoPrediction`` per window, in time order (``start_s``, ``seconds`` = window length).
+        duration_s: Length of the video in seconds.
+        error: Why the video could not be used, else ``None``.
+    """
+
+    path: Path
+    windows: list[VideoPrediction]
+    duration_s: float
+    error: str | None = None
+
+    def probs(self) -> torch.Tensor:
+        """Window probabilities ``(W, K)`` (NaN rows for windows that failed)."""
+        rows = [w.probs for w in self.windows if w.probs is not None]
+        k = rows[0].numel() if rows else 0
+        return torch.stack([w.probs if w.probs is not None else torch.full((k,), float("nan")) for w in self.windows])
+
+
+@dataclass
+class VideoFeatures:
+    """Pooled embeddings of videos (``model.clip_features``) and which video each row belongs to.
+
+    Attributes:
+        paths: The videos, in input order (failed ones included, see ``errors``).
+        features: ``(V, C)`` video embeddings (mean over clips x crops; NaN rows for failed videos), or ``(M, C)``
+            clip embeddings with ``per_clip=True``.
+        video_index: Video of each row ``(rows,)``.
+        clip_id: Clip of each row ``(rows,)`` (-1 for video rows).
+        errors: ``{path: sentence}`` for the videos that failed.
+    """
+
+    paths: list[Path]
+    features: torch.Tensor
+    video_index: torch.Tensor
+    clip_id: torch.Tensor
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class _WindowSampler:
+    """Clips of consecutive windows of one video, as one "video" with ``windows x clips`` clips.
+
+    Clip ``w * clips + c`` is clip ``c`` of ``UniformClipSampler(clips)`` inside window ``w``, whose frames are
+    ``[starts[w], starts[w] + lengths[w])``; so ``VideoClipDataset`` reads only the frames each window needs.
+    """
+
+    def __init__(self, starts: list[int], lengths: list[int], sampler: UniformClipSampler) -> None:
+        self.starts, self.lengths, self.inner = starts, lengths, sampler
+        self.clips_per_window = sampler.clips_per_video
+        self.clips_per_video = len(starts) * self.clips_per_window
+        self.frames_per_clip = sampler.frames_per_clip
+
+    def __call__(self, num_frames: int, clip_id: int, rng: Any = None) -> ClipIndices:
+        window, clip = divmod(clip_id, self.clips_per_window)
+        length = max(1, min(self.lengths[window], num_frames - self.starts[window]))
+        inner = self.inner(length, clip)
+        return ClipIndices(np.minimum(inner.frames + self.starts[window], num_frames - 1), clip_id)
+
+
+class _PredictionItems(torch.utils.data.Dataset):
+    """``VideoClipDataset`` items for prediction: a clip that fails is reported, never replaced by another video.
+
+    Items are ``{"clip", "video_index", "clip_id", "ok", "error", "seconds"}``; a failed item has a zero clip,
+    ``ok=False`` and the reason in ``error``. ``seconds`` (the video's duration) is filled on the first item of
+    each video and is ``-1`` on the others.
+    """
+
+    def __init__(self, dataset: VideoClipDataset, clip_shape: tuple[int, ...]) -> None:
+        self.dataset = dataset
+        self.clip_shape = clip_shape
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        video, part = divmod(index, self.dataset.items_per_video)
+        clip_id = part // self.dataset.num_views
+        path = self.dataset.records[video].path
+        seconds = _duration_s(path) if part == 0 else -1.0
+        try:
+            item = self.dataset[index]
+        except MfnetError:
+            item = None
+        if item is None or item["substituted"]:
+            return {
+                "clip": torch.zeros(self.clip_shape),
+                "video_index": video,
+                "clip_id": clip_id,
+                "ok": False,
+                "error": _failure_reason(path, self.dataset.sampler, clip_id),
+                "seconds": seconds,
+            }
+        return {
+            "clip": item["clip"],
+            "video_index": video,
+            "clip_id": clip_id,
+            "ok": True,
+            "error": "",
+            "seconds": seconds,
+        }
+
+
+def _duration_s(path: Path) -> float:
+    try:
+        with contextlib.closing(open_video(path)) as reader:
+            return reader.num_frames / reader.fps if reader.fps > 0 else math.nan
+    except Exception:  # reported by the item itself
+        return math.nan
+
+
+def _failure_reason(path: Path, sampler: Any, clip_id: int) -> str:
+    """One sentence on why a clip of ``path`` cannot be read (found by reading it once more)."""
+    try:
+        with contextlib.closing(open_video(path)) as reader:
+            num_frames = reader.num_frames
+            if num_frames <= 0:
+                return f"{path} has no decodable video frames: re-encode or remove it"
+            reader.read(sampler(num_frames, clip_id).frames)
+    except MfnetError as err:
+        return str(err)
+    except Exception as err:
+        return f"cannot decode {path} ({type(err).__name__}: {err}): re-encode or remove it"
+    return f"decoding {path} failed in a data worker: try again with --workers 0"
+
+
+@contextlib.contextmanager
+def _quiet_data_log() -> Iterator[None]:
+    """Silences ``mfnet.data``'s substitution warnings (prediction reports failed files itself)."""
+    logger = logging.getLogger("mfnet.data")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """THE place where a PyTorch model is made ready for prediction: eval mode, device, fast path.
+
+    Args:
+        model: A classifier (not changed).
+        example_input: A batch like those that will run, ``(N, C, T, H, W)``, on the target device.
+
+    Returns:
+        A module with the classifier's interface (``forward``, ``clip_features``) for inference only.
+    """
+    model = model.eval().to(example_input.device)
+    try:
+        from mfnet.tools.fastpath import optimize_for_inference
+    except ImportError:
+        return model
+    return optimize_for_inference(model, example_input)
+
+
+class Predictor:
+    """Runs a classifier over video files: multi-clip video predictions, sliding-window timelines, embeddings.
+
+    Clips of several videos share a batch; a ``DataLoader`` with workers decodes them (``VideoClipDataset``
+    with ``UniformClipSampler(num_clips)`` and the evaluation transform). A file that cannot be decoded is
+    reported in its result (``error``) and the others go through.
+
+    Args:
+        model: A classifier (``nn.Module``), or any callable mapping clips ``(N, 3, T, H, W)`` to logits
+            ``(N, K)`` (such as ``mfnet.tools.export.ExportedRunner``; embeddings need an ``nn.Module``).
+        spec: Clip length, sampling interval, resize, crop and normalisation.
+        num_clips: Clips per video (per window in window mode), spread evenly.
+        batch_size: Clips per forward pass.
+        num_workers: DataLoader worker processes (0 decodes in this process).
+        device: Where the model runs (default: CUDA if available, else CPU); ignored for a callable.
+        fixed_batch: Batch size the callable requires (an exported graph without dynamic batch); batches are
+            padded to it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        *,
+        spec: ClipSpec | None = None,
+        num_clips: int = 10,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        device: str | torch.device | None = None,
+        fixed_batch: int | None = None,
+    ) -> None:
+        if num_clips <= 0 or batch_size <= 0 or num_workers < 0:
+            raise ValueError("num_clips and batch_size must be positive and num_workers non-negative")
+        self.spec = spec or ClipSpec()
+        self.num_clips = num_clips
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.fixed_batch = fixed_batch
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._source = model
+        self._model: Callable[[torch.Tensor], torch.Tensor] | None = None if isinstance(model, nn.Module) else model
+
+    # -- the model -----------------------------------------------------------------------------------------------
+
+    def _module(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self._model is None:
+            example = torch.zeros(self.spec.input_shape(self.batch_size), device=self.device)
+            self._model = prepare_for_inference(self._source, example)
+        return self._model
+
+    @torch.no_grad()
+    def _forward(self, clips: torch.Tensor, *, features: bool) -> torch.Tensor:
+        """Logits ``(N, K)`` or embeddings ``(N, C)`` of clips ``(N, 3, T, H, W)``, on the CPU."""
+        model = self._module()
+        if features:
+            if not hasattr(model, "clip_features"):
+                raise MfnetError("embeddings need a PyTorch checkpoint (an exported model gives logits only)")
+            return model.clip_features(clips.to(self.device)).float().cpu()
+        if self.fixed_batch is None:
+            return model(clips.to(self.device)).float().cpu()
+        outs = []
+        for chunk in clips.split(self.fixed_batch):
+            pad = self.fixed_batch - chunk.shape[0]
+            padded = torch.cat([chunk, chunk[:1].expand(pad, *chunk.shape[1:])]) if pad else chunk
+            outs.append(model(padded)[: chunk.shape[0]].float().cpu())
+        return torch.cat(outs)
+
+    # -- running items -------------------------------------------------------------------------------------------
+
+    def _items(self, paths: list[Path], sampler: Any) -> _PredictionItems:
+        records = [VideoRecord(Path(p), -1, "all") for p in paths]
+        dataset = VideoClipDataset(records, sampler=sampler, transform=self.spec.transform(), max_substitutions=0)
+        return _PredictionItems(dataset, (3, self.spec.frames, self.spec.crop_size, self.spec.crop_size))
+
+    def _run(
+        self,
+        items: _PredictionItems,
+        *,
+        features: bool,
+        progress: tqdm | None = None,
+        on_items: Callable[[int], Any] | None = None,
+    ) -> Iterator[_VideoOutputs]:
+        """Runs every item through the model, yielding each video's outputs once all its items are done.
+
+        ``progress`` is advanced by one per finished video; ``on_items`` is called with each batch's size.
+        """
+        loader = build_loader(items, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        per_video = items.dataset.items_per_video
+        buffer: list[tuple[int, int, torch.Tensor | None, str, float]] = []  # (video, clip_id, output, error, s)
+        with _quiet_data_log():
+            for batch in loader:
+                ok = batch["ok"]
+                if on_items is not None:
+                    on_items(ok.shape[0])
+                outputs = iter(self._forward(batch["clip"][ok], features=features)) if ok.any() else iter(())
+                for i in range(ok.shape[0]):
+                    output = next(outputs) if ok[i] else None
+                    buffer.append(
+                        (
+                            int(batch["video_index"][i]),
+                            int(batch["clip_id"][i]),
+                            output,
+                            batch["error"][i],
+                            float(batch["seconds"][i]),
+                        )
+                    )
+                while len(buffer) >= per_video:
+                    head, buffer = buffer[:per_video], buffer[per_video:]
+                    yield _VideoOutputs.from_items(head)
+                    if progress is not None:
+                        progress.update(1)
+
+    # -- public API ------------------------------------------------------------------------------------------------
+
+    def predict(self, paths: Sequence[str | Path], *, progress: bool = False) -> Iterator[VideoPrediction]:
+        """Predicts each video from ``num_clips`` evenly spread clips (x crops), yielding results in input order.
+
+        Args:
+            paths: Video files (or frame folders).
+            progress: Show a progress bar over files on stderr.
+
+        Yields:
+            A ``VideoPrediction`` per path; a video whose clips all fail to decode has ``error`` set.
+        """
+        paths = [Path(p) for p in paths]
+        if not paths:
+            return
+        sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
+        bar = tqdm(total=len(paths), unit="video", disable=not progress, leave=False)
+        try:
+            for video in self._run(self._items(paths, sampler), features=False, progress=bar):
+                yield _video_prediction(paths[video.video], video.outputs, video.errors, video.seconds, self.spec.crops)
+        finally:
+            bar.close()
+
+    def timeline(
+        self, path: str | Path, *, window_s: float, stride_s: float | None = None, progress: bool = False
+    ) -> Timeline:
+        """Predicts consecutive windows of a long video, reading only the frames each window needs.
+
+        Window ``w`` covers ``[w * stride_s, w * stride_s + window_s)`` seconds; windows are laid until the end
+        of the video (a video shorter than one window gives one window over all of it). Each window is
+        predicted from ``num_clips`` evenly spread clips inside it. Frames are decoded batch by batch, never the
+        whole video at once.
+
+        Args:
+            path: The video.
+            window_s: Window length in seconds.
+            stride_s: Seconds between window starts (default: ``window_s``, no overlap).
+            progress: Show a progress bar over windows on stderr.
+        """
+        path = Path(path)
+        stride_s = window_s if stride_s is None else stride_s
+        if window_s <= 0 or stride_s <= 0:
+            raise MfnetError(f"--window and --stride must be positive seconds, got {window_s} and {stride_s}")
+        try:
+            with contextlib.closing(open_video(path)) as reader:
+                num_frames, fps = reader.num_frames, reader.fps
+        except MfnetError as err:
+            return Timeline(path, [], math.nan, str(err))
+        if num_frames <= 0:
+            return Timeline(path, [], 0.0, f"{path} has no decodable video frames: re-encode or remove it")
+        starts, lengths = _windows(num_frames, fps, window_s, stride_s)
+        inner = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
+        items = self._items([path], _WindowSampler(starts, lengths, inner))
+        # One "video" whose items are the windows' clips: count progress in windows.
+        items_per_window = self.num_clips * self.spec.crops
+        bar = tqdm(total=len(starts), unit="window", disable=not progress, leave=False)
+        outputs = []
+        try:
+            for video in self._run(
+                items, features=False, progress=None, on_items=lambda n: bar.update(n / items_per_window)
+            ):
+                outputs.append(video)
+        finally:
+            bar.close()
+        (video,) = outputs
+        windows = []
+        window_of = video.clip_id // self.num_clips
+        for w, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+            logits = video.outputs[window_of == w]
+            prediction = _video_prediction(path, logits, video.errors, length / fps, self.spec.crops)
+            prediction.start_s = start / fps
+            windows.append(prediction)
+        failed = [w.error for w in windows if w.error]
+        return Timeline(path, windows, num_frames / fps, failed[0] if len(failed) == len(windows) else None)
+
+    def features(self, paths: Sequence[str | Path], *, per_clip: bool = False, progress: bool = False) -> VideoFeatures:
+        """Pooled embeddings (``model.clip_features``) of ``num_clips`` clips x crops per video.
+
+        Args:
+            paths: Video files.
+            per_clip: Keep one row per clip and crop (else the mean over a video's clips x crops).
+            progress: Show a progress bar over files on stderr.
+        """
+        paths = [Path(p) for p in paths]
+        sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
+        rows, videos, clips, errors = [], [], [], {}
+        bar = tqdm(total=len(paths), unit="video", disable=not progress, leave=False)
+        try:
+            for video in self._run(self._items(paths, sampler), features=True, progress=bar):
+                out = video.outputs  # (M_ok, C)
+                if out.shape[0] == 0:
+                    errors[str(paths[video.video])] = video.errors[0] if video.errors else "no clip decoded"
+                if per_clip:
+                    rows.append(out if out.shape[0] else None)
+                    videos.append(torch.full((out.shape[0],), video.video))
+                    clips.append(video.clip_id)
+                else:
+                    rows.append(out.mean(0, keepdim=True) if out.shape[0] else None)
+                    videos.append(torch.tensor([video.video]))
+                    clips.append(torch.tensor([-1]))
+        finally:
+            bar.close()
+        width = next((r.shape[1] for r in rows if r is not None and r.shape[0]), 0)
+        if per_clip:  # a failed video has no rows
+            rows = [r for r in rows if r is not None]
+        rows = [r if r is not None else torch.full((1, width), math.nan) for r in rows]
+        return VideoFeatures(
+            paths,
+            torch.cat(rows) if rows else torch.zeros(0, width),
+            torch.cat(videos).long() if videos else torch.zeros(0, dtype=torch.long),
+            torch.cat(clips).long() if clips else torch.zeros(0, dtype=torch.long),
+            errors,
+        )
+
+
+@dataclass
+class _VideoOutputs:
+    """The model outputs of one video's items: the good ones stacked, the failures' reasons listed."""
+
+    video: int
+    outputs: torch.Tensor  # (M_ok, D) logits or embeddings of the items that decoded
+    clip_id: torch.Tensor  # (M_ok,)
+    errors: list[str]
+    seconds: float
+
+    @classmethod
+    def from_items(cls, items: list[tuple[int, int, torch.Tensor | None, str, float]]) -> _VideoOutputs:
+        good = [(clip, out) for _, clip, out, _, _ in items if out is not None]
+        outputs = torch.stack([out for _, out in good]) if good else torch.zeros(0, 0)
+        clip_id = torch.tensor([clip for clip, _ in good], dtype=torch.long)
+        errors = list(dict.fromkeys(err for *_, err, _ in items if err))
+        return cls(items[0][0], outputs, clip_id, errors, items[0][4])
+
+
+def _video_prediction(
+    path: Path, logits: torch.Tensor, errors: list[str], seconds: float, crops: int
+) -> VideoPrediction:
+    """Averages the softmax of a video's decoded clips x crops ``logits (M, K)`` (``average_by_video``)."""
+    if logits.shape[0] == 0:
+        reason = errors[0] if errors else f"no clip of {path} could be decoded: re-encode or remove it"
+        return VideoPrediction(path, None, 0, seconds, reason)
+    probs = logits.softmax(-1)  # (M, K)
+    video = average_by_video(probs, torch.zeros(probs.shape[0], dtype=torch.long), 1)[0]  # (K,)
+    return VideoPrediction(path, video, -(-probs.shape[0] // max(1, crops)), seconds)
+
+
+def _windows(num_frames: int, fps: float, window_s: float, stride_s: float) -> tuple[list[int], list[int]]:
+    """Start frame and length in frames of each window (the last ones may be cut by the end of the video)."""
+    window = max(1, round(window_s * fps))
+    stride = max(1, round(stride_s * fps))
+    starts = list(range(0, max(1, num_frames - window + stride), stride))
+    # A tail shorter than half a window is left out, unless the video is shorter than one window.
+    starts = [s for s in starts if s == 0 or num_frames - s >= window / 2]
+    return starts, [min(window, num_frames - s) for s in starts]

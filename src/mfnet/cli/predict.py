@@ -1,9 +1,436 @@
-"""Commands of this family (filled in by its issue)."""
+"""``mfnet predict``, ``mfnet features`` and ``mfnet export``: use a trained model on videos, and ship it.
+
+Argument parsing and printing only; the work is done by ``mfnet.engine.predictor`` (``Predictor``,
+``load_model``) and ``mfnet.tools.export``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from mfnet.cli._common import parse_shape, print_json
+from mfnet.errors import MfnetError, VideoError
+
+_GLOB_CHARS = frozenset("*?[")
 
 
 def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
-    """Adds this family's commands to the ``mfnet`` parser."""
+    """Adds ``predict``, ``features`` and ``export``."""
+    p = commands.add_parser(
+        "predict",
+        help="label videos (files, folders, globs) with a trained model, or scan a long video in windows",
+        description="Runs --clips evenly spread clips of each video through the model and prints the top classes "
+        "of the averaged probabilities. With --window, predicts consecutive windows of each video instead "
+        "(a timeline). --weights may be a checkpoint or an exported .onnx / .pt2 model. The exit status is 1 "
+        "if any video failed to decode (the others are still predicted).",
+    )
+    _add_inputs(p)
+    p.add_argument("--labels", default=None, help="class names: kinetics400, ucf101, hmdb51 or a text file")
+    p.add_argument("--topk", type=int, default=5, help="classes shown per video (default 5)")
+    p.add_argument(
+        "--clips", type=int, default=None, help="clips per video (default 10), or per window with --window (default 3)"
+    )
+    p.add_argument("--window", type=float, default=None, metavar="SECONDS", help="predict windows of this length")
+    p.add_argument("--stride", type=float, default=None, metavar="SECONDS", help="seconds between windows (--window)")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG_OR_DIR",
+        help="with --window: write the timeline plot (a .png, or a folder)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object per video")
+    _add_clip_options(p)
+    p.set_defaults(handler=_predict)
+
+    p = commands.add_parser(
+        "features",
+        help="write pooled clip or video embeddings of videos to .npy or .safetensors",
+        description="Writes the pooled embeddings (forward_features + global average pooling, before the "
+        "classifier) of --clips clips per video: one row per video (mean over its clips) or, with --per-clip, "
+        "one row per clip. A .npy file gets an index FILE.json beside it; a .safetensors file holds the index.",
+    )
+    _add_inputs(p)
+    p.add_argument("--out", required=True, help="output file, .npy or .safetensors")
+    p.add_argument("--clips", type=int, default=10, help="clips per video (default 10)")
+    p.add_argument("--per-clip", action="store_true", help="one row per clip instead of one per video")
+    _add_clip_options(p)
+    p.set_defaults(handler=_features)
+
+    p = commands.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or torch.export and verify the result",
+        description="Exports the inference model (eval mode, BatchNorms folded into the convolution before them "
+        "where possible), then runs the exported file (ONNX Runtime, or torch.export.load) and PyTorch on the same "
+        "random clip and prints the largest absolute difference of the logits; the command fails (exit 1) above "
+        "--tolerance.",
+    )
+    p.add_argument("--weights", required=True, help="checkpoint to export")
+    p.add_argument("--model", default=None, help="model name (default: the checkpoint's, else mfnet3d)")
+    p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx", help="artifact format (default onnx)")
+    p.add_argument("--out", required=True, help="output file (.onnx, or .pt2 for torch-export)")
+    p.add_argument("--input", type=parse_shape, default=None, help="input shape NxCxTxHxW (default 1x3x16x224x224)")
+    p.add_argument("--dynamic-batch", action="store_true", help="let the exported graph take any batch size")
+    p.add_argument("--labels", default=None, help="class names stored in the artifact (default: the checkpoint's)")
+    p.add_argument("--tolerance", type=float, default=None, help="largest accepted logit difference (default 1e-3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_export)
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="VIDEO", help="video files, folders (searched recursively) or globs")
+    p.add_argument("--weights", required=True, help="checkpoint (.pth/.pt/.safetensors) or exported .onnx / .pt2")
+    p.add_argument("--model", default=None, help="model name (default: the checkpoint's, else mfnet3d)")
+
+
+def _add_clip_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("clips and pre-processing (defaults: the paper's test setting)")
+    g.add_argument("--frames", type=int, default=None, help="frames per clip (default 16, or the exported graph's)")
+    g.add_argument("--interval", type=int, default=2, help="frames between clip frames (default 2)")
+    g.add_argument("--size", type=int, default=None, help="crop size (default 224, or the exported graph's)")
+    g.add_argument("--resize", type=int, default=None, help="short side before cropping (default size * 8/7)")
+    g.add_argument("--crops", type=int, choices=(1, 3), default=1, help="crops per clip: centre, or three (default 1)")
+    g.add_argument("--normalization", default="mfnet", help="mfnet (default), imagenet or none")
+    g.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+
+# -- inputs -----------------------------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (every video inside, recursively, sorted) and globs -> video paths, in order, no repeats.
+
+    A file given by name is kept whatever its suffix (decoding will tell); folders and globs keep files with a
+    video suffix. Raises ``VideoError`` for a path that does not exist or a folder / glob without videos.
+    """
+    from mfnet.data.readers import VIDEO_SUFFIXES
+
+    def videos_in(paths: list[Path]) -> list[Path]:
+        found = []
+        for path in paths:
+            if path.is_dir():
+                found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+            elif path.suffix.lower() in VIDEO_SUFFIXES:
+                found.append(path)
+        return found
+
+    out: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_file():
+            found = [path]
+        elif path.is_dir():
+            found = videos_in([path])
+            if not found:
+                raise VideoError(f"folder {path} holds no video files ({', '.join(VIDEO_SUFFIXES)}): check the path")
+        elif _GLOB_CHARS & set(text):
+            found = videos_in([Path(p) for p in sorted(glob.glob(text, recursive=True))])
+            if not found:
+                raise VideoError(f"no video files match {text!r}: check the pattern (quote it to stop the shell)")
+        else:
+            raise VideoError(f"{path} does not exist: check the path")
+        out += found
+    return list(dict.fromkeys(out))
+
+
+def _predictor(args: argparse.Namespace, loaded: Any, num_clips: int) -> Any:
+    from mfnet.engine.predictor import ClipSpec, Predictor
+
+    frames, size, fixed_batch = args.frames or 16, args.size or 224, None
+    if loaded.exported:
+        n, _, t, h, w = loaded.input_shape
+        if (args.frames not in (None, t)) or (args.size not in (None, h)) or h != w:
+            raise MfnetError(
+                f"{args.weights} takes clips of {t} frames of {h}x{w}: drop --frames/--size or re-export with "
+                f"`mfnet export --input 1x3x{args.frames or t}x{args.size or h}x{args.size or w}`"
+            )
+        frames, size, fixed_batch = t, h, n
+    if min(frames, size, args.interval, num_clips, args.batch_size) <= 0 or args.workers < 0:
+        raise MfnetError("--frames, --size, --interval, --clips and --batch-size must be positive, --workers >= 0")
+    resize = args.resize or round(size * 8 / 7)  # 224 -> 256
+    spec = ClipSpec(
+        frames=frames,
+        interval=args.interval,
+        resize=resize,
+        crop_size=size,
+        crops=args.crops,
+        normalization=args.normalization,
+    )
+    try:
+        spec.transform()
+    except ValueError as err:
+        raise MfnetError(f"{err}") from None
+    return Predictor(
+        loaded.model,
+        spec=spec,
+        num_clips=num_clips,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        fixed_batch=fixed_batch,
+    )
+
+
+def _class_names(labels: str | None, meta: dict[str, Any]) -> list[str] | None:
+    """``--labels``, else the checkpoint's classes, else a shipped list of the same size, else ``None``."""
+    from mfnet.labels import load_labels
+
+    num_classes = meta.get("num_classes")
+    if labels is not None:
+        names = load_labels(labels)
+        if num_classes and len(names) != num_classes:
+            raise MfnetError(
+                f"--labels {labels} has {len(names)} names but the model has {num_classes} classes: give the "
+                "list the model was trained with"
+            )
+        return names
+    if meta.get("classes"):
+        return [str(c) for c in meta["classes"]]
+    shipped = {400: "kinetics400", 101: "ucf101", 51: "hmdb51"}
+    return load_labels(shipped[num_classes]) if num_classes in shipped else None
+
+
+def _name(classes: list[str] | None, index: int) -> str:
+    if classes is None:
+        return f"class {index}"
+    if index >= len(classes):
+        raise MfnetError(
+            f"the model predicts class {index} but the label list has {len(classes)} names: pass the right --labels"
+        )
+    return classes[index]
+
+
+def _topk_json(prediction: Any, k: int, classes: list[str] | None) -> list[dict[str, Any]]:
+    return [{"label": _name(classes, i), "index": i, "prob": round(p, 6)} for i, p in prediction.topk(k)]
+
+
+def _seconds(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 3)
+
+
+def _fail_line(path: Path, error: str | None) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"mfnet: failed: {path}: {error}", file=sys.stderr)  # keeps a progress bar intact
+
+
+# -- predict ----------------------------------------------------------------------------------------------------
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from mfnet.engine.predictor import load_model
+
+    if args.topk <= 0:
+        raise MfnetError("--topk must be positive")
+    if args.window is None and (args.stride is not None or args.plot is not None):
+        raise MfnetError("--stride and --plot need --window SECONDS")
+    paths = expand_inputs(args.inputs)
+    loaded = load_model(args.weights, model_name=args.model)
+    classes = _class_names(args.labels, loaded.meta)
+    if args.window is not None:
+        return _predict_windows(args, loaded, paths, classes)
+    predictor = _predictor(args, loaded, args.clips or 10)
+    failed = 0
+    for prediction in predictor.predict(paths, progress=len(paths) > 1):
+        if not prediction.ok:
+            failed += 1
+            _fail_line(prediction.path, prediction.error)
+            if args.json:
+                print_json({"path": str(prediction.path), "error": prediction.error})
+            continue
+        if args.json:
+            record = {
+                "path": str(prediction.path),
+                "topk": _topk_json(prediction, args.topk, classes),
+                "clips": prediction.clips,
+                "seconds": _seconds(prediction.seconds),
+            }
+            tqdm.write(json.dumps(record), file=sys.stdout)
+            continue
+        lines = [f"{prediction.path}  ({prediction.clips} clips, {prediction.seconds:.1f} s)"]
+        lines += [f"  {p:6.1%}  {_name(classes, i)}" for i, p in prediction.topk(args.topk)]
+        tqdm.write("\n".join(lines), file=sys.stdout)
+    return 1 if failed else 0
+
+
+def _plot_path(plot: str | None, video: Path, many: bool) -> Path | None:
+    if plot is None:
+        return None
+    target = Path(plot)
+    if target.suffix.lower() == ".png" and not many:
+        return target
+    return target / f"{video.stem}.timeline.png"
+
+
+def _predict_windows(args: argparse.Namespace, loaded: Any, paths: list[Path], classes: list[str] | None) -> int:
+    from mfnet.tools.timeline import plot_timeline
+
+    predictor = _predictor(args, loaded, args.clips or 3)
+    failed = 0
+    for path in paths:
+        timeline = predictor.timeline(path, window_s=args.window, stride_s=args.stride, progress=True)
+        if timeline.error is not None:
+            failed += 1
+            _fail_line(path, timeline.error)
+            if args.json:
+                print_json({"path": str(path), "error": timeline.error})
+            continue
+        bad = [w for w in timeline.windows if not w.ok]
+        failed += bool(bad)
+        for w in bad:
+            _fail_line(path, f"window at {w.start_s:.1f} s: {w.error}")
+        plot = _plot_path(args.plot, path, len(paths) > 1)
+        good = [w for w in timeline.windows if w.ok]
+        if plot is not None and good:
+            k = good[0].probs.numel()
+            names = [_name(classes, i) for i in range(k)] if classes else [f"class {i}" for i in range(k)]
+            starts = [w.start_s for w in good]
+            plot_timeline(
+                starts,
+                [w.start_s + w.seconds for w in good],
+                timeline.probs()[[w.ok for w in timeline.windows]],
+                names,
+                plot,
+                title=path.name,
+            )
+        if args.json:
+            print_json(
+                {
+                    "path": str(path),
+                    "seconds": _seconds(timeline.duration_s),
+                    "window": args.window,
+                    "stride": args.stride or args.window,
+                    "windows": [
+                        {
+                            "start": round(w.start_s, 3),
+                            "end": round(w.start_s + w.seconds, 3),
+                            "clips": w.clips,
+                            "topk": _topk_json(w, args.topk, classes) if w.ok else [],
+                            **({"error": w.error} if not w.ok else {}),
+                        }
+                        for w in timeline.windows
+                    ],
+                    "plot": str(plot) if plot is not None and good else None,
+                }
+            )
+            continue
+        print(f"{path}  ({timeline.duration_s:.1f} s, {len(timeline.windows)} windows of {args.window:g} s)")
+        for w in good:
+            top = ", ".join(f"{_name(classes, i)} {p:.1%}" for i, p in w.topk(args.topk))
+            print(f"  {w.start_s:8.1f} - {w.start_s + w.seconds:8.1f} s  {top}")
+        if plot is not None and good:
+            print(f"  timeline plot: {plot}")
+    return 1 if failed else 0
+
+
+# -- features ---------------------------------------------------------------------------------------------------
+
+
+def _features(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mfnet.engine.predictor import load_model
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".npy", ".safetensors"):
+        raise MfnetError(f"--out {out} must end in .npy or .safetensors")
+    paths = expand_inputs(args.inputs)
+    loaded = load_model(args.weights, model_name=args.model)
+    if loaded.exported:
+        raise MfnetError(f"{args.weights} is an exported graph that gives logits only: pass the PyTorch checkpoint")
+    predictor = _predictor(args, loaded, args.clips)
+    result = predictor.features(paths, per_clip=args.per_clip, progress=len(paths) > 1)
+    for path, error in result.errors.items():
+        _fail_line(Path(path), error)
+    index = {
+        "paths": [str(p) for p in result.paths],
+        "video_index": result.video_index.tolist(),
+        "clip_id": result.clip_id.tolist(),
+        "per_clip": args.per_clip,
+        "clips": args.clips,
+        "model": loaded.meta.get("model"),
+        "errors": result.errors,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    features = result.features.float().contiguous()
+    if out.suffix.lower() == ".npy":
+        np.save(out, features.numpy())
+        index_path = out.with_suffix(".json")
+        index_path.write_text(json.dumps(index, indent=1) + "\n")
+        where = f"{out} (index {index_path})"
+    else:
+        from safetensors.torch import save_file
+
+        tensors = {"features": features, "video_index": result.video_index, "clip_id": result.clip_id}
+        save_file(tensors, str(out), metadata={"index": json.dumps(index)})
+        where = str(out)
+    rows, dim = features.shape
+    print(f"wrote {rows} x {dim} {'clip' if args.per_clip else 'video'} embeddings of {len(paths)} videos to {where}")
+    return 1 if result.errors else 0
+
+
+# -- export -----------------------------------------------------------------------------------------------------
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mfnet.engine.predictor import EXPORTED_SUFFIXES, load_model
+    from mfnet.tools.export import DEFAULT_TOLERANCE, export_model
+
+    if Path(args.weights).suffix.lower() in EXPORTED_SUFFIXES:
+        raise MfnetError(f"{args.weights} is already exported: pass the PyTorch checkpoint it came from")
+    loaded = load_model(args.weights, model_name=args.model)
+    model, meta = loaded.model, dict(loaded.meta)
+    shape = args.input or ((1, 3, 16, 224, 224) if getattr(model, "input_ndim", 5) == 5 else (1, 3, 224, 224))
+    allowed = (5,) if getattr(model, "input_ndim", 5) == 5 else (4, 5)  # image models also take clips
+    if len(shape) not in allowed or shape[1] != 3:
+        raise MfnetError(f"--input {'x'.join(map(str, shape))} does not fit {meta.get('model')}: give NxCxTxHxW, C=3")
+    if args.labels is not None:
+        meta["classes"] = _class_names(args.labels, meta)
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    result = export_model(
+        model,
+        args.out,
+        format=args.format,
+        input_shape=shape,
+        dynamic_batch=args.dynamic_batch,
+        meta=meta,
+        tolerance=tolerance,
+    )
+    if args.json:
+        print_json(
+            {
+                "path": str(result.path),
+                "format": result.format,
+                "model": meta.get("model"),
+                "input": list(result.input_shape),
+                "dynamic_batch": result.dynamic_batch,
+                "folded_batchnorms": len(result.folded),
+                "max_abs_diff": result.max_abs_diff,
+                "tolerance": result.tolerance,
+                "ok": result.ok,
+            }
+        )
+    else:
+        batch = "dynamic batch" if result.dynamic_batch else "fixed batch"
+        size = "x".join(map(str, shape))
+        print(f"exported {meta.get('model')} to {result.path} ({result.format}, input {size}, {batch})")
+        print(f"folded {len(result.folded)} BatchNorm layers into the convolution before them")
+        verdict = "OK" if result.ok else "FAILED"
+        print(f"max abs difference vs PyTorch: {result.max_abs_diff:.3g} (tolerance {result.tolerance:g}): {verdict}")
+    if not result.ok:
+        print(
+            f"mfnet: error: {result.path} differs from the PyTorch model by {result.max_abs_diff:.3g} > "
+            f"{result.tolerance:g}: do not ship it; try the other --format",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -289,6 +289,53 @@ def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.M
     return optimize_for_inference(model, example_input)
 
 
+EXPORTED_SUFFIXES = (".onnx", ".pt2")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for ``Predictor``, loaded from a checkpoint or an exported artifact.
+
+    Attributes:
+        model: The classifier (``nn.Module``) or an ``ExportedRunner`` (ONNX Runtime / ExportedProgram).
+        meta: The ``"mfnet"`` meta: ``model``, ``num_classes``, ``model_kwargs``, ``classes`` (may be ``None``).
+        input_shape: For an exported graph, its input ``(N or None, 3, T, H, W)``; ``None`` for a checkpoint.
+    """
+
+    model: Any
+    meta: dict[str, Any]
+    input_shape: tuple[int | None, ...] | None = None
+
+    @property
+    def exported(self) -> bool:
+        """Whether the model is an exported graph (fixed clip size, logits only)."""
+        return self.input_shape is not None
+
+
+def load_model(weights: str | Path, *, model_name: str | None = None) -> LoadedModel:
+    """Loads weights for prediction: our checkpoints, the authors' files, or an exported ``.onnx`` / ``.pt2``.
+
+    Args:
+        weights: The file.
+        model_name: The registered model to build; default: the one the checkpoint names, else ``mfnet3d``
+            (the authors' files name none). Ignored for exported graphs.
+
+    Raises:
+        CheckpointError, MfnetError: Missing file, unreadable file, or weights that do not fit the model.
+    """
+    path = Path(weights)
+    if path.suffix.lower() in EXPORTED_SUFFIXES:
+        from mfnet.tools.export import load_exported
+
+        runner = load_exported(path)
+        return LoadedModel(runner, dict(runner.meta), runner.input_shape)
+    from mfnet.models.checkpoint import model_from_checkpoint, read_checkpoint
+
+    name = model_name or (read_checkpoint(path).meta or {}).get("model") or "mfnet3d"
+    model, meta = model_from_checkpoint(path, model_name=name)
+    return LoadedModel(model.eval(), meta)
+
+
 class Predictor:
     """Runs a classifier over video files: multi-clip video predictions, sliding-window timelines, embeddings.
 

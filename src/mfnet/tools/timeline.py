@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,8 +62,12 @@ def plot_timeline(
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    for start, end, k in zip(starts_s, ends_s, top1, strict=True):
-        strip.axvspan(start, end, color=colours.get(k, (0.8, 0.8, 0.8, 1.0)), alpha=0.6, lw=0)
+    # Overlapping windows: each one colours the stretch nearer to its centre than to its neighbours'.
+    cuts = [(a + b) / 2 for a, b in itertools.pairwise(centres)]
+    for i, (start, end, k) in enumerate(zip(starts_s, ends_s, top1, strict=True)):
+        left = max(start, cuts[i - 1]) if i > 0 else start
+        right = min(end, cuts[i]) if i < len(cuts) else end
+        strip.axvspan(left, right, color=colours.get(k, (0.8, 0.8, 0.8, 1.0)), alpha=0.8, lw=0)
     strip.set_yticks([])
     strip.set_ylabel("top-1", rotation=0, ha="right", va="center")
     strip.set_xlabel("time (s)")

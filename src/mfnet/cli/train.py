@@ -104,9 +104,10 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
-        help="annotation format (kinetics400, ucf101, hmdb51, list, ..., imagefolder); default: the recipe's",
+        help="annotation format (ucf101, hmdb51, kinetics-csv, list, folder, image-folder, ...); default: the recipe's",
     )
     p.add_argument("--annotations", type=Path, help="annotation file or folder")
+    p.add_argument("--val-annotations", type=Path, help="a separate annotation file for validation/testing")
     p.add_argument("--data", "--root", dest="root", type=Path, help="folder the video paths start from")
     p.add_argument("--split", type=int, choices=(1, 2, 3), help="UCF-101 / HMDB51 split")
 
@@ -140,6 +141,7 @@ def _train(args: argparse.Namespace) -> int:
         annotations=args.annotations or saved.get("annotations"),
         root=args.root or saved.get("root"),
         split=args.split or saved.get("split") or recipe.split,
+        val_annotations=args.val_annotations or saved.get("val_annotations"),
     )
     if spec.annotations is None and spec.root is None:
         raise MfnetError("say where the data is: --annotations FILE and/or --data ROOT (see `mfnet train --help`)")
@@ -188,7 +190,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise MfnetError("say where the data is: --annotations FILE and/or --data ROOT (see `mfnet eval --help`)")
     fmt = args.format or _format_of(args.weights[0])
     if fmt is None:
-        raise MfnetError("give the annotation format with --format (kinetics400, ucf101, hmdb51, list, ...)")
+        raise MfnetError("give the annotation format with --format (ucf101, hmdb51, kinetics-csv, list, folder, ...)")
     splits: list[int | None]
     if args.splits:
         try:
@@ -207,7 +209,9 @@ def _eval(args: argparse.Namespace) -> int:
         splits, weights = [args.split], list(args.weights)
     results = []
     for split, w in zip(splits, weights, strict=True):
-        spec = DataSpec(format=fmt, annotations=args.annotations, root=args.root, split=split)
+        spec = DataSpec(
+            format=fmt, annotations=args.annotations, root=args.root, split=split, val_annotations=args.val_annotations
+        )
         out_dir = None
         if args.out is not None:
             out_dir = args.out / f"split{split}" if len(splits) > 1 else args.out

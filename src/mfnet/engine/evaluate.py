@@ -29,6 +29,7 @@ from mfnet.engine.inputs import DataSpec, build_eval_dataset, make_loader
 from mfnet.engine.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_correct
 from mfnet.engine.predictor import average_by_video
 from mfnet.errors import MfnetError
+from mfnet.tools.fastpath import to_channels_last
 
 
 @dataclass
@@ -216,13 +217,14 @@ def run_evaluation(
     video_names: list[str] | None = None,
     num_videos: int | None = None,
     progress: bool = True,
-    memory_format: torch.memory_format = torch.contiguous_format,
+    channels_last: bool = False,
 ) -> EvalResult:
     """Scores every item of ``dataset`` with ``model`` in eval mode (restoring its mode afterwards).
 
-    Items are dicts with ``"clip"`` ``(C, T, H, W)`` (or ``(crops, C, T, H, W)`` for multi-crop testing; the crops
-    of an item count as clips of its video), ``"label"`` and ``"video_index"``. Under ``torchrun`` each process
-    scores a strided shard and the scores are gathered on every process.
+    Items are dicts with ``"clip"`` ``(C, T, H, W)`` (or ``(C, H, W)``), ``"label"`` and ``"video_index"``; each
+    crop of a clip is an item of its own, so crops count as clips of their video. Items marked ``"substituted"``
+    (an unreadable video replaced by another) are left out and counted in ``extra["substituted"]``. Under
+    ``torchrun`` each process scores a strided shard and the scores are gathered on every process.
     """
     ctx = ctx or DistContext(device=next(model.parameters()).device)
     was_training = model.training
@@ -240,20 +242,21 @@ def run_evaluation(
     )
     probs, labels, videos = [], [], []
     loss_sum = 0.0
-    input_ndim = getattr(model, "input_ndim", 5)
+    skipped = 0
     try:
         for batch in tqdm(loader, desc="eval", disable=not (progress and ctx.is_main), leave=False, unit="batch"):
             clip = batch["clip"]
             label = torch.as_tensor(batch["label"]).long()
-            video = torch.as_tensor(batch.get("video_index", label.new_zeros(label.shape))).long()
-            if clip.ndim == max(input_ndim, 5) + 1 or (input_ndim == 4 and clip.ndim == 5 and _has_crops(batch)):
-                crops = clip.shape[1]
-                clip = clip.flatten(0, 1)  # (N, crops, C, ...) -> (N*crops, C, ...)
-                label = label.repeat_interleave(crops)
-                video = video.repeat_interleave(crops)
+            video = torch.as_tensor(batch.get("video_index", torch.arange(label.shape[0]))).long()
+            if "substituted" in batch:  # another video stood in for an unreadable one: not a score of this video
+                keep = ~torch.as_tensor(batch["substituted"]).bool()
+                skipped += int((~keep).sum())
+                clip, label, video = clip[keep], label[keep], video[keep]
+                if not label.numel():
+                    continue
             x = clip.to(ctx.device, non_blocking=True)
-            if x.ndim in (4, 5):
-                x = x.contiguous(memory_format=memory_format)
+            if channels_last:
+                x = to_channels_last(x)
             logits = model(x).float().cpu()
             loss_sum += float(F.cross_entropy(logits, label, reduction="sum"))
             probs.append(logits.softmax(1))
@@ -267,6 +270,7 @@ def run_evaluation(
         torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
         torch.cat(videos) if videos else torch.zeros(0, dtype=torch.long),
         loss_sum,
+        skipped,
     )
     gathered = all_gather_objects(ctx, local)
     clip_probs = torch.cat([g[0] for g in gathered])
@@ -275,13 +279,11 @@ def run_evaluation(
     loss = sum(g[3] for g in gathered) / max(1, clip_probs.shape[0])
     if num_videos is None:
         num_videos = getattr(dataset, "num_videos", None) or (int(clip_video.max()) + 1 if clip_video.numel() else 0)
-    return scores_from_clips(
+    result = scores_from_clips(
         clip_probs, clip_labels, clip_video, num_videos=num_videos, loss=loss, classes=classes, video_names=video_names
     )
-
-
-def _has_crops(batch: dict[str, Any]) -> bool:
-    return bool(batch.get("crops", False))
+    result.extra["substituted"] = sum(g[4] for g in gathered)
+    return result
 
 
 def evaluate(
@@ -360,7 +362,7 @@ def _clip_settings(
     crop_size: int | None,
     resize: int | None,
     model: nn.Module,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Clip settings from the arguments, else the run's recipe, else the paper's defaults."""
     recipe: dict[str, Any] = {}
     for candidate in (weights.parent / "recipe.json", weights.parent.parent / "recipe.json"):
@@ -373,6 +375,7 @@ def _clip_settings(
         "frame_interval": frame_interval or recipe.get("frame_interval", 2),
         "crop_size": crop_size or recipe.get("crop_size", 224),
         "resize": resize or recipe.get("resize", 256),
+        "normalization": recipe.get("normalization", "mfnet"),
     }
 
 

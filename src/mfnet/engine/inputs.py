@@ -1,10 +1,9 @@
 """From a data location and a recipe to datasets and loaders, through ``mfnet.data``'s public functions.
 
 ``DataSpec(format, annotations, root, split)`` says where a dataset is; the formats are those of
-``mfnet.data.annotations.load_annotations`` (video datasets) plus ``"imagefolder"`` (ImageNet-style
-``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` for the 2D models). Items of every dataset built here
-are dicts with ``"clip"`` (float ``(C, T, H, W)``, or ``(C, H, W)`` for images), ``"label"`` and
-``"video_index"``.
+``mfnet.data.annotations.load_annotations``; ``"image-folder"`` gives images for the 2D models (ImageNet). Items of
+every dataset built here are dicts with ``"clip"`` (float ``(C, T, H, W)``, or ``(C, H, W)`` for images),
+``"label"``, ``"video_index"`` and ``"substituted"`` (see ``mfnet.data.datasets``).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from mfnet.engine.distributed import DistContext
 from mfnet.engine.recipes import Recipe
 from mfnet.errors import DataError
 
-IMAGE_FOLDER = "imagefolder"
+IMAGE_FORMATS = ("image-folder",)
 
 
 @dataclass
@@ -29,16 +28,20 @@ class DataSpec:
 
     Attributes:
         format: An annotation format of ``mfnet.data.annotations`` (``kinetics400``, ``ucf101``, ``hmdb51``,
-            ``list``, ...) or ``"imagefolder"``.
+            ``list``, ``image-folder``, ...).
         annotations: The annotation file or folder (``None`` for formats that need none).
         root: The folder the videos' relative paths start from.
         split: The UCF-101 / HMDB51 split (1, 2 or 3).
+        val_annotations: A second annotation file for validation/testing (e.g. ``val.txt`` of the ``list``
+            format, whose subset is named after the file); by default the validation videos come from
+            ``annotations`` too.
     """
 
     format: str
     annotations: str | Path | None = None
     root: str | Path | None = None
     split: int | None = None
+    val_annotations: str | Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (stored in a run directory so ``--resume`` needs no data arguments)."""
@@ -47,6 +50,7 @@ class DataSpec:
             "annotations": str(self.annotations) if self.annotations is not None else None,
             "root": str(self.root) if self.root is not None else None,
             "split": self.split,
+            "val_annotations": str(self.val_annotations) if self.val_annotations is not None else None,
         }
 
 
@@ -70,75 +74,45 @@ class EvalData:
     subset: str
 
 
-class _ImageItems(Dataset):
-    """Wraps a torchvision ``ImageFolder`` so items are ``{"clip": (C, H, W), "label", "video_index"}``."""
-
-    def __init__(self, folder: Any) -> None:
-        self.folder = folder
-        self.num_videos = len(folder)
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image, label = self.folder[index]
-        return {"clip": image, "label": int(label), "video_index": index, "clip_id": 0}
-
-
-def _image_folder(root: Path, subset: str, transform: Any) -> Any:
-    from torchvision.datasets import ImageFolder
-
-    folder = root / subset
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist: --root must hold {subset}/<class>/<image> files")
-    return ImageFolder(str(folder), transform=transform)
-
-
-def _image_transforms(recipe: Recipe, *, train: bool) -> Any:
-    from torchvision import transforms as T
-
-    from mfnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if train:
-        return T.Compose([T.RandomResizedCrop(recipe.crop_size), T.RandomHorizontalFlip(), *norm])
-    return T.Compose([T.Resize(recipe.resize), T.CenterCrop(recipe.crop_size), *norm])
-
-
-def _annotations(spec: DataSpec) -> Any:
+def _annotations(spec: DataSpec, *, val: bool = False, classes: list[str] | None = None) -> Any:
     from mfnet.data.annotations import load_annotations
 
-    return load_annotations(spec.format, spec.annotations, spec.root, split=spec.split)
+    annotations = spec.val_annotations if val and spec.val_annotations is not None else spec.annotations
+    root = spec.root
+    if root is None:
+        if annotations is None:
+            raise DataError("say where the data is: give the dataset root folder (--data ROOT)")
+        root = Path(annotations) if Path(annotations).is_dir() else Path(annotations).parent
+    return load_annotations(spec.format, annotations, root, split=spec.split, classes=classes)
 
 
-def _records(ann: Any, subset: str, spec: DataSpec) -> list[Any]:
-    records = [r for r in ann.records if r.subset == subset]
+def _records(ann: Any, subset: str, spec: DataSpec, *, any_subset: bool = False) -> list[Any]:
+    records = ann.subset(subset)
+    if not records and any_subset:
+        records = list(ann.records)  # a separate validation file: take all of it
     if not records:
-        subsets = sorted({r.subset for r in ann.records})
+        subsets = ", ".join(ann.subsets) or "none"
         raise DataError(
-            f"the {spec.format} annotations {spec.annotations} have no {subset!r} videos (they have "
-            f"{', '.join(subsets) or 'none'}): check the file, or set train_subset / val_subset with --set"
+            f"the {spec.format} annotations {spec.annotations} have no {subset!r} videos on disk (subsets: "
+            f"{subsets}; missing files: {len(ann.missing)}): check the paths, or set train_subset / val_subset"
         )
     return records
 
 
+def _dataset(spec: DataSpec, records: list[Any], *, sampler: Any, transform: Any, seed: int = 0) -> Dataset:
+    from mfnet.data.datasets import ImageDataset, VideoClipDataset
+
+    if spec.format in IMAGE_FORMATS:
+        return ImageDataset(records, transform=transform, seed=seed)
+    return VideoClipDataset(records, sampler=sampler, transform=transform, seed=seed)
+
+
 def build_datasets(spec: DataSpec, recipe: Recipe, *, train: bool = True, val: bool = True) -> TrainData:
-    """The training and validation datasets of ``recipe`` on the data ``spec`` points to."""
-    if spec.format == IMAGE_FOLDER:
-        root = Path(spec.root or ".")
-        train_folder = (
-            _image_folder(root, recipe.train_subset, _image_transforms(recipe, train=True)) if train else None
-        )
-        val_folder = _image_folder(root, recipe.val_subset, _image_transforms(recipe, train=False)) if val else None
-        classes = (train_folder or val_folder).classes if (train_folder or val_folder) else None
-        val_names = [p for p, _ in val_folder.samples] if val_folder else None
-        return TrainData(
-            _ImageItems(train_folder) if train_folder else None,
-            _ImageItems(val_folder) if val_folder else None,
-            classes,
-            val_names,
-        )
-    from mfnet.data.datasets import VideoClipDataset
+    """The training and validation datasets of ``recipe`` on the data ``spec`` points to.
+
+    Training clips: ``RandomClipSampler`` (``clip_length`` frames, ``frame_interval`` or one drawn from
+    ``train_frame_intervals``) and the paper's augmentation; validation: ``val_clips`` uniform clips, centre crop.
+    """
     from mfnet.data.sampling import RandomClipSampler, UniformClipSampler
     from mfnet.data.transforms import eval_transform, train_transform
 
@@ -147,15 +121,17 @@ def build_datasets(spec: DataSpec, recipe: Recipe, *, train: bool = True, val: b
     val_names = None
     if train:
         sampler = RandomClipSampler(recipe.clip_length, recipe.train_frame_intervals or recipe.frame_interval)
-        transform = train_transform(crop_size=recipe.crop_size, scale=recipe.train_scale)
-        train_ds = VideoClipDataset(
-            _records(ann, recipe.train_subset, spec), sampler=sampler, transform=transform, seed=recipe.seed
+        transform = train_transform(
+            crop_size=recipe.crop_size, short_side=recipe.train_scale, normalization=recipe.normalization
         )
+        records = _records(ann, recipe.train_subset, spec)
+        train_ds = _dataset(spec, records, sampler=sampler, transform=transform, seed=recipe.seed)
     if val:
-        val_records = _records(ann, recipe.val_subset, spec)
+        val_ann = ann if spec.val_annotations is None else _annotations(spec, val=True, classes=list(ann.classes))
+        val_records = _records(val_ann, recipe.val_subset, spec, any_subset=spec.val_annotations is not None)
         sampler = UniformClipSampler(recipe.val_clips, recipe.clip_length, recipe.frame_interval)
-        transform = eval_transform(crop_size=recipe.crop_size, resize=recipe.resize)
-        val_ds = VideoClipDataset(val_records, sampler=sampler, transform=transform)
+        transform = eval_transform(crop_size=recipe.crop_size, resize=recipe.resize, normalization=recipe.normalization)
+        val_ds = _dataset(spec, val_records, sampler=sampler, transform=transform)
         val_names = [str(r.path) for r in val_records]
     return TrainData(train_ds, val_ds, list(ann.classes) if ann.classes else None, val_names)
 
@@ -170,25 +146,22 @@ def build_eval_dataset(
     frame_interval: int,
     crop_size: int,
     resize: int,
+    normalization: str = "mfnet",
 ) -> EvalData:
     """The test dataset: ``clips`` uniform clips x ``crops`` crops per video of ``subset`` (default: test or val)."""
-    if spec.format == IMAGE_FOLDER:
-        recipe = Recipe(crop_size=crop_size, resize=resize)
-        folder = _image_folder(Path(spec.root or "."), subset or "val", _image_transforms(recipe, train=False))
-        return EvalData(_ImageItems(folder), list(folder.classes), [p for p, _ in folder.samples], subset or "val")
-    from mfnet.data.datasets import VideoClipDataset
     from mfnet.data.sampling import UniformClipSampler
     from mfnet.data.transforms import eval_transform
 
-    ann = _annotations(spec)
+    ann = _annotations(spec, val=True)
     if subset is None:
-        present = {r.subset for r in ann.records}
-        subset = next((s for s in ("test", "val", "validation") if s in present), None) or sorted(present)[0]
-    records = _records(ann, subset, spec)
-    dataset = VideoClipDataset(
+        present = set(ann.subsets)
+        subset = next((s for s in ("test", "val") if s in present), None) or ann.subsets[0]
+    records = _records(ann, subset, spec, any_subset=spec.val_annotations is not None)
+    dataset = _dataset(
+        spec,
         records,
         sampler=UniformClipSampler(clips, clip_length, frame_interval),
-        transform=eval_transform(crop_size=crop_size, resize=resize, num_crops=crops),
+        transform=eval_transform(crop_size=crop_size, resize=resize, crops=crops, normalization=normalization),
     )
     return EvalData(dataset, list(ann.classes) if ann.classes else None, [str(r.path) for r in records], subset)
 

@@ -46,7 +46,7 @@ class Recipe:
     drop_rate: float = 0.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     # --- data
-    data_format: str = "kinetics400"  # annotation format of mfnet.data.annotations (or "imagefolder")
+    data_format: str = "kinetics-csv"  # annotation format of mfnet.data.annotations
     split: int | None = None  # UCF-101 / HMDB51 split 1, 2 or 3
     train_subset: str = "train"
     val_subset: str = "val"
@@ -55,7 +55,8 @@ class Recipe:
     train_frame_intervals: tuple[int, ...] = ()  # drawn per clip when given, e.g. (1, 2, 2, 3)
     crop_size: int = 224
     resize: int = 256  # short side before the centre crop(s) at evaluation
-    train_scale: tuple[int, int] = (256, 320)  # short side drawn in this range before the random crop
+    train_scale: tuple[int, int] = (224, 288)  # short side drawn in this range before the random crop
+    normalization: str = "mfnet"  # see mfnet.data.transforms: mfnet | imagenet | none
     val_clips: int = 1  # clips per video for the validation pass after each epoch
     test_clips: int = 10  # clips per video for `mfnet eval` (the paper averages many clips)
     test_crops: int = 1
@@ -137,7 +138,7 @@ def _builtin() -> dict[str, Recipe]:
             "(set init_weights=PATH): SGD Nesterov, LR 0.1 at batch 1024, step decay x0.1, 16x224x224 clips.",
             model="mfnet3d",
             num_classes=400,
-            data_format="kinetics400",
+            data_format="kinetics-csv",
             train_frame_intervals=(1, 2, 2, 3),
             epochs=158,  # the authors' 38 M samples / ~240k videos
             batch_size=1024,
@@ -155,7 +156,7 @@ def _builtin() -> dict[str, Recipe]:
             "LR 0.5 at batch 1024 decaying exponentially (x0.93 per epoch), 5 warm-up epochs.",
             model="mfnet2d",
             num_classes=1000,
-            data_format="imagefolder",
+            data_format="image-folder",
             clip_length=1,
             frame_interval=1,
             epochs=100,
@@ -167,19 +168,19 @@ def _builtin() -> dict[str, Recipe]:
             warmup_epochs=5.0,
             label_smoothing=0.1,
             resize=256,
-            train_scale=(256, 480),
         ),
         Recipe(
             name="smoke",
             description="A laptop-CPU smoke test: mfnet3d on 4x64x64 clips, batch 8, 2 epochs, cosine LR.",
             model="mfnet3d",
-            num_classes=10,
-            data_format="list",
+            num_classes=8,
+            data_format="ucf101",
+            val_subset="test",
             clip_length=4,
             frame_interval=2,
             crop_size=64,
-            resize=72,
-            train_scale=(72, 90),
+            resize=64,
+            train_scale=(64, 80),
             epochs=2,
             batch_size=8,
             base_lr=0.05,

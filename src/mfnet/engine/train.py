@@ -46,13 +46,14 @@ from tqdm.auto import tqdm
 
 from mfnet.engine import checkpoints as ckpt
 from mfnet.engine.distributed import DistContext, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
-from mfnet.engine.inputs import DataSpec, build_datasets, make_loader
+from mfnet.engine.inputs import DataSpec, build_datasets, make_loader, video_names_of
 from mfnet.engine.metrics import MetricsLog, RunningMeans, topk_correct
 from mfnet.engine.optim import build_optimizer
 from mfnet.engine.recipes import Recipe
 from mfnet.engine.schedule import LRSchedule
 from mfnet.errors import MfnetError
 from mfnet.models import create_model
+from mfnet.tools.fastpath import prepare_for_training, to_channels_last
 
 logger = logging.getLogger("mfnet")
 
@@ -178,10 +179,8 @@ class _Trainer:
         self.model_kwargs = kwargs
         model = create_model(r.model, num_classes=num_classes, weights=r.init_weights, inflate=r.inflate, **kwargs)
         model.to(self.ctx.device)
-        self.memory_format = torch.contiguous_format
         if r.channels_last:
-            self.memory_format = torch.channels_last_3d if model.input_ndim == 5 else torch.channels_last
-            model.to(memory_format=self.memory_format)
+            prepare_for_training(model)
         return model
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -229,9 +228,12 @@ class _Trainer:
         num_classes = len(classes) if classes else r.num_classes
         if classes and len(classes) != r.num_classes and ctx.is_main:
             logger.info(
-                "the data has %d classes: the classifier gets %d (recipe said %d)", *(len(classes),) * 2, r.num_classes
+                "the data has %d classes (the recipe says %d): the classifier follows the data",
+                len(classes),
+                r.num_classes,
             )
         self.classes = list(classes) if classes else None
+        self.val_names = video_names_of(val_dataset) if val_dataset is not None else None
 
         steps_per_epoch = len(train_dataset) // r.batch_size
         if steps_per_epoch == 0:
@@ -459,8 +461,8 @@ class _Trainer:
         """One optimizer step on this process's batch; returns ``[loss sum, top-1 hits, top-5 hits, clips]``."""
         r, device = self.recipe, self.ctx.device
         clip = batch["clip"].to(device, non_blocking=True)
-        if clip.ndim in (4, 5):
-            clip = clip.contiguous(memory_format=self.memory_format)
+        if r.channels_last:
+            clip = to_channels_last(clip)
         label = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
         n = label.shape[0]
         self.optimizer.zero_grad(set_to_none=True)
@@ -513,8 +515,10 @@ class _Trainer:
             num_workers=self.recipe.num_workers,
             num_classes=num_classes,
             classes=self.classes,
+            video_names=self.val_names,
+            num_videos=len(self.val_names) if self.val_names else None,
             progress=self.progress,
-            memory_format=self.memory_format,
+            channels_last=self.recipe.channels_last,
         )
         if self.ctx.is_main:
             result.save(self.run_dir / "eval")

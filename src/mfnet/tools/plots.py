@@ -61,15 +61,16 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | Path, *, title: s
         ("train_loss", ax_loss, "tab:blue", "train", 1),
         ("val_loss", ax_loss, "tab:red", "val (clip)", 1),
         ("train_top1", ax_acc, "tab:blue", "train", 100),
-        ("val_clip_top1", ax_acc, "tab:orange", "val clip top-1", 100),
+        ("val_clip_top1", ax_acc, "tab:orange", "val clip top-1", 100),  # drawn dashed below
         ("val_video_top1", ax_acc, "tab:red", "val video top-1", 100),
     ]
     for key, ax, color, label, scale in series:
         pts = [(r["epoch"], scale * r[key]) for r in epochs if isinstance(r.get(key), (int, float))]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", color=color, lw=2, label=label)
+            style = "--" if key == "val_clip_top1" else "-"
+            ax.plot(*zip(*pts, strict=True), style, marker="o", color=color, lw=2, label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy", ylim=(0, 100))
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy", ylim=(0, 102))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         if ax.lines:

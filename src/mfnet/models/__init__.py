@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 # Importing the families registers their builders.
+from mfnet.models import mf_mobilenet as _mf_mobilenet  # noqa: F401
+from mfnet.models import mf_resnet as _mf_resnet  # noqa: F401
 from mfnet.models import mfnet as _mfnet  # noqa: F401
+from mfnet.models import resnext as _resnext  # noqa: F401
 from mfnet.models.base import ClassifierBase
 from mfnet.models.factory import create_model
 from mfnet.models.fiber import MultiFiberUnit

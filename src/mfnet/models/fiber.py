@@ -8,6 +8,11 @@
 
 In the first unit of a stage the second convolution is a dense 1x1 convolution, which also lets the fibers
 exchange information where the width changes. There is no activation after the residual sum.
+
+Two options serve the other families (both off by default, leaving MF-Net's modules and key names unchanged):
+``kernel_dw`` puts a depthwise ``BN-ReLU-Conv`` (``conv_dw``, carrying the stride) between the two fiber
+convolutions, which turns the unit into MobileNet-v2's inverted residual sliced into fibers; ``dense_first=False``
+keeps the second convolution of a stage's first unit grouped with kernel ``k_m2`` (ResNet's basic-block shape).
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ class MultiFiberUnit(nn.Module):
         multiplexer: Whether to put the multiplexer (two 1x1 convolutions routing across fibers) at the head.
         first: Whether this is the first unit of a stage (dense 1x1 second conv and a projection shortcut).
         dim: 2 for ``(N, C, H, W)``, 3 for ``(N, C, T, H, W)``.
+        kernel_dw: Kernel of an optional depthwise convolution between the two fiber convolutions; it takes the
+            stride instead of the first convolution (``None``: no depthwise convolution, as in MF-Net).
+        dense_first: Whether a first unit's second convolution is a dense 1x1 convolution (MF-Net) or, when
+            ``False``, a grouped ``kernel_m2`` convolution like the other units.
     """
 
     def __init__(
@@ -49,24 +58,34 @@ class MultiFiberUnit(nn.Module):
         multiplexer: bool = True,
         first: bool = False,
         dim: int = 3,
+        kernel_dw: Size | None = None,
+        dense_first: bool = True,
     ) -> None:
         super().__init__()
-        if mid_channels % fibers or (not first and out_channels % fibers):
+        dense_m2 = first and dense_first
+        if mid_channels % fibers or (not dense_m2 and out_channels % fibers):
             raise ValueError(f"channels {mid_channels}/{out_channels} are not divisible into {fibers} fibers")
         # NOTE: the names conv_i1, conv_i2, conv_m1, conv_m2 and conv_w1 match the authors' checkpoints.
         if multiplexer:
             self.conv_i1 = BnActConv(in_channels, mid_channels // 4, 1, dim=dim)
             self.conv_i2 = BnActConv(mid_channels // 4, in_channels, 1, dim=dim)
-        self.conv_m1 = BnActConv(in_channels, mid_channels, kernel_m1, stride=stride, groups=fibers, dim=dim)
-        if first:
+        m1_stride = stride if kernel_dw is None else 1
+        self.conv_m1 = BnActConv(in_channels, mid_channels, kernel_m1, stride=m1_stride, groups=fibers, dim=dim)
+        if kernel_dw is not None:
+            self.conv_dw = BnActConv(mid_channels, mid_channels, kernel_dw, stride=stride, groups=mid_channels, dim=dim)
+        if dense_m2:
             self.conv_m2 = BnActConv(mid_channels, out_channels, 1, dim=dim)
-            self.conv_w1 = BnActConv(in_channels, out_channels, 1, stride=stride, dim=dim)
         else:
             self.conv_m2 = BnActConv(mid_channels, out_channels, kernel_m2, groups=fibers, dim=dim)
+        if first:
+            self.conv_w1 = BnActConv(in_channels, out_channels, 1, stride=stride, dim=dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_in = x + self.conv_i2(self.conv_i1(x)) if hasattr(self, "conv_i1") else x
-        h = self.conv_m2(self.conv_m1(x_in))
+        h = self.conv_m1(x_in)
+        if hasattr(self, "conv_dw"):
+            h = self.conv_dw(h)
+        h = self.conv_m2(h)
         shortcut = self.conv_w1(x) if hasattr(self, "conv_w1") else x
         return h + shortcut
 
@@ -83,10 +102,13 @@ def fiber_stage(
     multiplexer: bool,
     dim: int,
     mid_channels: int | None = None,
+    kernel_dw: Size | None = None,
+    dense_first: bool = True,
 ) -> nn.Sequential:
     """A stage of ``depth`` multi-fiber units named ``B01, B02, ...`` (the authors' key names).
 
-    The first unit has the stride, the projection shortcut and the dense 1x1 second convolution.
+    The first unit has the stride, the projection shortcut and (with ``dense_first``) the dense 1x1 second
+    convolution. ``kernel_dw`` and ``dense_first`` are passed to every unit (see ``MultiFiberUnit``).
     """
     mid = mid_channels or channels
     units = nn.Sequential()
@@ -102,6 +124,8 @@ def fiber_stage(
             multiplexer=multiplexer,
             first=i == 0,
             dim=dim,
+            kernel_dw=kernel_dw,
+            dense_first=dense_first,
         )
         units.add_module(f"B{i + 1:02d}", unit)  # NOTE: B01, B02, ... as in the authors' checkpoints.
     return units

@@ -30,10 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
 
 from mfnet.data.annotations import VideoRecord
-from mfnet.data.readers import VideoReader, open_video
+from mfnet.data.readers import VideoReader, open_video, read_image
 from mfnet.errors import DataError, MfnetError, VideoError
 
 LOGGER = logging.getLogger("mfnet.data")
@@ -272,9 +271,7 @@ class ImageDataset(_RobustDataset):
     def _load(
         self, video_index: int, part: int, attempt: int, rng: np.random.Generator, generator: torch.Generator
     ) -> tuple[torch.Tensor, int]:
-        path = self.records[video_index].path
-        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
-        image = decode_image(data, mode=ImageReadMode.RGB).permute(1, 2, 0)[None]  # (1, H, W, C)
+        image = read_image(self.records[video_index].path)[None]  # (1, H, W, C)
         if self.transform is None:
             return image[0].permute(2, 0, 1).contiguous(), part
         if hasattr(self.transform, "num_views"):

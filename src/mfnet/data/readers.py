@@ -24,7 +24,7 @@ from typing import Protocol
 import av
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 
 from mfnet.errors import VideoError
 
@@ -322,12 +322,22 @@ class FrameFolderReader:
         cache: dict[int, torch.Tensor] = {}
         for index in sorted(set(wanted)):
             file = self._files[index]
-            try:
-                data = torch.frombuffer(bytearray(file.read_bytes()), dtype=torch.uint8)
-                cache[index] = decode_image(data, mode=ImageReadMode.RGB).permute(1, 2, 0)
-            except (RuntimeError, ValueError) as err:
-                raise VideoError(f"cannot decode frame {file} ({err}): re-extract the frames") from None
+            cache[index] = read_image(file)
         return torch.stack([cache[i] for i in wanted])
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Decodes an image file (JPEG, PNG, ...) with Pillow into uint8 RGB ``(H, W, 3)``.
+
+    Raises:
+        VideoError: the file is missing or not a readable image.
+    """
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise VideoError(f"cannot decode image {path} ({err}): re-extract or remove it") from None
+    return torch.from_numpy(array.copy())
 
 
 def _natural_key(path: Path) -> tuple:

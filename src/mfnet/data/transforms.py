@@ -192,26 +192,24 @@ def hls_shift(clip: torch.Tensor, hue: float, lightness: float, saturation: floa
     Offsets are in OpenCV's 8-bit HLS units (hue 0-180, lightness and saturation 0-255); shifted values are
     clipped to their range (hue too, as the authors' code does). Returns float RGB in 0-255.
     """
-    rgb = clip / 255.0
+    rgb = clip * (1 / 255.0)
     r, g, b = rgb.unbind(-3)
-    vmax, _ = rgb.max(-3)
-    vmin, _ = rgb.min(-3)
+    vmax = torch.maximum(torch.maximum(r, g), b)
+    vmin = torch.minimum(torch.minimum(r, g), b)
     delta = vmax - vmin
-    light = (vmax + vmin) / 2
-    denom = torch.where(light < 0.5, vmax + vmin, 2 - vmax - vmin).clamp_min(1e-12)
-    sat = torch.where(delta > 0, delta / denom, torch.zeros_like(delta))
-    safe = delta.clamp_min(1e-12)
-    hue_deg = torch.where(
-        vmax == r, 60 * (g - b) / safe, torch.where(vmax == g, 120 + 60 * (b - r) / safe, 240 + 60 * (r - g) / safe)
-    )
-    hue_deg = torch.where(delta > 0, hue_deg % 360, torch.zeros_like(hue_deg))
-    # Shift in OpenCV units and clip, then back to degrees / [0, 1].
-    hue_deg = ((hue_deg / 2 + hue).clamp(0, 180) * 2) % 360
-    light = ((light * 255 + lightness).clamp(0, 255)) / 255
-    sat = ((sat * 255 + saturation).clamp(0, 255)) / 255
-    chroma = sat * torch.minimum(light, 1 - light)
-    channels = []
-    for n in (0.0, 8.0, 4.0):
-        k = (n + hue_deg / 30) % 12
-        channels.append(light - chroma * torch.clamp(torch.minimum(k - 3, 9 - k), -1, 1))
-    return torch.stack(channels, dim=-3) * 255
+    total = vmax + vmin
+    light = total * 0.5
+    sat = delta / torch.where(light < 0.5, total, 2 - total).clamp_(min=1e-12)  # 0 for greys
+    inv = 60.0 / delta.clamp(min=1e-12)
+    hue_deg = torch.where(vmax == r, (g - b) * inv, torch.where(vmax == g, (b - r) * inv + 120, (r - g) * inv + 240))
+    # Shift in OpenCV units and clip (hue to [0, 180] as the authors do), then hue in units of 30 degrees.
+    hue_30 = (hue_deg.remainder_(360).mul_(0.5).add_(hue)).clamp_(0, 180).mul_(1 / 15.0)
+    light = light.add_(lightness / 255).clamp_(0, 1)
+    sat = sat.add_(saturation / 255).clamp_(0, 1)
+    chroma = sat.mul_(torch.minimum(light, 1 - light))
+    out = torch.empty_like(rgb)
+    for channel, n in enumerate((0.0, 8.0, 4.0)):  # the closed form of HLS -> RGB, channel by channel
+        k = (hue_30 + n).remainder_(12)
+        torch.minimum(k - 3, 9 - k, out=out.select(-3, channel))
+    out.clamp_(-1, 1).mul_(chroma.unsqueeze(-3)).neg_().add_(light.unsqueeze(-3))
+    return out.mul_(255)

@@ -316,6 +316,7 @@ class _Trainer:
                 if summary is None:  # stopped by max_steps
                     stopped = True
                     break
+                self._average_buffers()
                 if val_dataset is not None and r.eval_every_epochs and (epoch + 1) % r.eval_every_epochs == 0:
                     summary.update(self._validate(val_dataset, num_classes))
                 summary.update(epoch=epoch + 1, step=step, lr=schedule.lr(max(0, step - 1)))
@@ -523,6 +524,14 @@ class _Trainer:
         if self.ctx.is_main:
             result.save(self.run_dir / "eval")
         return {f"val_{k}": v for k, v in result.summary().items() if isinstance(v, (int, float))}
+
+    def _average_buffers(self) -> None:
+        """Averages the BN running statistics over processes (each process saw its own shard of the epoch)."""
+        if not self.ctx.distributed:
+            return
+        for buffer in self.model.buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(all_reduce_sum(self.ctx, buffer) / self.ctx.world_size)
 
     def _save(self, *, epoch: int, epoch_step: int, step: int) -> Path | None:
         rng = all_gather_objects(self.ctx, ckpt.capture_rng())

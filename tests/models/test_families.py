@@ -41,7 +41,7 @@ def test_family_golden_counts(name, classes, shape, params, macs, paper_params, 
         assert abs(macs / paper_macs - 1) < 0.02
 
 
-@pytest.mark.parametrize(("name", "shape"), [("mf_mobilenet_v2", (1, 3, 96, 96)), ("resnext26", (1, 3, 4, 64, 64))])
+@pytest.mark.parametrize(("name", "shape"), [("mf_mobilenet_v2", (1, 3, 64, 64)), ("resnext26", (1, 3, 4, 64, 64))])
 def test_meta_counts_equal_real_counts(name: str, shape: tuple[int, ...]) -> None:
     real = mfnet.create_model(name, num_classes=10)
     meta = _meta_model(name, num_classes=10)
@@ -77,6 +77,25 @@ def test_mfnet3d_ablation_counts(fibers: int, multiplexer: bool) -> None:
     groups = {m.groups for n, m in model.named_modules() if n.endswith("conv_m1.conv")}
     assert groups == {fibers}
     assert any(n.endswith("conv_i1.conv") for n, _ in model.named_modules()) == multiplexer
+
+
+# fibers -> (params, MACs) of mfnet2d with 1000 classes at 224x224, with and without the multiplexer
+ABLATION_2D = {
+    1: ((43_520_808, 7_118_333_952), (42_290_872, 6_855_813_120)),
+    2: ((23_358_504, 3_780_225_024), (22_128_568, 3_517_704_192)),
+    4: ((13_277_352, 2_111_170_560), (12_047_416, 1_848_649_728)),
+    8: ((8_236_776, 1_276_643_328), (7_006_840, 1_014_122_496)),
+    16: ((5_716_488, 859_379_712), (4_486_552, 596_858_880)),
+}
+
+
+@pytest.mark.parametrize("fibers", sorted(ABLATION_2D))
+@pytest.mark.parametrize("multiplexer", [True, False])
+def test_mfnet2d_ablation_counts(fibers: int, multiplexer: bool) -> None:
+    model = _meta_model("mfnet2d", num_classes=1000, fibers=fibers, multiplexer=multiplexer)
+    params, macs = ABLATION_2D[fibers][0 if multiplexer else 1]
+    assert mfnet.count_params(model) == params
+    assert mfnet.count_macs(model, (1, 3, 224, 224)) == macs
 
 
 def test_multiplexer_cost_is_two_1x1_convs_per_unit() -> None:
@@ -123,7 +142,7 @@ def test_mf_mobilenet_v2_layout() -> None:
     model = mfnet.create_model("mf_mobilenet_v2", num_classes=10).eval()
     assert model.input_ndim == 4 and model.num_features == 1792
     with torch.no_grad():
-        assert model.forward_features(torch.randn(1, 3, 128, 96)).shape == (1, 1792, 4, 3)
+        assert model.forward_features(torch.randn(1, 3, 64, 96)).shape == (1, 1792, 2, 3)
     units = [m for m in model.modules() if isinstance(m, MultiFiberUnit)]
     assert len(units) == 17  # MobileNet-v2's 1 + 2 + 3 + 4 + 3 + 3 + 1 inverted residuals
     outs = [u.conv_m2.conv.out_channels for u in units]

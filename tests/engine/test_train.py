@@ -14,7 +14,8 @@ from mfnet.engine import checkpoints as ckpt
 from mfnet.engine.evaluate import evaluate
 from mfnet.engine.metrics import read_metrics
 from mfnet.engine.predictor import average_by_video
-from mfnet.engine.train import DivergedError, train
+from mfnet.engine.recipes import get_recipe
+from mfnet.engine.train import DataSpec, DivergedError, train
 from mfnet.models.checkpoint import model_from_checkpoint
 
 
@@ -57,6 +58,56 @@ def test_train_evaluate_report(tmp_path, ucf_spec) -> None:
 
     assert main(["report", str(run), "--eval-dir", str(tmp_path / "eval"), "--json"]) == 0
     assert "video top-1" in (run / "report.md").read_text() and (run / "report.html").exists()
+
+
+def test_eval_cli_split_average(tmp_path, ucf_root, capsys) -> None:
+    run = tmp_path / "run"
+    train(
+        tiny_recipe(epochs=1, eval_every_epochs=0),
+        out_dir=run,
+        data=DataSpec("ucf101", ucf_root, ucf_root, 1),
+        progress=False,
+        figures=False,
+    )
+    (run / "data.json").write_text(json.dumps({"format": "ucf101"}))  # as `mfnet train` leaves it
+    args = ["eval", "--weights", str(run / "model.pt"), "--annotations", str(ucf_root), "--data", str(ucf_root)]
+    assert main([*args, "--splits", "1,2", "--clips", "1", "--workers", "0", "--json", "--no-progress"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line.get("split") for line in lines[:2]] == [1, 2] and lines[0]["videos"] == 4 and lines[0]["clips"] == 4
+    average = lines[2]["average"]
+    assert average["splits"] == 2
+    assert average["video_top1"] == pytest.approx((lines[0]["video_top1"] + lines[1]["video_top1"]) / 2)
+    assert main([*args, "--splits", "1,2", "--weights", "a", "b", "c"]) == 2  # 2 splits, 3 checkpoints
+
+
+def test_train_2d_model_on_images(tmp_path) -> None:
+    import matplotlib.image as mpimg
+
+    for subset, count in (("train", 4), ("val", 2)):
+        for label, name in enumerate(("cats", "dogs")):
+            for i in range(count):
+                image = torch.full((3, 40, 48), 60 + 120 * label, dtype=torch.uint8)
+                image[:, 5 + 3 * i : 15 + 3 * i, 10:20] = 255
+                (tmp_path / "img" / subset / name).mkdir(parents=True, exist_ok=True)
+                mpimg.imsave(tmp_path / "img" / subset / name / f"{i}.png", image.permute(1, 2, 0).numpy())
+    recipe = get_recipe(
+        "imagenet",
+        {
+            "epochs": 1,
+            "batch_size": 4,
+            "crop_size": 32,
+            "resize": 32,
+            "train_scale": (32, 40),
+            "warmup_epochs": 0,
+            "model_kwargs": {"depths": [1, 1, 1, 1], "widths": [32, 32, 64, 64]},
+            "num_workers": 0,
+        },
+    )
+    spec = DataSpec(format="image-folder", root=tmp_path / "img")
+    result = train(recipe, out_dir=tmp_path / "run", data=spec, progress=False, figures=False)
+    assert result.finished and result.steps == 2 and result.metrics["val_videos"] == 4
+    model, meta = model_from_checkpoint(tmp_path / "run" / "model.pt")
+    assert meta["model"] == "mfnet2d" and meta["classes"] == ["cats", "dogs"] and model.input_ndim == 4
 
 
 class _Poisoned(torch.utils.data.Dataset):

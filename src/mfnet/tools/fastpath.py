@@ -123,9 +123,9 @@ def optimize_for_inference(
             f"{device}; use mode='eager'"
         )
     fast = copy.deepcopy(model).eval()
+    folded = fold_batchnorm(fast)
     for p in fast.parameters():
         p.requires_grad_(False)
-    folded = fold_batchnorm(fast)
     model_ndim = getattr(model, "input_ndim", example_input.ndim)  # an image model may take clips too
     fast = fast.to(memory_format=memory_format(model_ndim))
     info = FastpathInfo(mode=mode, folded=folded)
@@ -172,9 +172,12 @@ def _inductor_freezing(config, enabled: bool) -> Iterator[None]:
 def fuse_modules(model: nn.Module, *, n_dim: int) -> int:
     """Replaces, in place, the parts of an (eval, BN-folded) model that have a fused oneDNN form.
 
-    ``MultiFiberUnit`` -> ``FusedFiberUnit``; an ``nn.Sequential`` ``Conv -> BN|Identity -> ReLU`` (the stem)
-    -> ``FusedConv``; an ``nn.Sequential`` ``BN -> ReLU`` (the tail) -> ``FusedBnReLU``. Anything else is
-    kept. ``n_dim`` is 3 for a video model, 2 for an image model. Returns the number of fused multi-fiber units.
+    ``MultiFiberUnit`` -> ``FusedFiberUnit``; an ``nn.Sequential`` ``Conv -> BN|Identity [-> ReLU]`` (the stem,
+    torchvision's conv blocks) -> ``FusedConv``; an ``nn.Sequential`` ``BN -> ReLU`` (the tail) ->
+    ``FusedBnReLU``. Anything else is kept. ``n_dim`` is 3 for a video model, 2 for an image model.
+
+    Returns:
+        The number of fused multi-fiber units.
     """
     count = 0
     for name, child in list(model.named_children()):
@@ -182,7 +185,7 @@ def fuse_modules(model: nn.Module, *, n_dim: int) -> int:
         if type(child) is MultiFiberUnit and _fusable_unit(child, n_dim):
             replacement = FusedFiberUnit(child)
             count += 1
-        elif type(child) is nn.Sequential:
+        elif isinstance(child, nn.Sequential) and type(child).forward is nn.Sequential.forward:
             replacement = _fuse_sequential(child, n_dim)
         if replacement is not None:
             setattr(model, name, replacement)
@@ -203,13 +206,20 @@ def _fuse_sequential(seq: nn.Sequential, n_dim: int) -> nn.Module | None:
     layers = list(seq)
     if len(layers) == 3 and _is_conv(layers[0], n_dim) and _is_bn_or_identity(layers[1]) and _is_relu(layers[2]):
         return FusedConv.from_conv(layers[0], post_bn=_bn_or_none(layers[1]), relu=True)
+    if len(layers) == 2 and _is_conv(layers[0], n_dim) and _is_bn_or_identity(layers[1]):
+        return FusedConv.from_conv(layers[0], post_bn=_bn_or_none(layers[1]))
     if len(layers) == 2 and isinstance(layers[0], _BatchNorm) and _is_relu(layers[1]):
         return FusedBnReLU(layers[0])
     return None
 
 
 def _is_conv(module: nn.Module, n_dim: int) -> bool:
-    return type(module) is (nn.Conv3d if n_dim == 3 else nn.Conv2d) and module.padding_mode == "zeros"
+    kind = nn.Conv3d if n_dim == 3 else nn.Conv2d
+    return (
+        isinstance(module, kind)
+        and type(module).forward is kind.forward  # subclasses that only change __init__ (torchvision's) are fine
+        and module.padding_mode == "zeros"
+    )
 
 
 def _is_relu(module: nn.Module) -> bool:

@@ -1,0 +1,525 @@
+"""Side-by-side speed benchmark of mfnet models and torchvision's video networks, in one process.
+
+Every candidate (a model, an input size and an engine) is built and warmed up first; then the timed steps
+run in interleaved rounds (each round times one step of every candidate, in a rotating order), so that
+load from other processes and CPU frequency changes hit all candidates alike. Reported per candidate:
+median latency and its spread over rounds, clips/s, multiply-adds per clip, achieved GMAC/s, the fraction
+of the machine's matrix-product peak (measured in the same process), and peak memory.
+
+An inference step is one forward pass of a batch; a training step is forward, cross-entropy loss,
+backward and an SGD update. A training step is counted as 3x the forward multiply-adds (forward, and the
+two products of the backward pass).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mfnet.errors import MfnetError
+from mfnet.models import create_model, list_models
+from mfnet.tools.fastpath import autocast_context, optimize_for_inference, prepare_for_training, to_channels_last
+from mfnet.tools.flops import count_macs, count_params
+
+PEER_MODELS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d")
+ENGINES = ("fast", "plain", "compile", "onnxruntime")
+MODES = ("infer", "train")
+TRAIN_MAC_FACTOR = 3  # forward + backward (gradients of inputs and of weights) in multiply-adds
+
+
+@dataclass
+class Candidate:
+    """One thing to time: a model at an input size, run by one engine.
+
+    Attributes:
+        model: A registered mfnet name or a torchvision video model name.
+        clip_size: ``(T, H, W)`` of its input clips.
+        engine: ``"fast"`` (mfnet's fast path), ``"plain"`` (the model as built), ``"compile"`` (fast path
+            compiled with ``torch.compile``) or ``"onnxruntime"`` (our ONNX export run by ONNX Runtime).
+    """
+
+    model: str
+    clip_size: tuple[int, int, int]
+    engine: str = "fast"
+
+    @property
+    def label(self) -> str:
+        size = "x".join(map(str, self.clip_size))
+        return f"{self.model}@{size}" + ("" if self.engine == "fast" else f"[{self.engine}]")
+
+
+@dataclass
+class BenchRow:
+    """The measurements of one candidate (see ``Candidate``); times are per step of ``batch`` clips.
+
+    ``latency_ms`` is the median wall-clock time over the rounds (``_min``/``_max`` and ``spread_pct`` show its
+    spread); ``cpu_ms`` the median CPU time of the whole process over a step (all threads; less sensitive to
+    other processes on a busy machine, but it includes threads that spin while waiting).
+    """
+
+    label: str
+    model: str
+    engine: str
+    input_shape: list[int]
+    params: int
+    macs_per_clip: int
+    latency_ms: float
+    latency_ms_min: float
+    latency_ms_max: float
+    spread_pct: float
+    cpu_ms: float
+    clips_per_s: float
+    gmacs_per_s: float
+    peak_fraction: float
+    peak_mem_mb: float
+    setup_s: float
+    samples_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BenchReport:
+    """A whole benchmark run: the machine, the settings and one ``BenchRow`` per candidate."""
+
+    mode: str
+    device: str
+    threads: int
+    batch: int
+    repeats: int
+    matmul_gflops: float
+    torch_version: str
+    rows: list[BenchRow]
+
+    def row(self, label: str) -> BenchRow:
+        """The row of a candidate label (``"mfnet3d@16x224x224"``, ``"r3d_18@16x112x112[plain]"``)."""
+        for row in self.rows:
+            if row.label == label:
+                return row
+        raise KeyError(label)
+
+    def speedup(self, label: str, baseline: str) -> float:
+        """How many times faster (median latency per step) candidate ``label`` is than ``baseline``."""
+        return self.row(baseline).latency_ms / self.row(label).latency_ms
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (``rows`` as a list of dicts)."""
+        return asdict(self)
+
+
+def parse_candidates(spec: str, *, default_size: tuple[int, int, int], engines: Sequence[str]) -> list[Candidate]:
+    """``"mfnet3d,r3d_18@16x112x112"`` -> candidates; each model is run with every engine in ``engines``.
+
+    A model's own size (``@TxHxW``) overrides ``default_size``. Engines that do not apply to a model
+    (``"compile"`` and ``"onnxruntime"`` only run mfnet models) are skipped for it.
+    """
+    out = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        name, _, size_text = item.partition("@")
+        size = default_size
+        if size_text:
+            try:
+                size = tuple(int(s) for s in size_text.lower().split("x"))
+            except ValueError:
+                size = ()
+            if len(size) != 3 or min(size) <= 0:
+                raise MfnetError(f"invalid clip size {size_text!r} in {item!r}: write TxHxW, e.g. 16x112x112")
+        check_model_name(name)
+        for engine in engines:
+            if engine not in ENGINES:
+                raise MfnetError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+            if engine in ("compile", "onnxruntime") and name not in list_models():
+                continue
+            out.append(Candidate(name, size, engine))
+    if not out:
+        raise MfnetError("no models to benchmark: give --models, e.g. --models mfnet3d,r3d_18")
+    return out
+
+
+def check_model_name(name: str) -> None:
+    """Raises ``MfnetError`` unless ``name`` is an mfnet model or a torchvision video model."""
+    if name in list_models() or name in _peer_builders():
+        return
+    known = ", ".join([*list_models(), *sorted(_peer_builders())])
+    raise MfnetError(f"unknown model {name!r} for the benchmark: use one of {known}")
+
+
+def _peer_builders() -> dict[str, Callable[..., nn.Module]]:
+    import torchvision.models
+    import torchvision.models.video
+
+    names = torchvision.models.list_models(module=torchvision.models.video)
+    return {name: torchvision.models.get_model_builder(name) for name in names}
+
+
+def build_model(name: str, *, num_classes: int = 400) -> nn.Module:
+    """An mfnet model or a torchvision video model with random weights (nothing is downloaded)."""
+    if name in list_models():
+        return create_model(name, num_classes=num_classes)
+    return _peer_builders()[name](weights=None, num_classes=num_classes)
+
+
+def measure_matmul_gflops(*, device: str = "cpu", size: int = 2048, repeats: int = 5) -> float:
+    """The best fp32 matrix-product rate (GFLOP/s) of ``size x size`` matrices: the machine's practical peak."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = math.inf
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Steps
+
+
+@dataclass
+class _Prepared:
+    candidate: Candidate
+    step: Callable[[], None]
+    params: int
+    macs_per_clip: int
+    state_bytes: int  # model (and optimizer) tensors resident before a step
+    setup_s: float
+    samples: list[float] = field(default_factory=list)
+    cpu_samples: list[float] = field(default_factory=list)
+    peak_mem_mb: float = float("nan")
+
+
+def _prepare(
+    candidate: Candidate, *, mode: str, batch: int, device: str, threads: int, num_classes: int, seed: int
+) -> _Prepared:
+    torch.manual_seed(seed)
+    model = build_model(candidate.model, num_classes=num_classes).to(device)
+    shape = (batch, 3, *candidate.clip_size)
+    params = count_params(model)
+    macs = count_macs(model, (1, 3, *candidate.clip_size))
+    x = torch.randn(shape, device=device)
+    start = time.perf_counter()
+    fast = candidate.engine != "plain"
+    if mode == "train":
+        step = _train_step(model, x, num_classes=num_classes, fast=fast, device=device)
+        state = _tensor_bytes(model) * 3  # weights, gradients, momentum
+    elif candidate.engine == "onnxruntime":
+        step = _onnx_step(model, x, threads=threads)
+        state = _tensor_bytes(model)
+    else:
+        if fast:
+            model = optimize_for_inference(model, x, mode="compile" if candidate.engine == "compile" else "auto")
+            x = to_channels_last(x)
+        step = _infer_step(model.eval(), x, amp=fast, device=device)
+        state = _tensor_bytes(model)
+    setup_s = time.perf_counter() - start
+    return _Prepared(candidate, step, params, macs, state, setup_s)
+
+
+def _tensor_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def _infer_step(model: nn.Module, x: torch.Tensor, *, amp: bool, device: str) -> Callable[[], None]:
+    def step() -> None:
+        with torch.inference_mode(), autocast_context(device, enabled=amp):
+            model(x)
+
+    return step
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, *, num_classes: int, fast: bool, device: str) -> Callable[[], None]:
+    if fast:
+        model = prepare_for_training(model)
+        x = to_channels_last(x)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    labels = torch.randint(0, num_classes, (x.shape[0],), device=device)
+    scaler = torch.amp.GradScaler(device, enabled=fast and torch.device(device).type == "cuda")
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(device, enabled=fast):
+            loss = nn.functional.cross_entropy(model(x), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def _onnx_step(model: nn.Module, x: torch.Tensor, *, threads: int) -> Callable[[], None]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MfnetError("the onnxruntime engine needs onnxruntime: pip install 'mfnet[onnx]'") from None
+    from mfnet.tools.export import export_model
+
+    folder = tempfile.mkdtemp(prefix="mfnet-bench-")
+    path = Path(folder) / "model.onnx"
+    result = export_model(model.cpu(), path, format="onnx", input_shape=tuple(x.shape))
+    if not result.ok:
+        raise MfnetError(f"the ONNX export differs from PyTorch by {result.max_abs_diff:.2e}; cannot benchmark it")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle ORT threads would otherwise spin and steal the cores from the next candidate's OpenMP threads.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.cpu().numpy()}
+
+    def step() -> None:
+        session.run(None, feed)
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Memory
+
+
+def _rss_mb() -> tuple[float, float]:
+    """(current RSS, peak RSS since the last reset) of this process in MiB, from /proc (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+    hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
+    return rss / 1024, hwm / 1024
+
+
+@contextlib.contextmanager
+def _returning_malloc() -> Iterator[None]:
+    """Makes glibc return freed blocks of 256 KiB and more to the system, so that RSS tracks live memory."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        yield
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 256 * 1024)
+    libc.mallopt(m_trim_threshold, 256 * 1024)
+    libc.malloc_trim(0)
+    try:
+        yield
+    finally:
+        # Back to glibc's dynamic defaults (128 KiB thresholds that grow with freed blocks).
+        libc.mallopt(m_mmap_threshold, 128 * 1024)
+        libc.mallopt(m_trim_threshold, 128 * 1024)
+
+
+def _measure_memory(prepared: _Prepared, device: str) -> float:
+    """Peak memory of one step in MiB: the model's resident tensors plus the step's peak above them.
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` over the step. On CPU: the peak RSS increase of the process
+    during the step (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) plus the model's parameters,
+    buffers (and, in training, gradients and momentum). NaN where neither is available.
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        prepared.step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with _returning_malloc():
+            prepared.step()  # allocate once under the new thresholds
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            before, _ = _rss_mb()
+            prepared.step()
+            _, peak = _rss_mb()
+    except OSError:
+        return float("nan")
+    return prepared.state_bytes / 2**20 + max(0.0, peak - before)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def run_benchmark(
+    candidates: Sequence[Candidate],
+    *,
+    mode: str = "infer",
+    batch: int = 1,
+    device: str = "cpu",
+    threads: int | None = None,
+    warmup: int = 2,
+    repeats: int = 5,
+    num_classes: int = 400,
+    memory: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> BenchReport:
+    """Builds, warms up and times every candidate in interleaved rounds; returns the report.
+
+    Args:
+        candidates: What to time (see ``parse_candidates``).
+        mode: ``"infer"`` (forward under ``inference_mode``) or ``"train"`` (forward, backward, SGD step).
+        batch: Clips per step.
+        device: ``"cpu"`` or ``"cuda"``; on CUDA the fast engine adds autocast (bf16/fp16).
+        threads: CPU threads for PyTorch and ONNX Runtime (default: PyTorch's current setting).
+        warmup: Untimed steps per candidate before the rounds.
+        repeats: Timed rounds; each times one step of every candidate.
+        num_classes: Classes of every classifier.
+        memory: Measure peak memory (one extra step per candidate after the rounds).
+        seed: Seed of the weights and inputs.
+        progress: Show progress bars on stderr.
+    """
+    from tqdm.auto import tqdm
+
+    if mode not in MODES:
+        raise MfnetError(f"unknown benchmark mode {mode!r}: use infer or train")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise MfnetError("--device cuda was given but no CUDA GPU is visible; use --device cpu")
+    if mode == "train" and any(c.engine in ("compile", "onnxruntime") for c in candidates):
+        candidates = [c for c in candidates if c.engine not in ("compile", "onnxruntime")]
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    prepared = []
+    for candidate in tqdm(candidates, desc="preparing", disable=not progress, file=sys.stderr):
+        try:
+            item = _prepare(
+                candidate, mode=mode, batch=batch, device=device, threads=threads, num_classes=num_classes, seed=seed
+            )
+        except (RuntimeError, ValueError) as err:
+            raise MfnetError(f"{candidate.label} cannot run on batch {batch} ({err}); pick another --input") from None
+        for _ in range(warmup):
+            item.step()
+        prepared.append(item)
+    peak = measure_matmul_gflops(device=device)
+    for round_index in tqdm(range(repeats), desc="timing", disable=not progress, file=sys.stderr):
+        shift = round_index % len(prepared)
+        for item in prepared[shift:] + prepared[:shift]:  # rotate the order every round
+            _sync(device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            item.step()
+            _sync(device)
+            item.samples.append(time.perf_counter() - start)
+            item.cpu_samples.append(time.process_time() - cpu_start)
+    peak = max(peak, measure_matmul_gflops(device=device))
+    if memory:
+        for item in prepared:
+            item.peak_mem_mb = _measure_memory(item, device)
+    rows = [_row(item, mode=mode, batch=batch, peak_gflops=peak) for item in prepared]
+    return BenchReport(mode, _device_name(device), threads, batch, repeats, peak, torch.__version__, rows)
+
+
+def _row(item: _Prepared, *, mode: str, batch: int, peak_gflops: float) -> BenchRow:
+    samples_ms = [s * 1000 for s in item.samples]
+    median = statistics.median(samples_ms)
+    macs_per_step = item.macs_per_clip * batch * (TRAIN_MAC_FACTOR if mode == "train" else 1)
+    gmacs = macs_per_step / (median / 1000) / 1e9
+    return BenchRow(
+        label=item.candidate.label,
+        model=item.candidate.model,
+        engine=item.candidate.engine,
+        input_shape=[batch, 3, *item.candidate.clip_size],
+        params=item.params,
+        macs_per_clip=item.macs_per_clip,
+        latency_ms=median,
+        latency_ms_min=min(samples_ms),
+        latency_ms_max=max(samples_ms),
+        spread_pct=100 * (max(samples_ms) - min(samples_ms)) / median,
+        cpu_ms=statistics.median(item.cpu_samples) * 1000,
+        clips_per_s=batch / (median / 1000),
+        gmacs_per_s=gmacs,
+        peak_fraction=2 * gmacs / peak_gflops,
+        peak_mem_mb=item.peak_mem_mb,
+        setup_s=item.setup_s,
+        samples_ms=samples_ms,
+    )
+
+
+def _device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
+    except (OSError, AttributeError):
+        model = "CPU"
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def format_table(report: BenchReport) -> str:
+    """The report as a Markdown table, with each row's speed relative to the first row."""
+    first = report.rows[0]
+    header = (
+        "| model | engine | input | params (M) | GMACs/clip | latency ms (min-max) | clips/s | x first "
+        "| GMAC/s | % of peak | peak mem MB |"
+    )
+    lines = [header, "|" + "---|" * 11]
+    for r in report.rows:
+        lines.append(
+            f"| {r.model} | {r.engine} | {'x'.join(map(str, r.input_shape))} | {r.params / 1e6:.2f} "
+            f"| {r.macs_per_clip / 1e9:.2f} | {r.latency_ms:.0f} ({r.latency_ms_min:.0f}-{r.latency_ms_max:.0f}) "
+            f"| {r.clips_per_s:.2f} | {first.latency_ms / r.latency_ms:.2f} | {r.gmacs_per_s:.1f} "
+            f"| {100 * r.peak_fraction:.0f} | {r.peak_mem_mb:.0f} |"
+        )
+    lines.append(
+        f"\n{report.mode}, batch {report.batch}, {report.device}, matmul peak {report.matmul_gflops:.0f} GFLOP/s, "
+        f"{report.repeats} interleaved rounds, torch {report.torch_version}"
+    )
+    return "\n".join(lines)
+
+
+def plot_efficiency(report: BenchReport, path: str | Path) -> Path:
+    """Writes a PNG: clips/s against multiply-adds per clip (log-log), one labelled point per candidate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for r in report.rows:
+        ours = r.model in list_models()
+        ax.scatter(r.macs_per_clip / 1e9, r.clips_per_s, s=60, marker="o" if ours else "s", c="C0" if ours else "C1")
+        ax.annotate(
+            r.label, (r.macs_per_clip / 1e9, r.clips_per_s), textcoords="offset points", xytext=(5, 4), fontsize=7
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("multiply-adds per clip (G)")
+    ax.set_ylabel(f"clips/s ({report.mode}, batch {report.batch})")
+    ax.set_title(f"Efficiency on {report.device}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+__all__ = [
+    "ENGINES",
+    "PEER_MODELS",
+    "BenchReport",
+    "BenchRow",
+    "Candidate",
+    "build_model",
+    "format_table",
+    "measure_matmul_gflops",
+    "parse_candidates",
+    "plot_efficiency",
+    "run_benchmark",
+]

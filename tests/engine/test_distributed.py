@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,8 +21,22 @@ def test_torchrun_two_processes_match_single_process(tmp_path, ucf_root) -> None
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     assert main(["train", *data, *settings, "--set", "accumulate_steps=2", "--out", str(single), *flags]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "mfnet", "train", *data, *settings, "--out", str(ddp), *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "mfnet",
+        "train",
+        *data,
+        *settings,
+        "--out",
+        str(ddp),
+        *flags,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -44,3 +59,31 @@ def test_torchrun_two_processes_match_single_process(tmp_path, ucf_root) -> None
     val = [r for r in logs["ddp"] if r["kind"] == "epoch"][-1]
     assert val["val_clips"] == 8 and val["val_videos"] == 4
     assert not (ddp / "checkpoints").exists() or len(list((ddp / "checkpoints").iterdir())) >= 1
+
+    # `mfnet eval` under torchrun: each process scores a shard, rank 0 prints the gathered result once
+    args = [
+        "eval",
+        "--weights",
+        str(ddp / "model.pt"),
+        "--format",
+        "ucf101",
+        "--annotations",
+        str(ucf_root),
+        "--data",
+        str(ucf_root),
+        "--clips",
+        "2",
+        "--workers",
+        "0",
+        "--json",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run([*cmd[:6], "-m", "mfnet", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1 and lines[0]["clips"] == 8 and lines[0]["videos"] == 4
+    assert main([*args, "--out", str(tmp_path / "eval1")]) == 0
+    alone = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
+    assert lines[0]["video_top1"] == alone["video_top1"] and abs(lines[0]["loss"] - alone["loss"]) < 1e-4

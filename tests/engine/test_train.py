@@ -55,6 +55,8 @@ def test_train_evaluate_report(tmp_path, ucf_spec) -> None:
     rows = list(csv.DictReader((tmp_path / "eval" / "predictions.csv").open()))
     assert len(rows) == 4 and rows[0]["video"].endswith(".mp4")
     assert ev.extra["clip_length"] == 4 and ev.extra["crop_size"] == 32  # from the run's recipe.json
+    plain = evaluate(run / "model.pt", ucf_spec, clips=2, crops=3, num_workers=0, progress=False, fast=False)
+    assert torch.allclose(plain.clip_probs, ev.clip_probs, atol=1e-4)  # the inference fast path changes nothing
 
     assert main(["report", str(run), "--eval-dir", str(tmp_path / "eval"), "--json"]) == 0
     assert "video top-1" in (run / "report.md").read_text() and (run / "report.html").exists()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from mfnet.cli._common import print_json
 from mfnet.errors import MfnetError
@@ -147,8 +149,9 @@ def _train(args: argparse.Namespace) -> int:
         raise MfnetError("say where the data is: --annotations FILE and/or --data ROOT (see `mfnet train --help`)")
     if spec.split is not None and spec.split != recipe.split:
         recipe = apply_overrides(recipe, {"split": spec.split})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "data.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+    if int(os.environ.get("RANK", "0")) == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "data.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
     result = train(
         recipe,
         out_dir=run_dir,
@@ -159,6 +162,8 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         figures=not args.no_figures,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports
     out = {
         "run_dir": str(result.run_dir),
         "model": str(result.model_path) if result.model_path else None,
@@ -182,8 +187,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from mfnet.engine.evaluate import average_splits, evaluate
-    from mfnet.engine.inputs import DataSpec
+    from mfnet.engine.distributed import cleanup, init_distributed
+    from mfnet.engine.evaluate import average_splits
 
     _setup_logging()
     if args.annotations is None and args.root is None:
@@ -207,6 +212,24 @@ def _eval(args: argparse.Namespace) -> int:
         if len(args.weights) != 1:
             raise MfnetError("several --weights need --splits (one checkpoint per split)")
         splits, weights = [args.split], list(args.weights)
+    ctx = init_distributed(args.device)
+    try:
+        results = _eval_splits(args, ctx, fmt, splits, weights)
+    finally:
+        cleanup(ctx)
+    if len(results) > 1 and ctx.is_main:
+        avg = average_splits(results)
+        if args.json:
+            print_json({"average": avg})
+        else:
+            print(f"average of {len(results)} splits: {_describe(avg)}")
+    return 0
+
+
+def _eval_splits(args: argparse.Namespace, ctx: Any, fmt: str, splits: list[int | None], weights: list[str]) -> list:
+    from mfnet.engine.evaluate import evaluate
+    from mfnet.engine.inputs import DataSpec
+
     results = []
     for split, w in zip(splits, weights, strict=True):
         spec = DataSpec(
@@ -226,24 +249,20 @@ def _eval(args: argparse.Namespace) -> int:
             crop_size=args.crop_size,
             batch_size=args.batch_size,
             num_workers=args.workers,
-            device=args.device,
             out_dir=out_dir,
             progress=not args.no_progress,
+            ctx=ctx,
         )
         results.append(result)
         summary = {"weights": w, "split": split, **result.summary()}
+        if not ctx.is_main:
+            continue
         if args.json:
             print_json({**summary, "per_class_accuracy": result.to_json()["per_class_accuracy"]})
         else:
             label = f"split {split}: " if split is not None else ""
             print(f"{label}{w}: {_describe(summary)}")
-    if len(results) > 1:
-        avg = average_splits(results)
-        if args.json:
-            print_json({"average": avg})
-        else:
-            print(f"average of {len(results)} splits: {_describe(avg)}")
-    return 0
+    return results
 
 
 def _format_of(weights: str) -> str | None:

@@ -302,6 +302,8 @@ def evaluate(
     device: str | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    fast: bool = True,
+    ctx: DistContext | None = None,
 ) -> EvalResult:
     """Evaluates a checkpoint on a dataset with ``clips`` clips x ``crops`` crops per video.
 
@@ -314,17 +316,24 @@ def evaluate(
         clips: Clips per video, spread uniformly over it.
         crops: 1 (centre) or 3 (left/centre/right, or top/centre/bottom).
         out_dir: Where to write ``metrics.json``, ``predictions.csv/json`` and ``scores.pt`` (rank 0).
+        fast: Run the inference fast path of ``mfnet.engine.predictor.prepare_for_inference``.
+        ctx: A process group already joined (e.g. by a caller evaluating several splits); by default the
+            ``torchrun`` environment is joined and left here.
 
     Returns:
         The :class:`EvalResult` (on every process).
     """
-    from mfnet.models.checkpoint import model_from_checkpoint
+    from mfnet.engine.predictor import load_model, prepare_for_inference
 
     if crops not in (1, 3):
         raise MfnetError(f"crops must be 1 or 3, got {crops}")
-    ctx = init_distributed(device)
+    own_ctx = ctx is None
+    ctx = ctx or init_distributed(device)
     try:
-        model, meta = model_from_checkpoint(weights)
+        loaded = load_model(weights)
+        if loaded.exported:
+            raise MfnetError(f"{weights} is an exported graph: evaluate the .pt checkpoint it was exported from")
+        model, meta = loaded.model, loaded.meta
         model.to(ctx.device)
         settings = _clip_settings(Path(weights), clip_length, frame_interval, crop_size, resize, model)
         built = build_eval_dataset(data, clips=clips, crops=crops, subset=subset, **settings)
@@ -334,6 +343,8 @@ def evaluate(
                 f"the checkpoint has {model.num_classes} classes but the data has {len(built.classes)}: "
                 "evaluate it on the dataset it was trained for"
             )
+        if fast:  # the package's inference fast path (BN folding, channels-last, fused units)
+            model = prepare_for_inference(model, built.dataset[0]["clip"][None].to(ctx.device))
         result = run_evaluation(
             model,
             built.dataset,
@@ -352,7 +363,8 @@ def evaluate(
             result.save(out_dir)
         return result
     finally:
-        cleanup(ctx)
+        if own_ctx:
+            cleanup(ctx)
 
 
 def _clip_settings(

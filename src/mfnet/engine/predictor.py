@@ -7,6 +7,7 @@ video-level averaging of clip predictions (the paper's protocol) is written here
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -201,9 +202,10 @@ class _PredictionItems(torch.utils.data.Dataset):
     each video and is ``-1`` on the others.
     """
 
-    def __init__(self, dataset: VideoClipDataset, clip_shape: tuple[int, ...]) -> None:
+    def __init__(self, dataset: VideoClipDataset, clip_shape: tuple[int, ...], *, durations: bool = True) -> None:
         self.dataset = dataset
         self.clip_shape = clip_shape
+        self.durations = durations
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -212,7 +214,7 @@ class _PredictionItems(torch.utils.data.Dataset):
         video, part = divmod(index, self.dataset.items_per_video)
         clip_id = part // self.dataset.num_views
         path = self.dataset.records[video].path
-        seconds = _duration_s(path) if part == 0 else -1.0
+        seconds = _duration_s(path) if part == 0 and self.durations else -1.0
         try:
             item = self.dataset[index]
         except MfnetError:
@@ -275,17 +277,16 @@ def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.M
     """THE place where a PyTorch model is made ready for prediction: eval mode, device, fast path.
 
     Args:
-        model: A classifier (not changed).
+        model: A classifier (not changed: a copy is prepared).
         example_input: A batch like those that will run, ``(N, C, T, H, W)``, on the target device.
 
     Returns:
         A module with the classifier's interface (``forward``, ``clip_features``) for inference only.
     """
-    model = model.eval().to(example_input.device)
     try:
         from mfnet.tools.fastpath import optimize_for_inference
-    except ImportError:
-        return model
+    except ImportError:  # the fast path is optional: the plain model computes the same numbers
+        return copy.deepcopy(model).eval().to(example_input.device)
     return optimize_for_inference(model, example_input)
 
 
@@ -373,7 +374,9 @@ class Predictor:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.fixed_batch = fixed_batch
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # An exported graph runs on the CPU (ONNX Runtime's CPU provider, a CPU ExportedProgram) unless told.
+        on_gpu = isinstance(model, nn.Module) and torch.cuda.is_available()
+        self.device = torch.device(device or ("cuda" if on_gpu else "cpu"))
         self._source = model
         self._model: Callable[[torch.Tensor], torch.Tensor] | None = None if isinstance(model, nn.Module) else model
 
@@ -404,10 +407,11 @@ class Predictor:
 
     # -- running items -------------------------------------------------------------------------------------------
 
-    def _items(self, paths: list[Path], sampler: Any) -> _PredictionItems:
+    def _items(self, paths: list[Path], sampler: Any, *, durations: bool = True) -> _PredictionItems:
         records = [VideoRecord(Path(p), -1, "all") for p in paths]
         dataset = VideoClipDataset(records, sampler=sampler, transform=self.spec.transform(), max_substitutions=0)
-        return _PredictionItems(dataset, (3, self.spec.frames, self.spec.crop_size, self.spec.crop_size))
+        shape = (3, self.spec.frames, self.spec.crop_size, self.spec.crop_size)
+        return _PredictionItems(dataset, shape, durations=durations)
 
     def _run(
         self,
@@ -499,7 +503,7 @@ class Predictor:
             return Timeline(path, [], 0.0, f"{path} has no decodable video frames: re-encode or remove it")
         starts, lengths = _windows(num_frames, fps, window_s, stride_s)
         inner = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
-        items = self._items([path], _WindowSampler(starts, lengths, inner))
+        items = self._items([path], _WindowSampler(starts, lengths, inner), durations=False)
         # One "video" whose items are the windows' clips: count progress in windows.
         items_per_window = self.num_clips * self.spec.crops
         bar = tqdm(total=len(starts), unit="window", disable=not progress, leave=False)

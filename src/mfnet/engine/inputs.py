@@ -8,12 +8,12 @@ every dataset built here are dicts with ``"clip"`` (float ``(C, T, H, W)``, or `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from mfnet.engine.distributed import DistContext
 from mfnet.engine.recipes import Recipe
@@ -200,6 +200,51 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=ctx.device.type == "cuda",
     )
+
+
+class _SkipBatches(Sampler[list[int]]):
+    """A batch sampler without its first ``skip`` batches (their indices are drawn, not loaded)."""
+
+    def __init__(self, batch_sampler: Any, skip: int) -> None:
+        self.batch_sampler = batch_sampler
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = iter(self.batch_sampler)
+        for _ in range(self.skip):
+            next(batches, None)
+        yield from batches
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.skip)
+
+
+def batches_after(loader: DataLoader, skip: int) -> Iterator[Any]:
+    """The batches of ``loader`` (one epoch) after its first ``skip``, as they would have come without skipping.
+
+    When the dataset seeds every item from ``(seed, epoch, index)`` (it has ``set_epoch``, as the datasets of
+    ``mfnet.data`` do) only the indices of the skipped batches are drawn: a second loader with the same dataset,
+    workers and generator runs the rest of the batch sampler. Any other dataset may draw its randomness from the
+    worker processes, so its skipped batches are loaded and dropped, which keeps every later batch identical.
+    """
+    if skip <= 0:
+        return iter(loader)
+    if not hasattr(loader.dataset, "set_epoch"):
+        batches = iter(loader)
+        for _ in range(skip):
+            next(batches)
+        return batches
+    rest = DataLoader(
+        loader.dataset,
+        batch_sampler=_SkipBatches(loader.batch_sampler, skip),
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
+    )
+    return iter(rest)
 
 
 def video_names_of(dataset: Dataset) -> list[str] | None:

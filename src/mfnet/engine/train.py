@@ -19,7 +19,8 @@ Run directory::
 **Exact resume.** Every RNG is re-seeded from ``(seed, epoch, rank)`` at the start of an epoch, before its loader
 is built, so the order and augmentation of an epoch do not depend on what ran before. A checkpoint in the middle
 of an epoch stores the step and each process's RNG state; resuming rebuilds the epoch's loader, skips the batches
-already used (they are read again, which keeps worker-side augmentation identical) and restores the RNG states.
+already used (``mfnet.data`` datasets seed each item from ``(seed, epoch, index)``, so only their indices are
+drawn; other datasets are read and dropped) and restores the RNG states.
 On CPU with the same number of processes and threads the resumed run ends with bit-identical weights.
 """
 
@@ -46,7 +47,7 @@ from tqdm.auto import tqdm
 
 from mfnet.engine import checkpoints as ckpt
 from mfnet.engine.distributed import DistContext, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
-from mfnet.engine.inputs import DataSpec, build_datasets, make_loader, video_names_of
+from mfnet.engine.inputs import DataSpec, batches_after, build_datasets, make_loader, video_names_of
 from mfnet.engine.metrics import MetricsLog, RunningMeans, topk_correct
 from mfnet.engine.optim import build_optimizer
 from mfnet.engine.recipes import Recipe
@@ -75,7 +76,7 @@ class TrainResult:
         epochs_done: Complete epochs.
         steps: Optimizer steps done in total.
         metrics: The last epoch's summary (``train_loss``, ``train_top1``, ``val_clip_top1``, ``val_video_top1``,
-            ...), from every process.
+            ...), on rank 0 (empty on the other processes).
         history: One summary per epoch.
         finished: Whether all ``recipe.epochs`` epochs ran.
     """
@@ -389,9 +390,7 @@ class _Trainer:
             ctx=ctx,
             drop_last=True,
         )
-        batches: Iterator[dict[str, Any]] = iter(loader)
-        for _ in range(first_step):  # resume inside an epoch: the same batches, read again and dropped
-            next(batches)
+        batches: Iterator[dict[str, Any]] = batches_after(loader, first_step)  # resuming inside the epoch
         if saved_rng is not None and first_step:
             ckpt.restore_rng(saved_rng)
         self.net.train()
@@ -408,6 +407,7 @@ class _Trainer:
         )
         epoch_step = first_step
         stop_ckpt = None
+        substitutions = 0  # clips of unreadable videos replaced by other videos (see mfnet.data.datasets)
         tic = time.perf_counter()
         try:
             while epoch_step < self.steps_per_epoch:
@@ -419,8 +419,9 @@ class _Trainer:
                 stats = self._step(batch)
                 step += 1
                 epoch_step += 1
-                totals = all_reduce_sum(ctx, stats)  # [loss sum, top1, top5, clips] over processes
-                loss_sum, top1, top5, count = (float(v) for v in totals)
+                totals = all_reduce_sum(ctx, stats)  # [loss sum, top1, top5, clips, substituted] over processes
+                loss_sum, top1, top5, count, substituted = (float(v) for v in totals)
+                substitutions += int(substituted)
                 if not math.isfinite(loss_sum):
                     raise DivergedError(
                         f"the loss became {loss_sum / max(count, 1)} at step {step} (epoch {epoch + 1}): lower the "
@@ -456,10 +457,17 @@ class _Trainer:
             bar.close()
             del batches
         means = meter.means()
-        return {"train_loss": means["loss"], "train_top1": means["top1"], "train_top5": means["top5"]}, step, stop_ckpt
+        summary = {"train_loss": means["loss"], "train_top1": means["top1"], "train_top5": means["top5"]}
+        if substitutions:
+            summary["train_substituted"] = substitutions
+            if ctx.is_main:
+                logger.warning(
+                    "epoch %d: %d clips came from substitute videos (unreadable files)", epoch + 1, substitutions
+                )
+        return summary, step, stop_ckpt
 
     def _step(self, batch: dict[str, Any]) -> torch.Tensor:
-        """One optimizer step on this process's batch; returns ``[loss sum, top-1 hits, top-5 hits, clips]``."""
+        """One optimizer step on this process's batch; returns ``[loss sum, top-1, top-5 hits, clips, substituted]``."""
         r, device = self.recipe, self.ctx.device
         clip = batch["clip"].to(device, non_blocking=True)
         if r.channels_last:
@@ -502,7 +510,10 @@ class _Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
-        return torch.stack([loss_sum.float(), hits[0], hits[1], torch.tensor(float(n), device=device)]).cpu()
+        substituted = float(torch.as_tensor(batch.get("substituted", 0)).sum())
+        return torch.tensor(
+            [float(loss_sum), float(hits[0]), float(hits[1]), float(n), substituted], dtype=torch.float64
+        )
 
     # ------------------------------------------------------------------ validation and checkpoints
     def _validate(self, dataset: Dataset, num_classes: int) -> dict[str, float]:

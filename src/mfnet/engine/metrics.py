@@ -76,16 +76,21 @@ class MetricsLog:
         run_dir: The run directory.
         enabled: False on non-main processes: every call is then a no-op.
         tensorboard: Whether to write TensorBoard event files under ``run_dir/tb``.
+        resume_step: The step a resumed run continues from: TensorBoard events after it are dropped (they are
+            logged again), as :meth:`truncate_after` does for the JSON lines.
     """
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True, resume_step: int = 0
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self._writer = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+            purge = resume_step + 1 if resume_step else None
+            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=purge)
 
     def truncate_after(self, step: int) -> None:
         """Drops records past ``step`` (after resuming from an earlier checkpoint the run logs them again)."""

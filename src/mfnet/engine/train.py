@@ -292,7 +292,7 @@ class _Trainer:
                 (self.run_dir / "classes.txt").write_text("".join(c + "\n" for c in self.classes))
             if step == 0 and figures:
                 _save_initial_filters(model, self.run_dir)
-        log = MetricsLog(self.run_dir, enabled=ctx.is_main)
+        log = MetricsLog(self.run_dir, enabled=ctx.is_main, resume_step=step)
         log.truncate_after(step)
         net = self._wrap(model)
         self.model, self.net, self.optimizer, self.scaler, self.log = model, net, optimizer, scaler, log

@@ -65,11 +65,11 @@ def test_sigkill_then_resume(tmp_path, ucf_root, uninterrupted) -> None:
     folder = run / "checkpoints"
     deadline = time.monotonic() + 240
     try:
-        # kill while a checkpoint is being written if we catch one, else once three are complete
+        # kill while a checkpoint is being written if we catch one, else once step 3 is saved
         while time.monotonic() < deadline and proc.poll() is None:
             names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
-            complete = [n for n in names if n.endswith(".pt") and not n.startswith(".")]
-            if (complete and any(n.endswith(".tmp") for n in names)) or len(complete) >= 3:
+            steps = [int(n[5:14]) for n in names if n.startswith("step-") and n.endswith(".pt")]
+            if (steps and any(n.endswith(".tmp") for n in names)) or max(steps, default=0) >= 3:
                 break
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)

@@ -58,6 +58,9 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         # 12 s: dark for 6 s, then bright for 6 s.
         "long": write_video(root / "long.mp4", np.concatenate([_plain(DARK, 60), _plain(BRIGHT, 60)]), fps=FPS),
     }
+    full = write_video(root / "full.mkv", np.random.default_rng(0).integers(0, 255, (60, 48, 64, 3), np.uint8), fps=FPS)
+    out["truncated"] = root / "truncated.mkv"
+    out["truncated"].write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     out["corrupt"] = root / "corrupt.mp4"
     out["corrupt"].write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     return out
@@ -163,3 +166,9 @@ def test_features_per_video_and_per_clip(videos: dict[str, Path]) -> None:
             frames = reader.read(UniformClipSampler(2, 8, 2)(reader.num_frames, 0).frames)
         clip = SPEC.transform()(frames)[None]  # (1, 3, 8, 64, 64)
         assert torch.allclose(model.eval().clip_features(clip)[0], per_clip.features[0], atol=1e-4)
+
+
+def test_a_truncated_file_is_predicted_from_the_part_that_decodes(videos: dict[str, Path]) -> None:
+    (result,) = Predictor(brightness_logits, spec=SPEC, num_clips=4).predict([videos["truncated"]])
+    assert result.ok and result.clips == 4
+    assert 1.0 < result.seconds < 5.0  # about half of the 6 s written

@@ -238,7 +238,7 @@ def _predict(args: argparse.Namespace) -> int:
     classes = _class_names(args.labels, loaded.meta)
     if args.window is not None:
         return _predict_windows(args, loaded, paths, classes)
-    predictor = _predictor(args, loaded, args.clips or 10)
+    predictor = _predictor(args, loaded, 10 if args.clips is None else args.clips)
     failed = 0
     for prediction in predictor.predict(paths, progress=len(paths) > 1):
         if not prediction.ok:
@@ -274,7 +274,7 @@ def _plot_path(plot: str | None, video: Path, many: bool) -> Path | None:
 def _predict_windows(args: argparse.Namespace, loaded: Any, paths: list[Path], classes: list[str] | None) -> int:
     from mfnet.tools.timeline import plot_timeline
 
-    predictor = _predictor(args, loaded, args.clips or 3)
+    predictor = _predictor(args, loaded, 3 if args.clips is None else args.clips)
     failed = 0
     for path in paths:
         timeline = predictor.timeline(path, window_s=args.window, stride_s=args.stride, progress=True)

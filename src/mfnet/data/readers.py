@@ -93,9 +93,10 @@ class PyAVReader:
             self._container.close()
             raise VideoError(f"{self.path} has no video stream: remove it from the dataset")
         self._stream = self._container.streams.video[0]
-        if num_threads != 1:
-            self._stream.thread_type = "AUTO"
-            self._stream.codec_context.thread_count = num_threads
+        # One decoder thread by default: FFmpeg's own threads would compete with DataLoader workers, and a
+        # decoder with threads that is inherited by a forked worker can deadlock when it is freed there.
+        self._stream.thread_type = "AUTO" if num_threads != 1 else "SLICE"
+        self._stream.codec_context.thread_count = num_threads
         self._pts: list[int] | None = None  # presentation times of the frames, sorted
         self._key_positions: list[int] = []  # frame indices of key frames, sorted
         self._decodable: int | None = None  # frames that really decode, once a read hit the end

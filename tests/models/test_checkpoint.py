@@ -190,9 +190,15 @@ def test_bad_checkpoints_give_one_sentence(tmp_path: Path) -> None:
         mfnet.create_model("mfnet3d", weights=truncated)
 
     code = tmp_path / "code.pth"
-    code.write_bytes(pickle.dumps({"state_dict": {"x": Path("a")}}, protocol=2))  # pickles a class: must not be unpickled
-    with pytest.raises(CheckpointError):
+    code.write_bytes(
+        pickle.dumps({"state_dict": {"x": Path("a")}}, protocol=2)
+    )  # pickles a class: must not be unpickled
+    with pytest.raises(CheckpointError, match=r"holds a Python object .*PosixPath.* could run code"):
         mfnet.create_model("mfnet3d", weights=code)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        mfnet.create_model("mfnet3d", weights=junk)
 
     with pytest.raises(CheckpointError, match="does not fit"):
         mfnet.create_model("mfnet3d", weights=good, multiplexer=False)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -91,9 +92,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:  # not a pickle at all, or a damaged one
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read, it is truncated or not a PyTorch checkpoint; "
+                "download or save it again"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path} holds Python objects besides tensors and will not be loaded (it could run code); "
-            f"re-save its state dict with torch.save(model.state_dict(), ...) ({str(err).splitlines()[0]})"
+            f"checkpoint {path} holds a Python object ({found.group(1)}) besides tensors and is not loaded because "
+            "loading it could run code; re-save it as a plain state dict: torch.save(model.state_dict(), path)"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(

@@ -303,22 +303,37 @@ def _parse_hmdb51(annotations: Path, root: Path, split: int) -> tuple[list[_Entr
 # --- Kinetics -----------------------------------------------------------------------------------------------------
 
 
+_CLIP_NAME = re.compile(r"^(?P<id>.+)_(?P<start>\d{6})_(?P<end>\d{6})$")
+
+
 class _ClipIndex:
     """Finds Kinetics clips anywhere under the root by file name (``<id>_<start>_<end>``, else ``<id>``)."""
 
     def __init__(self, root: Path) -> None:
         self.by_stem: dict[str, Path] = {}
+        self.by_id: dict[str, Path] = {}
         for folder, dirs, files in os.walk(root):
             for name in files:
                 stem, suffix = os.path.splitext(name)
                 if suffix.lower() in VIDEO_SUFFIXES:
-                    self.by_stem.setdefault(stem, Path(folder) / name)
+                    self._add(stem, Path(folder) / name)
             for name in dirs:  # frame folders named like clips
-                if re.search(r"_\d{6}_\d{6}$", name):
-                    self.by_stem.setdefault(name, Path(folder) / name)
+                if _CLIP_NAME.match(name):
+                    self._add(name, Path(folder) / name)
+
+    def _add(self, stem: str, path: Path) -> None:
+        self.by_stem.setdefault(stem, path)
+        match = _CLIP_NAME.match(stem)
+        if match:
+            self.by_id.setdefault(match["id"], path)
 
     def find(self, youtube_id: str, start: int, end: int) -> Path | None:
-        return self.by_stem.get(f"{youtube_id}_{start:06d}_{end:06d}") or self.by_stem.get(youtube_id)
+        """The clip's file: by its full name, else by the YouTube id alone (segment unknown or renamed)."""
+        return (
+            self.by_stem.get(f"{youtube_id}_{start:06d}_{end:06d}")
+            or self.by_stem.get(youtube_id)
+            or self.by_id.get(youtube_id)
+        )
 
 
 def _kinetics_entries(
@@ -406,12 +421,16 @@ def _parse_list(annotations: Path, root: Path, split: int) -> tuple[list[_Entry]
     subset = _subset_from_name(annotations.stem)
     top = -1
     for number, line in _lines(annotations):
-        parts = line.split()
+        parts = line.rsplit(maxsplit=1)
         if len(parts) < 2 or not parts[-1].lstrip("-").isdigit():
             raise _bad_line(annotations, number, line, "'<path> <label>' or '<frame folder> <frames> <label>'")
         label = int(parts[-1])
         top = max(top, label)
-        entries.append((parts[0], label if label >= 0 else None, subset))
+        path = parts[0]
+        frames = re.match(r"^(.*\S)\s+\d+$", path)  # '<frame folder> <frames>' unless the path itself exists
+        if frames and not (root / path).exists():
+            path = frames.group(1)
+        entries.append((path, label if label >= 0 else None, subset))
     return entries, [str(i) for i in range(top + 1)]
 
 

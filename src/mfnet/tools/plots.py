@@ -94,13 +94,17 @@ def _filter_tiles(weight: torch.Tensor) -> np.ndarray:
     return w.numpy()
 
 
-def _mosaic(tiles: np.ndarray, pad: int = 1) -> np.ndarray:
-    """``(O, T, kH, kW, 3)`` -> one image: a row per filter, a column per time step."""
+def _mosaic(tiles: np.ndarray, *, per_row: int = 4, pad: int = 1, gap: int = 3) -> np.ndarray:
+    """``(O, T, kH, kW, 3)`` -> one image: ``per_row`` filters side by side, each its ``T`` frames left to right."""
     o, t, kh, kw, _ = tiles.shape
-    out = np.ones((o * (kh + pad) + pad, t * (kw + pad) + pad, 3))
+    per_row = min(per_row, o)
+    rows = -(-o // per_row)
+    block_w = t * (kw + pad) - pad  # one filter: its frames in a row
+    out = np.ones((rows * (kh + gap) + gap, per_row * (block_w + gap) + gap, 3))
     for i in range(o):
+        r, c = divmod(i, per_row)
         for j in range(t):
-            y, x = pad + i * (kh + pad), pad + j * (kw + pad)
+            y, x = gap + r * (kh + gap), gap + c * (block_w + gap) + j * (kw + pad)
             out[y : y + kh, x : x + kw] = tiles[i, j]
     return out
 
@@ -113,13 +117,15 @@ def plot_filters(before: torch.Tensor | None, after: torch.Tensor, path: str | P
         after: The trained weight, ``(O, 3, T, kH, kW)`` (3D) or ``(O, 3, kH, kW)`` (2D).
     """
     panels = [("before training", before), ("after training", after)] if before is not None else [("trained", after)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.32 * after.shape[0] + 1.2))
+    t = after.shape[2] if after.ndim == 5 else 1
+    per_row = 4 if t > 1 else 8
+    mosaics = [(name, _mosaic(_filter_tiles(weight), per_row=per_row)) for name, weight in panels]
+    height, width = mosaics[0][1].shape[:2]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 7 * height / width * len(panels) + 0.8))
     axes = np.atleast_1d(axes)
-    for ax, (name, weight) in zip(axes, panels, strict=True):
-        ax.imshow(_mosaic(_filter_tiles(weight)), interpolation="nearest")
-        t = weight.shape[2] if weight.ndim == 5 else 1
-        ax.set_title(f"conv1 {name}\n{weight.shape[0]} filters x {t} frames", fontsize=9)
-        ax.set_xlabel("time →")
+    for ax, (name, mosaic) in zip(axes, mosaics, strict=True):
+        ax.imshow(mosaic, interpolation="nearest")
+        ax.set_title(f"conv1 {name}: {after.shape[0]} filters, each {t} frame(s) left to right", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     return _save(fig, path)

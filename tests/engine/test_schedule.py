@@ -10,6 +10,7 @@ import torch
 from mfnet.engine.optim import build_optimizer
 from mfnet.engine.recipes import get_recipe
 from mfnet.engine.schedule import LRSchedule
+from mfnet.errors import MfnetError
 from mfnet.models import create_model
 
 
@@ -60,3 +61,11 @@ def test_optimizer_groups_follow_multipliers() -> None:
     assert opt.param_groups[1]["lr"] == pytest.approx(0.000125)
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 1e-4
     assert isinstance(opt, torch.optim.SGD)
+
+
+def test_adamw_option_and_unknown_optimizer() -> None:
+    model = create_model("mfnet2d", num_classes=5, depths=(1, 1, 1, 1), widths=(32, 32, 64, 64))
+    opt = build_optimizer(model, get_recipe("smoke", {"optimizer": "adamw", "backbone_lr_mult": 0.5}))
+    assert isinstance(opt, torch.optim.AdamW) and [g["lr_mult"] for g in opt.param_groups] == [0.5, 1.0]
+    with pytest.raises(MfnetError, match="unknown optimizer"):
+        build_optimizer(model, get_recipe("smoke", {"optimizer": "lamb"}))

@@ -64,6 +64,7 @@ class Recipe:
     epochs: int = 100
     batch_size: int = 1024  # global batch per optimizer step (all processes together)
     accumulate_steps: int = 1  # micro-batches per optimizer step (gradient accumulation on small machines)
+    optimizer: str = "sgd"  # sgd (the paper's) | adamw (uses weight_decay; momentum/nesterov are ignored)
     base_lr: float = 0.1
     lr_reference_batch: int = 1024
     momentum: float = 0.9

@@ -109,6 +109,8 @@ class _RobustDataset(torch.utils.data.Dataset):
                     "substituted": bool(substitution),
                 }
             self._log_once(self.records[video_index].path, error)
+        if self.max_substitutions == 0:
+            raise DataError(f"{error}".rstrip(".") + " (no substitutes allowed)")
         raise DataError(
             f"{self.max_substitutions + 1} videos in a row failed to decode (last: {error}): "
             "run `mfnet data check` and clean the dataset"

@@ -215,6 +215,8 @@ class PyAVReader:
         """
         wanted_list = [int(i) for i in np.asarray(indices).reshape(-1)]
         total = self.num_frames
+        if total == 0:
+            raise VideoError(f"{self.path} has no decodable video frames: re-download or remove it")
         if any(not 0 <= i < total for i in wanted_list):
             raise IndexError(f"frame indices must lie in [0, {total}) for {self.path}, got {wanted_list}")
         if not wanted_list:

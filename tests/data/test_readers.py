@@ -156,3 +156,13 @@ def test_decode_all_counts_frames(numbered_video: Path) -> None:
     with PyAVReader(numbered_video) as reader:
         assert reader.decode_all() == 40
         assert _numbers(reader.read([3])) == [3]  # still readable after a full pass
+
+
+def test_max_short_side_scales_while_converting(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "big.mp4", numbered_frames(12, 240, 320))
+    with open_video(path, max_short_side=96) as reader:
+        frames = reader.read([11, 4])
+    assert frames.shape == (2, 96, 128, 3)
+    assert _numbers(frames) == [11, 4]
+    with open_video(path, max_short_side=480) as reader:  # never scaled up
+        assert reader.read([0]).shape == (1, 240, 320, 3)

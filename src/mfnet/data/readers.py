@@ -58,13 +58,18 @@ class VideoReader(Protocol):
         ...
 
 
-def open_video(path: str | Path, *, num_threads: int = 1, fps: float | None = None) -> VideoReader:
+def open_video(
+    path: str | Path, *, num_threads: int = 1, fps: float | None = None, max_short_side: int | None = None
+) -> VideoReader:
     """Opens a video file with PyAV, or a folder of frames (``img_00001.jpg``, ...) with ``FrameFolderReader``.
 
     Args:
         path: a video file or a folder of image files.
         num_threads: decoder threads per reader (1 suits DataLoader workers; 0 lets FFmpeg choose).
         fps: the frame rate of a frame folder (ignored for video files, which carry their own).
+        max_short_side: video files whose short side is larger are scaled down to it (area filter) while
+            their frames are converted to RGB, which is cheaper than resizing full frames later; e.g. 320 for
+            training at 224 from 720p sources. ``None`` keeps the decoded size.
 
     Raises:
         VideoError: the path does not exist, is not a video, or has no video stream.
@@ -74,7 +79,7 @@ def open_video(path: str | Path, *, num_threads: int = 1, fps: float | None = No
         return FrameFolderReader(path, fps=fps or 25.0)
     if not path.exists():
         raise VideoError(f"video {path} does not exist: check the dataset root and the annotation paths")
-    return PyAVReader(path, num_threads=num_threads)
+    return PyAVReader(path, num_threads=num_threads, max_short_side=max_short_side)
 
 
 class PyAVReader:
@@ -83,7 +88,7 @@ class PyAVReader:
     Keep one reader per process (it holds an open file); use it as a context manager or call ``close``.
     """
 
-    def __init__(self, path: str | Path, *, num_threads: int = 1) -> None:
+    def __init__(self, path: str | Path, *, num_threads: int = 1, max_short_side: int | None = None) -> None:
         self.path = Path(path)
         try:
             self._container = av.open(str(self.path), metadata_errors="ignore")
@@ -97,6 +102,7 @@ class PyAVReader:
         # decoder with threads that is inherited by a forked worker can deadlock when it is freed there.
         self._stream.thread_type = "AUTO" if num_threads != 1 else "SLICE"
         self._stream.codec_context.thread_count = num_threads
+        self._rgb_options = _rgb_options(self._stream.codec_context, max_short_side)
         self._pts: list[int] | None = None  # presentation times of the frames, sorted
         self._key_positions: list[int] = []  # frame indices of key frames, sorted
         self._decodable: int | None = None  # frames that really decode, once a read hit the end
@@ -262,7 +268,7 @@ class PyAVReader:
             while position < len(wanted) and wanted[position] <= index:
                 # A wanted frame that did not decode (skipped index) gets the closest earlier frame.
                 source = frame if wanted[position] == index or last_frame is None else last_frame
-                found[wanted[position]] = source.to_ndarray(format="rgb24")
+                found[wanted[position]] = source.to_ndarray(**self._rgb_options)
                 position += 1
             last_index, last_frame, cursor = index, frame, index + 1
         return found
@@ -279,7 +285,7 @@ class PyAVReader:
         count = 0
         for frame in self._decode():
             if count in wanted_set:
-                found[count] = frame.to_ndarray(format="rgb24")
+                found[count] = frame.to_ndarray(**self._rgb_options)
                 if len(found) == len(wanted_set):
                     return found
             count += 1
@@ -327,6 +333,16 @@ class FrameFolderReader:
             file = self._files[index]
             cache[index] = read_image(file)
         return torch.stack([cache[i] for i in wanted])
+
+
+def _rgb_options(codec_context: av.codec.context.CodecContext, max_short_side: int | None) -> dict:
+    """Arguments of ``VideoFrame.to_ndarray``: RGB, scaled down when the short side exceeds ``max_short_side``."""
+    height, width = codec_context.height, codec_context.width
+    if not max_short_side or not height or not width or min(height, width) <= max_short_side:
+        return {"format": "rgb24"}
+    scale = max_short_side / min(height, width)
+    size = {"width": max(2, round(width * scale / 2) * 2), "height": max(2, round(height * scale / 2) * 2)}
+    return {"format": "rgb24", "interpolation": "AREA", **size}
 
 
 def read_image(path: str | Path) -> torch.Tensor:

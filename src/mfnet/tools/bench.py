@@ -215,21 +215,22 @@ def _prepare(
     shape = (batch, 3, *candidate.clip_size)
     params = count_params(model)
     macs = count_macs(model, (1, 3, *candidate.clip_size))
+    weight_bytes = _tensor_bytes(model)  # of the model as built: the same yardstick for every engine
     x = torch.randn(shape, device=device)
     start = time.perf_counter()
     fast = candidate.engine != "plain"
     if mode == "train":
         step = _train_step(model, x, num_classes=num_classes, fast=fast, device=device)
-        state = _tensor_bytes(model) * 3  # weights, gradients, momentum
+        state = weight_bytes + 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # + grads, momentum
     elif candidate.engine == "onnxruntime":
         step = _onnx_step(model, x, threads=threads)
-        state = _tensor_bytes(model)
+        state = weight_bytes
     else:
         if fast:
             model = optimize_for_inference(model, x, mode="compile" if candidate.engine == "compile" else "auto")
             x = to_channels_last(x)
         step = _infer_step(model.eval(), x, amp=fast, device=device)
-        state = _tensor_bytes(model)
+        state = weight_bytes
     setup_s = time.perf_counter() - start
     return _Prepared(candidate, step, params, macs, state, setup_s)
 
@@ -383,7 +384,6 @@ def run_benchmark(
         seed: Seed of the weights and inputs.
         progress: Show progress bars on stderr.
     """
-    from tqdm.auto import tqdm
 
     if mode not in MODES:
         raise MfnetError(f"unknown benchmark mode {mode!r}: use infer or train")
@@ -391,9 +391,46 @@ def run_benchmark(
         raise MfnetError("--device cuda was given but no CUDA GPU is visible; use --device cpu")
     if mode == "train" and any(c.engine in ("compile", "onnxruntime") for c in candidates):
         candidates = [c for c in candidates if c.engine not in ("compile", "onnxruntime")]
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
+    try:
+        threads = torch.get_num_threads()
+        prepared, peak = _time_candidates(
+            candidates,
+            mode=mode,
+            batch=batch,
+            device=device,
+            threads=threads,
+            warmup=warmup,
+            repeats=repeats,
+            num_classes=num_classes,
+            memory=memory,
+            seed=seed,
+            progress=progress,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+    rows = [_row(item, mode=mode, batch=batch, peak_gflops=peak) for item in prepared]
+    return BenchReport(mode, _device_name(device, threads), threads, batch, repeats, peak, torch.__version__, rows)
+
+
+def _time_candidates(
+    candidates: Sequence[Candidate],
+    *,
+    mode: str,
+    batch: int,
+    device: str,
+    threads: int,
+    warmup: int,
+    repeats: int,
+    num_classes: int,
+    memory: bool,
+    seed: int,
+    progress: bool,
+) -> tuple[list[_Prepared], float]:
+    from tqdm.auto import tqdm
+
     prepared = []
     for candidate in tqdm(candidates, desc="preparing", disable=not progress, file=sys.stderr):
         try:
@@ -419,8 +456,7 @@ def run_benchmark(
     if memory:
         for item in prepared:
             item.peak_mem_mb = _measure_memory(item, device)
-    rows = [_row(item, mode=mode, batch=batch, peak_gflops=peak) for item in prepared]
-    return BenchReport(mode, _device_name(device), threads, batch, repeats, peak, torch.__version__, rows)
+    return prepared, peak
 
 
 def _row(item: _Prepared, *, mode: str, batch: int, peak_gflops: float) -> BenchRow:
@@ -449,7 +485,7 @@ def _row(item: _Prepared, *, mode: str, batch: int, peak_gflops: float) -> Bench
     )
 
 
-def _device_name(device: str) -> str:
+def _device_name(device: str, threads: int) -> str:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name()
     try:
@@ -457,7 +493,7 @@ def _device_name(device: str) -> str:
         model = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
     except (OSError, AttributeError):
         model = "CPU"
-    return f"{model} ({torch.get_num_threads()} threads)"
+    return f"{model} ({threads} threads)"
 
 
 def format_table(report: BenchReport) -> str:
@@ -483,27 +519,47 @@ def format_table(report: BenchReport) -> str:
 
 
 def plot_efficiency(report: BenchReport, path: str | Path) -> Path:
-    """Writes a PNG: clips/s against multiply-adds per clip (log-log), one labelled point per candidate."""
+    """Writes a PNG: clips/s against multiply-adds per clip (log-log), one labelled point per candidate.
+
+    The dashed line is the machine's measured matrix-product peak: a model on it would turn every multiply-add
+    into speed as well as a large matrix product does (training counts 3x the forward multiply-adds).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for r in report.rows:
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    factor = (TRAIN_MAC_FACTOR if report.mode == "train" else 1) * report.batch
+    gmacs = [r.macs_per_clip / 1e9 for r in report.rows]
+    lo, hi = min(gmacs) / 1.5, max(gmacs) * 1.5
+    peak_gmacs = report.matmul_gflops / 2
+    ax.plot(
+        [lo, hi],
+        [peak_gmacs * report.batch / (lo * factor), peak_gmacs * report.batch / (hi * factor)],
+        "k--",
+        lw=0.8,
+        label=f"matmul peak ({report.matmul_gflops:.0f} GFLOP/s)",
+    )
+    for r, g in zip(report.rows, gmacs, strict=True):
         ours = r.model in list_models()
-        ax.scatter(r.macs_per_clip / 1e9, r.clips_per_s, s=60, marker="o" if ours else "s", c="C0" if ours else "C1")
-        ax.annotate(
-            r.label, (r.macs_per_clip / 1e9, r.clips_per_s), textcoords="offset points", xytext=(5, 4), fontsize=7
-        )
+        ax.scatter(g, r.clips_per_s, s=60, marker="o" if ours else "s", c="C0" if ours else "C1", zorder=3)
+        ax.annotate(r.label, (g, r.clips_per_s), textcoords="offset points", xytext=(6, 3), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xlim(lo, hi * 2.5)  # room for the labels
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.tick_params(which="minor", labelsize=7)
     ax.set_xlabel("multiply-adds per clip (G)")
     ax.set_ylabel(f"clips/s ({report.mode}, batch {report.batch})")
-    ax.set_title(f"Efficiency on {report.device}", fontsize=9)
+    ax.set_title(f"{report.mode}: {report.device}, torch {report.torch_version}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -40,6 +40,7 @@ from mfnet.models.layers import BnActConv
 from mfnet.tools.export import fold_batchnorm
 
 MODES = ("auto", "eager", "fused", "compile")
+MAX_PACKED_SHAPES = 4  # input shapes per convolution whose packed weights are kept
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 _Conv = nn.Conv2d | nn.Conv3d
@@ -296,20 +297,33 @@ class FusedConv(nn.Module):
         )
 
     def _pack(self) -> None:
-        # oneDNN's blocked copy of the weights, packed once instead of on every call (not saved, not copied).
-        self._packed = torch.ops.mkldnn._reorder_convolution_weight(
-            self.weight, self.padding, self.stride, self.dilation, self.groups
-        )
+        # oneDNN's blocked copies of the weights, one per input shape, packed once instead of on every call (not
+        # saved, not copied). The best blocked layout depends on the input shape; a copy packed for another shape
+        # still gives the right numbers, but oneDNN then reorders the weights on every call.
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        packed = self._packed.get(shape)
+        if packed is None:
+            if len(self._packed) >= MAX_PACKED_SHAPES:
+                self._packed.clear()
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, self.padding, self.stride, self.dilation, self.groups, list(shape)
+            )
+            self._packed[shape] = packed
+        return packed
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
         x = x.contiguous(memory_format=memory_format(self.ndim))
+        weight = self._packed_weight(x)
         args = (self.padding, self.stride, self.dilation, self.groups)
         if add is not None and self.groups == 1 and self.attr == "none":  # oneDNN fuses sums into dense convs only
             add = add.contiguous(memory_format=memory_format(self.ndim))
             return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, add, self._packed, self.bias, *args, "add", 1.0, None, [], ""
+                x, add, weight, self.bias, *args, "add", 1.0, None, [], ""
             )
-        out = torch.ops.mkldnn._convolution_pointwise(x, self._packed, self.bias, *args, self.attr, [], "")
+        out = torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, *args, self.attr, [], "")
         return out if add is None else out.add_(add)
 
     def __deepcopy__(self, memo: dict) -> FusedConv:  # oneDNN tensors cannot be deep-copied: copy, then repack
@@ -318,7 +332,7 @@ class FusedConv(nn.Module):
         new._pack()
         return new
 
-    def _apply(self, fn, recurse=True):  # .to() / .float() etc. move the weights: repack them
+    def _apply(self, fn, recurse=True):  # .to() / .float() etc. move the weights: drop the packed copies
         out = super()._apply(fn, recurse)
         self._pack()
         return out

@@ -1,0 +1,139 @@
+"""Speed targets of issue 7, measured side by side in one process (`python benchmarks/bench_speed.py`).
+
+Inference: mfnet3d at 1x3x16x224x224 (fast path, plain, our ONNX export in ONNX Runtime, optionally
+torch.compile) against torchvision's r3d_18 / mc3_18 / r2plus1d_18 at 1x3x16x112x112. Training: one SGD step
+on a batch of 8 clips of 16x112x112, mfnet3d against r3d_18. Every candidate is timed in interleaved rounds
+(see ``mfnet.tools.bench``); the targets compare medians of the same run:
+
+- mfnet3d inference at 224 >= 2.5x faster than r3d_18 at 112 (its best engine), and >= 1.5x faster than
+  ONNX Runtime on our own export;
+- mfnet3d training step >= 8x faster than r3d_18, with lower peak memory.
+
+Writes ``<out>/speed_infer.json``, ``speed_train.json``, ``speed.md`` (tables and target checks) and
+``speed_infer.png`` / ``speed_train.png`` (clips/s against multiply-adds per clip).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__" and "--omp-active" not in sys.argv:
+    # On a shared machine, OpenMP threads that spin at every barrier take the core from the thread they wait for
+    # (2 threads, load above 2: PyTorch steps become 1.5-2x slower). Passive waiting must be set before torch loads
+    # libgomp; ONNX Runtime gets the same treatment (no spinning) in mfnet.tools.bench.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import json
+from pathlib import Path
+
+from mfnet.tools.bench import BenchReport, Candidate, format_table, plot_efficiency, run_benchmark
+
+MF = "mfnet3d@16x224x224"
+MF_TRAIN = "mfnet3d@16x112x112"
+R3D = "r3d_18@16x112x112"
+
+
+def infer_candidates(*, compile: bool, peers: bool) -> list[Candidate]:
+    out = [
+        Candidate("mfnet3d", (16, 224, 224), "fast"),
+        Candidate("mfnet3d", (16, 224, 224), "plain"),
+        Candidate("mfnet3d", (16, 224, 224), "onnxruntime"),
+        Candidate("r3d_18", (16, 112, 112), "fast"),
+        Candidate("r3d_18", (16, 112, 112), "plain"),
+    ]
+    if compile:
+        out.insert(3, Candidate("mfnet3d", (16, 224, 224), "compile"))
+    if peers:
+        out += [Candidate(name, (16, 112, 112), "plain") for name in ("mc3_18", "r2plus1d_18")]
+    return out
+
+
+def train_candidates() -> list[Candidate]:
+    return [
+        Candidate("mfnet3d", (16, 112, 112), "fast"),
+        Candidate("mfnet3d", (16, 112, 112), "plain"),
+        Candidate("r3d_18", (16, 112, 112), "fast"),
+        Candidate("r3d_18", (16, 112, 112), "plain"),
+    ]
+
+
+def best(report: BenchReport, model_prefix: str) -> tuple[str, float]:
+    """The fastest row (label, median latency) among the engines of one model and size."""
+    rows = [r for r in report.rows if r.label.startswith(model_prefix)]
+    row = min(rows, key=lambda r: r.latency_ms)
+    return row.label, row.latency_ms
+
+
+def check_targets(infer: BenchReport | None, train: BenchReport | None) -> list[str]:
+    lines = []
+    if infer is not None:
+        fast = infer.row(MF).latency_ms
+        label, r3d = best(infer, R3D)
+        lines.append(_target(f"mfnet3d@224 (fast) vs {label}", r3d / fast, 2.5))
+        lines.append(
+            _target("mfnet3d@224 (fast) vs ONNX Runtime", infer.row(f"{MF}[onnxruntime]").latency_ms / fast, 1.5)
+        )
+        lines.append(f"- fast path vs plain mfnet3d: {infer.row(f'{MF}[plain]').latency_ms / fast:.2f}x")
+    if train is not None:
+        fast_row = train.row(MF_TRAIN)
+        label, r3d = best(train, R3D)
+        r3d_row = train.row(label)
+        lines.append(_target(f"mfnet3d train step (fast) vs {label}", r3d / fast_row.latency_ms, 8.0))
+        lower = fast_row.peak_mem_mb < r3d_row.peak_mem_mb
+        lines.append(
+            f"- peak memory: mfnet3d {fast_row.peak_mem_mb:.0f} MB vs r3d_18 {r3d_row.peak_mem_mb:.0f} MB: "
+            f"{'lower (met)' if lower else 'NOT lower'}"
+        )
+    return lines
+
+
+def _target(what: str, ratio: float, goal: float) -> str:
+    return f"- {what}: {ratio:.2f}x (target {goal}x: {'met' if ratio >= goal else 'NOT met'})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default: 7)")
+    parser.add_argument("--train-repeats", type=int, default=3, help="interleaved rounds for training (default: 3)")
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile fast path")
+    parser.add_argument("--peers", action="store_true", help="also time mc3_18 and r2plus1d_18 (inference)")
+    parser.add_argument("--skip-infer", action="store_true")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/speed", help="output folder")
+    parser.add_argument("--omp-active", action="store_true", help="keep OpenMP's default (spinning) wait policy")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    infer = train = None
+    sections = []
+    if not args.skip_infer:
+        infer = run_benchmark(
+            infer_candidates(compile=args.compile, peers=args.peers), threads=args.threads, repeats=args.repeats
+        )
+        (out / "speed_infer.json").write_text(json.dumps(infer.to_dict(), indent=1))
+        plot_efficiency(infer, out / "speed_infer.png")
+        sections.append("## Inference\n\n" + format_table(infer))
+    if not args.skip_train:
+        train = run_benchmark(
+            train_candidates(), mode="train", batch=8, threads=args.threads, warmup=1, repeats=args.train_repeats
+        )
+        (out / "speed_train.json").write_text(json.dumps(train.to_dict(), indent=1))
+        plot_efficiency(train, out / "speed_train.png")
+        sections.append("## Training step\n\n" + format_table(train))
+    targets = check_targets(infer, train)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    sections.append(
+        "## Targets\n\n" + "\n".join(targets) + f"\n\nOMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, "
+        f"load average at the end: {load:.1f} on {os.cpu_count()} CPUs"
+    )
+    text = "\n\n".join(sections) + "\n"
+    (out / "speed.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,10 +6,11 @@ Eight classes in four pairs; the two classes of a pair are the same kind of moti
 
 Every video draws its appearance at random from distributions shared by all classes: background (a smooth colour
 field with static grain), object shape (disk, square, triangle, cross, ellipse), two object colours and a texture
-(halves, stripes, checks) painted in the object's own frame so that rotation is visible, size, position, speed
-within a range, and per-frame sensor noise and gain flicker. The second class of a pair is made by playing the
-first class's rendering backwards, so within a pair every frame comes from exactly the same distribution and no
-single frame (or unordered set of frames) can tell the classes apart: only the order of frames can.
+(halves, stripes, an off-centre dot) painted in the object's own frame, size, position, speed within a range, and
+per-frame sensor noise and gain flicker. Rotation turns the object about a pivot beside it, like a clock hand, so
+the turn shows for every shape. The second class of a pair is made by playing the first class's rendering
+backwards, so within a pair every frame comes from exactly the same distribution and no single frame (or unordered
+set of frames) can tell the classes apart: only the order of frames can.
 
 On disk (``root`` is the folder given to ``make_motion_dataset``)::
 
@@ -46,7 +47,7 @@ MOTION_PAIRS: tuple[tuple[str, str], ...] = (
 )
 MOTION_CLASSES: tuple[str, ...] = tuple(name for pair in MOTION_PAIRS for name in pair)
 SHAPES = ("disk", "square", "triangle", "cross", "ellipse")
-TEXTURES = ("halves", "stripes", "checks")
+TEXTURES = ("halves", "stripes", "dot")
 SPEC_FILE = "motion.json"
 FPS = 25
 
@@ -131,7 +132,7 @@ def render_motion(pair: int, rng: np.random.Generator, *, num_frames: int = 32, 
     colours = _object_colours(rng)  # (2, 3)
     stripes = float(rng.uniform(2.0, 3.5))  # texture frequency in the object's unit frame
     # Appearance at the middle of the video, in pixels; every class starts from the same distributions.
-    radius = float(rng.uniform(0.14, 0.20)) * size
+    radius = float(rng.uniform(0.16, 0.24)) * size
     centre = size / 2 + rng.uniform(-0.12, 0.12, size=2) * size  # (x, y)
     angle = float(rng.uniform(0.0, 2 * math.pi))
     tau = np.arange(num_frames, dtype=np.float64) - (num_frames - 1) / 2  # time from the middle frame
@@ -143,9 +144,15 @@ def render_motion(pair: int, rng: np.random.Generator, *, num_frames: int = 32, 
     if pair in (0, 1):  # move right (x grows) or down (y grows: image rows go down) by 30-50% of the frame
         travel = float(rng.uniform(0.35, 0.55)) * size
         (xs if pair == 0 else ys)[:] += travel * tau / (num_frames - 1)
-    elif pair == 2:  # clockwise on screen (y points down, so a growing angle turns clockwise) by 130-220 degrees
-        turn = math.radians(float(rng.uniform(130.0, 220.0)))
-        angles = angle + turn * tau / (num_frames - 1)
+    elif pair == 2:  # turn clockwise by 180-270 degrees about a pivot beside the object, like a clock hand
+        # (image rows point down, so a growing angle turns clockwise on screen); the object's centre circles the
+        # pivot, which makes the turn visible for any shape, including a plain disk
+        turn = math.radians(float(rng.uniform(180.0, 270.0)))
+        arm = float(rng.uniform(0.12, 0.20)) * size
+        phase = angle + turn * tau / (num_frames - 1)
+        xs = centre[0] + arm * np.cos(phase)
+        ys = centre[1] + arm * np.sin(phase)
+        angles = phase
     else:  # grow: the radius changes by a factor of 2 to 3
         total = float(rng.uniform(2.0, 3.0))
         radii = radius * np.exp(math.log(total) * tau / (num_frames - 1))
@@ -200,8 +207,8 @@ def _object(
         pattern = u + 0.3 * v
     elif texture == "stripes":
         pattern = np.sin(stripes * math.pi * u)
-    else:
-        pattern = np.sin(stripes * math.pi * u) * np.sin(stripes * math.pi * v)
+    else:  # an off-centre dot: a pointer that shows the turn even on a round object
+        pattern = 0.35 - np.hypot(u - 0.45, v)
     paint = np.clip(0.5 + pattern * radius / 2, 0.0, 1.0)
     return alpha, paint
 

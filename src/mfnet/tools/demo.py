@@ -192,7 +192,7 @@ def demo_recipe(model: str, config: DemoConfig, *, epochs: int, seed: int) -> An
         seed=seed,
         num_workers=config.num_workers,
         log_every_steps=5,
-        checkpoint_every_steps=20,
+        checkpoint_every_steps=0,  # one checkpoint per epoch (an epoch is a few seconds to a minute)
         keep_checkpoints=2,
         eval_every_epochs=config.val_every_epochs,
     )
@@ -250,10 +250,8 @@ def run_demo(
     Returns:
         A :class:`DemoResult`.
     """
-    from mfnet.engine.evaluate import evaluate
     from mfnet.engine.inputs import DataSpec
     from mfnet.engine.train import train
-    from mfnet.tools.report import write_report
 
     if minutes <= 0:
         raise MfnetError(f"--minutes must be positive, got {minutes}")
@@ -284,33 +282,29 @@ def run_demo(
         run_dir = out_dir / name
         recipe = demo_recipe(name, config, epochs=epochs, seed=seed)
         start = time.perf_counter()
-        result = train(
-            recipe,
-            out_dir=run_dir,
-            train_dataset=train_ds,
-            val_dataset=val_ds,
-            classes=classes,
-            resume=True,
-            device=device,
-            progress=progress,
-            figures=False,
-        )
+        epochs_done = _finished_epochs(run_dir, epochs)
+        if epochs_done is None:  # new, or interrupted: train (resuming from the newest checkpoint)
+            result = train(
+                recipe,
+                out_dir=run_dir,
+                train_dataset=train_ds,
+                val_dataset=val_ds,
+                classes=classes,
+                resume=True,
+                device=device,
+                progress=progress,
+                figures=False,
+            )
+            if result.model_path is None:
+                raise MfnetError(f"training {name} stopped before the end: run the demo again to resume it")
+            epochs_done = result.epochs_done
+        else:
+            logger.info("%s: reusing the finished training run in %s", name, run_dir)
         train_s = time.perf_counter() - start
-        if result.model_path is None:
-            raise MfnetError(f"training {name} stopped before the end: run the demo again to resume it")
-        ev = evaluate(
-            result.model_path,
-            spec,
-            clips=config.test_clips,
-            subset="test",
-            batch_size=config.batch_size,
-            num_workers=config.num_workers,
-            device=device,
-            out_dir=run_dir / "eval",
-            progress=progress,
+        ev = _evaluation(run_dir, spec, config, device=device, progress=progress)
+        outcomes.append(
+            _outcome(name, ev, epochs=epochs_done, run_dir=run_dir, train_s=train_s, input_shape=input_shape)
         )
-        write_report(run_dir)
-        outcomes.append(_outcome(name, ev, result, run_dir=run_dir, train_s=train_s, input_shape=input_shape))
 
     figure = plot_demo(outcomes, out_dir / "figures" / "demo.png")
     wall_s = time.perf_counter() - tic
@@ -334,8 +328,51 @@ def pair_accuracy(video_probs: torch.Tensor, video_labels: torch.Tensor) -> tupl
     return pair, direction
 
 
+def _finished_epochs(run_dir: Path, epochs: int) -> int | None:
+    """Epochs of a finished training run in ``run_dir`` (its ``model.pt`` and ``summary.json``), else ``None``."""
+    summary = run_dir / "summary.json"
+    if not (run_dir / "model.pt").exists() or not summary.exists():
+        return None
+    try:
+        history = json.loads(summary.read_text()).get("history") or []
+    except ValueError:
+        return None
+    done = int(history[-1].get("epoch", 0)) if history else 0
+    return done if done >= epochs else None
+
+
+def _evaluation(run_dir: Path, spec: Any, config: DemoConfig, *, device: str, progress: bool) -> Any:
+    """Video-level evaluation of ``run_dir/model.pt`` on the test videos, and the run's report and figures.
+
+    Reuses ``run_dir/eval`` and the report when they are newer than the model.
+    """
+    from mfnet.engine.evaluate import EvalResult, evaluate
+    from mfnet.tools.report import write_report
+
+    model_path = run_dir / "model.pt"
+    scores = run_dir / "eval" / "scores.pt"
+    report = run_dir / "report.md"
+    if scores.exists() and scores.stat().st_mtime >= model_path.stat().st_mtime:
+        ev = EvalResult.load(run_dir / "eval")
+    else:
+        ev = evaluate(
+            model_path,
+            spec,
+            clips=config.test_clips,
+            subset="test",
+            batch_size=config.batch_size,
+            num_workers=config.num_workers,
+            device=device,
+            out_dir=run_dir / "eval",
+            progress=progress,
+        )
+    if not report.exists() or report.stat().st_mtime < scores.stat().st_mtime:
+        write_report(run_dir)
+    return ev
+
+
 def _outcome(
-    name: str, ev: Any, result: Any, *, run_dir: Path, train_s: float, input_shape: tuple[int, ...]
+    name: str, ev: Any, *, epochs: int, run_dir: Path, train_s: float, input_shape: tuple[int, ...]
 ) -> ModelOutcome:
     from mfnet.engine.metrics import read_metrics
     from mfnet.models import create_model
@@ -355,7 +392,7 @@ def _outcome(
         macs_per_clip=count_macs(model, input_shape),
         train_clips_per_s=sum(speeds) / len(speeds) if speeds else float("nan"),
         train_s=train_s,
-        epochs=result.epochs_done,
+        epochs=epochs,
         run_dir=run_dir,
         per_class=[float(a) for a in ev.per_class_accuracy().tolist()],
     )

@@ -45,8 +45,18 @@ def _to_tchw(frames: torch.Tensor) -> torch.Tensor:
 
 
 def _finish(clip_tchw: torch.Tensor, normalization: str | tuple) -> torch.Tensor:
-    clip = clip_tchw.permute(1, 0, 2, 3).float()  # (T, C, H, W) -> (C, T, H, W)
-    return normalize(clip, normalization).contiguous()
+    """(T, C, H, W) uint8 or float 0-255 -> normalised contiguous float (C, T, H, W), in three passes."""
+    mean, std = NORMALIZATIONS[normalization] if isinstance(normalization, str) else normalization
+    frames, channels, height, width = clip_tchw.shape
+    out = torch.empty((channels, frames, height, width), dtype=torch.float32)
+    out.copy_(clip_tchw.permute(1, 0, 2, 3))  # (T, C, H, W) -> (C, T, H, W)
+    out.sub_(torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1))
+    return out.div_(torch.tensor(std, dtype=torch.float32).view(-1, 1, 1, 1))
+
+
+def _resize(clip: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Antialiased bilinear resize of ``(T, C, H, W)``; a no-op when the size is already right."""
+    return clip if list(clip.shape[-2:]) == size else F.resize(clip, size, antialias=True)
 
 
 def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
@@ -103,7 +113,7 @@ class TrainTransform:
         left = int(torch.randint(new_w - self.crop_size + 1, (), generator=generator))
         flip = self.flip and bool(torch.rand((), generator=generator) < 0.5)
         offsets = [_uniform(-v, v, generator) for v in self.hls_jitter] if self.hls_jitter else None
-        clip = F.resize(clip, [new_h, new_w], antialias=True)  # uint8 (T, C, H, W)
+        clip = _resize(clip, [new_h, new_w])  # uint8 (T, C, H, W)
         clip = clip[..., top : top + self.crop_size, left : left + self.crop_size]
         if flip:
             clip = F.horizontal_flip(clip)
@@ -157,7 +167,7 @@ class EvalTransform:
             size = [max(self.crop_size, round(height * scale)), max(self.crop_size, round(width * scale))]
         else:
             size = [max(self.crop_size, self.resize[0]), max(self.crop_size, self.resize[1])]
-        clip = F.resize(clip, size, antialias=True)
+        clip = _resize(clip, size)
         new_h, new_w = size
         top, left = (new_h - self.crop_size) // 2, (new_w - self.crop_size) // 2
         if self.num_views == 3:

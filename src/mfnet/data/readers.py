@@ -246,7 +246,8 @@ class PyAVReader:
         no_more_seeks = False
         while position < len(wanted):
             target = wanted[position]
-            key = self._key_positions[bisect.bisect_right(self._key_positions, target) - 1]
+            before = bisect.bisect_right(self._key_positions, target) - 1
+            key = self._key_positions[before] if before >= 0 else 0  # no key frame yet: decode from the start
             if frames is None or (
                 not no_more_seeks and (cursor > target or (key > cursor and target - cursor >= _SEEK_GAP_FRAMES))
             ):

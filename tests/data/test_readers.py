@@ -166,3 +166,20 @@ def test_max_short_side_scales_while_converting(tmp_path: Path) -> None:
     assert _numbers(frames) == [11, 4]
     with open_video(path, max_short_side=480) as reader:  # never scaled up
         assert reader.read([0]).shape == (1, 240, 320, 3)
+
+
+def test_stream_starting_without_a_key_frame(tmp_path: Path) -> None:
+    """A cut file whose first packets are P-frames (as in clips cut from longer videos without re-encoding)."""
+    source = write_video(tmp_path / "source.avi", numbered_frames(40), codec="mpeg4", gop_size=10)
+    cut = tmp_path / "cut.avi"
+    with av.open(str(source)) as inp, av.open(str(cut), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for number, packet in enumerate(inp.demux(inp.streams.video[0])):
+            if packet.size and number >= 5:  # drop the first key frame and 4 P-frames
+                packet.stream = stream
+                out.mux(packet)
+    with open_video(cut) as reader:
+        assert reader.num_frames == 35
+        frames = reader.read([0, 3, 5, 6, 20, 34])  # frames 0-4 reference a missing key frame: garbage, no error
+        assert _numbers(frames[2:]) == [10, 11, 25, 39]
+        assert _numbers(reader.read([34, 20, 2, 5])[[0, 1, 3]]) == [39, 25, 10]

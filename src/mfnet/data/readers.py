@@ -15,7 +15,6 @@ by the closest earlier frame that decoded.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +89,14 @@ class PyAVReader:
 
     def __init__(self, path: str | Path, *, num_threads: int = 1, max_short_side: int | None = None) -> None:
         self.path = Path(path)
+        self._num_threads = num_threads
+        self._open()
+        self._rgb_options = _rgb_options(self._stream.codec_context, max_short_side)
+        self._pts: list[int] | None = None  # presentation times of the frames, sorted
+        self._key_positions: list[int] = []  # frame indices of key frames, sorted
+        self._decodable: int | None = None  # frames that really decode, once a read hit the end
+
+    def _open(self) -> None:
         try:
             self._container = av.open(str(self.path), metadata_errors="ignore")
         except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
@@ -100,12 +107,16 @@ class PyAVReader:
         self._stream = self._container.streams.video[0]
         # One decoder thread by default: FFmpeg's own threads would compete with DataLoader workers, and a
         # decoder with threads that is inherited by a forked worker can deadlock when it is freed there.
-        self._stream.thread_type = "AUTO" if num_threads != 1 else "SLICE"
-        self._stream.codec_context.thread_count = num_threads
-        self._rgb_options = _rgb_options(self._stream.codec_context, max_short_side)
-        self._pts: list[int] | None = None  # presentation times of the frames, sorted
-        self._key_positions: list[int] = []  # frame indices of key frames, sorted
-        self._decodable: int | None = None  # frames that really decode, once a read hit the end
+        self._stream.thread_type = "AUTO" if self._num_threads != 1 else "SLICE"
+        self._stream.codec_context.thread_count = self._num_threads
+
+    def _rewind(self) -> None:
+        """Back to the first packet: a seek to the start, or reopening the file when the container cannot seek."""
+        try:
+            self._container.seek(0, backward=True, any_frame=False)
+        except av.FFmpegError:
+            self._container.close()
+            self._open()
 
     def __enter__(self) -> PyAVReader:
         return self
@@ -180,14 +191,10 @@ class PyAVReader:
 
     def _count_by_decoding(self) -> int:
         count = 0
-        self._seek_start()
+        self._rewind()
         for _ in self._decode():
             count += 1
         return count
-
-    def _seek_start(self) -> None:
-        with contextlib.suppress(av.FFmpegError):
-            self._container.seek(0, backward=True, any_frame=False)
 
     def _decode(self) -> Iterator[av.VideoFrame]:
         """Decodes frames from the current position, skipping packets that fail to decode."""
@@ -204,7 +211,7 @@ class PyAVReader:
             VideoError: the decoder fails in a way that cannot be skipped.
         """
         try:
-            self._seek_start()
+            self._rewind()
             count = sum(1 for _ in self._decode())
         except av.FFmpegError as err:
             raise VideoError(f"cannot decode {self.path} ({_reason(err)}): re-encode or remove it") from None
@@ -276,11 +283,17 @@ class PyAVReader:
 
     def _seek_to(self, frame_index: int) -> Iterator[av.VideoFrame]:
         assert self._pts is not None
-        self._container.seek(self._pts[frame_index], stream=self._stream, backward=True, any_frame=False)
+        if frame_index == 0:
+            self._rewind()
+        else:
+            try:
+                self._container.seek(self._pts[frame_index], stream=self._stream, backward=True, any_frame=False)
+            except av.FFmpegError:
+                self._rewind()  # the overshoot check of the caller then finds the frames by decoding forward
         return self._decode()
 
     def _read_sequential(self, wanted: list[int]) -> dict[int, np.ndarray]:
-        self._seek_start()
+        self._rewind()
         found: dict[int, np.ndarray] = {}
         wanted_set = set(wanted)
         count = 0

@@ -172,3 +172,20 @@ def test_image_dataset_for_2d_models(tmp_path: Path) -> None:
     transformed = ImageDataset(records[:3], transform=eval_transform(resize=32, crop_size=24))[0]["clip"]
     assert transformed.shape == (3, 24, 24) and transformed.dtype == torch.float32
     assert np.isfinite(transformed.numpy()).all()
+
+
+def test_training_batches_from_workers_have_the_model_input_layout(video_dir: Path) -> None:
+    from mfnet.data.transforms import train_transform
+
+    transform = train_transform(crop_size=32, short_side=(32, 40))
+    dataset = VideoClipDataset(_good_records(video_dir), sampler=RandomClipSampler(8, 2), transform=transform)
+    loader = build_loader(dataset, batch_size=3, shuffle=True, num_workers=2, seed=0)
+    batches = list(loader)
+    assert len(batches) == 2  # 6 videos, batches of 3 (drop_last when shuffling)
+    for batch in batches:
+        assert batch["clip"].shape == (3, 3, 8, 32, 32) and batch["clip"].dtype == torch.float32
+        assert torch.isfinite(batch["clip"]).all()
+        assert batch["label"].dtype == torch.int64 and batch["substituted"].dtype == torch.bool
+    # The authors' normalisation: 0-255 values minus about 115, times 0.0167, lie in about [-2.1, 2.4].
+    values = torch.cat([b["clip"].flatten() for b in batches])
+    assert values.min() > -2.2 and values.max() < 2.5

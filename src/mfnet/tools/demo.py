@@ -63,7 +63,9 @@ class DemoConfig:
         weight_decay: Weight decay.
         warmup_epochs: Linear warm-up length.
         test_clips: Uniform clips per test video whose softmax scores are averaged.
-        num_workers: DataLoader worker processes (decoding runs beside the training threads).
+        num_workers: DataLoader worker processes (decoding runs on the second core, beside the training thread).
+        threads: Torch threads of the training and evaluation (1: with many small operations, two OpenMP threads
+            on two cores stall at every barrier as soon as anything else runs, 5x slower on a shared machine).
         val_every_epochs: Validation pass on the test videos every this many epochs (for the curves; 0: none).
     """
 
@@ -84,6 +86,7 @@ class DemoConfig:
     warmup_epochs: float = 0.5
     test_clips: int = 3
     num_workers: int = 1
+    threads: int = 1
     val_every_epochs: int = 1
 
     def motion_spec(self, seed: int) -> MotionSpec:
@@ -152,8 +155,9 @@ def _check_config(out_dir: Path, record: dict[str, Any]) -> None:
         stored = json.loads(path.read_text()).get("settings")
     except ValueError:
         stored = None
-    if stored is not None and stored != record:
-        changed = sorted(k for k in record if stored.get(k) != record[k])
+    machine_only = ("threads", "num_workers")  # change the speed, not the results
+    changed = sorted(k for k in record if k not in machine_only and (stored or {}).get(k) != record[k])
+    if stored is not None and changed:
         raise MfnetError(
             f"{out_dir} holds a demo run with other settings ({', '.join(changed)} differ): "
             "run it again with the same options, or choose another --out"
@@ -250,14 +254,39 @@ def run_demo(
     Returns:
         A :class:`DemoResult`.
     """
+    if minutes <= 0:
+        raise MfnetError(f"--minutes must be positive, got {minutes}")
+    config = config or DemoConfig()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run_demo(
+            Path(out_dir),
+            data_dir=data_dir,
+            minutes=minutes,
+            seed=seed,
+            config=config,
+            progress=progress,
+            device=device,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_demo(
+    out_dir: Path,
+    *,
+    data_dir: str | Path | None,
+    minutes: float,
+    seed: int,
+    config: DemoConfig,
+    progress: bool,
+    device: str,
+) -> DemoResult:
     from mfnet.engine.inputs import DataSpec
     from mfnet.engine.train import train
 
-    if minutes <= 0:
-        raise MfnetError(f"--minutes must be positive, got {minutes}")
     tic = time.perf_counter()
-    config = config or DemoConfig()
-    out_dir = Path(out_dir)
     data_root = Path(data_dir) if data_dir is not None else out_dir / "data"
     epochs = config.epochs_for(minutes)
     settings = {**dataclasses.asdict(config), "epochs_trained": epochs, "seed": seed, "data": str(data_root)}
@@ -430,18 +459,13 @@ def plot_demo(outcomes: list[ModelOutcome], path: str | Path) -> Path:
     chance = 100 / len(MOTION_CLASSES)
     ax_curve.axhline(chance, ls=":", color="grey")
     ax_curve.axhline(50, ls="--", color="grey")
-    ax_curve.text(0.02, chance + 1.5, "chance", color="grey", fontsize=8, transform=ax_curve.get_yaxis_transform())
-    ax_curve.text(
-        0.02,
-        51.5,
-        "best possible from frames alone",
-        color="grey",
-        fontsize=8,
-        transform=ax_curve.get_yaxis_transform(),
-    )
+    for y, text in ((chance, "chance"), (50, "best possible from frames alone")):
+        ax_curve.text(
+            0.98, y + 1.5, text, color="grey", fontsize=8, ha="right", transform=ax_curve.get_yaxis_transform()
+        )
     ax_curve.set(xlabel="epoch", ylabel="video accuracy on the test videos (%)", ylim=(0, 102))
     ax_curve.set_title("Test accuracy during training (1 clip per video)", fontsize=10)
-    ax_curve.legend(loc="lower right", fontsize=8)
+    ax_curve.legend(loc="center right", bbox_to_anchor=(1.0, 0.72), fontsize=8)
     x = np.arange(len(MOTION_CLASSES))
     width = 0.4
     for i, o in enumerate(outcomes):
@@ -450,8 +474,8 @@ def plot_demo(outcomes: list[ModelOutcome], path: str | Path) -> Path:
             ax_class.bar(x + (i - 0.5) * width, values, width, color=colours.get(o.model), label=labels[o.model])
     ax_class.set_xticks(x, [c.replace("_", "\n") for c in MOTION_CLASSES], fontsize=7)
     ax_class.set(ylabel="video accuracy (%)", ylim=(0, 105))
+    ax_class.axhline(chance, ls=":", color="grey")
     ax_class.set_title("Final per-class accuracy (mean softmax over clips)", fontsize=10)
-    ax_class.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

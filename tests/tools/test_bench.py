@@ -34,7 +34,7 @@ ROW_KEYS = {
 
 
 def _check_row(row: dict, *, batch: int, repeats: int, train: bool = False) -> None:
-    assert ROW_KEYS <= set(row)
+    assert set(row) == ROW_KEYS
     assert len(row["samples_ms"]) == repeats
     assert row["latency_ms_min"] <= row["latency_ms"] <= row["latency_ms_max"]
     assert row["clips_per_s"] == pytest.approx(batch * 1000 / row["latency_ms"])
@@ -49,7 +49,7 @@ def test_bench_json_compares_models_and_engines(capsys):
         [
             "bench",
             "--models",
-            "mfnet3d,r3d_18@2x32x32",
+            "mfnet3d,mc3_18@2x32x32",
             "--input",
             "4x32x32",
             "--repeats",
@@ -67,15 +67,15 @@ def test_bench_json_compares_models_and_engines(capsys):
     assert report["mode"] == "infer" and report["batch"] == 1 and report["threads"] == 1
     assert report["matmul_gflops"] > 0
     labels = [r["label"] for r in report["rows"]]
-    assert labels == ["mfnet3d@4x32x32", "mfnet3d@4x32x32[plain]", "r3d_18@2x32x32", "r3d_18@2x32x32[plain]"]
+    assert labels == ["mfnet3d@4x32x32", "mfnet3d@4x32x32[plain]", "mc3_18@2x32x32", "mc3_18@2x32x32[plain]"]
     for row in report["rows"]:
         _check_row(row, batch=1, repeats=2)
-    mf, r3d = report["rows"][0], report["rows"][2]
-    assert mf["input_shape"] == [1, 3, 4, 32, 32] and r3d["input_shape"] == [1, 3, 2, 32, 32]
+    mf, mc3 = report["rows"][0], report["rows"][2]
+    assert mf["input_shape"] == [1, 3, 4, 32, 32] and mc3["input_shape"] == [1, 3, 2, 32, 32]
     model = build_model("mfnet3d")
     assert mf["params"] == count_params(model) == 7_996_368
     assert mf["macs_per_clip"] == count_macs(model, (1, 3, 4, 32, 32))
-    assert r3d["params"] == 33_371_472  # torchvision r3d_18, 400 classes
+    assert mc3["params"] == 11_695_440 and mc3["macs_per_clip"] == 442_474_496  # torchvision mc3_18, 400 classes
 
 
 def test_bench_restores_thread_count_and_runs_a_training_step(tmp_path):

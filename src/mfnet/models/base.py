@@ -52,12 +52,27 @@ class ClassifierBase(nn.Module):
             return self.forward_head(self.forward_features(frames), pre_logits=True).view(n, t, -1).mean(1)
         return self.forward_head(self.forward_features(x), pre_logits=True)
 
+    def _build_head(self, num_classes: int, *, drop_rate: float) -> None:
+        """Sets ``num_classes``, the dropout and the classifier over ``self.num_features`` pooled features."""
+        self.num_classes = num_classes
+        self.drop = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replaces the classifier with a freshly initialised one for ``num_classes`` (0: no classifier)."""
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if isinstance(self.classifier, nn.Linear):
             init_classifier(self.classifier)
+
+
+def bn_relu(channels: int, dim: int) -> nn.Sequential:
+    """``BN -> ReLU`` as a ``Sequential`` with children ``bn`` and ``relu`` (the final ``tail`` of every family)."""
+    # NOTE: the child names make the authors' keys `tail.bn.*`.
+    tail = nn.Sequential()
+    tail.add_module("bn", {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dim](channels))
+    tail.add_module("relu", nn.ReLU(inplace=True))
+    return tail
 
 
 def init_classifier(linear: nn.Linear) -> None:

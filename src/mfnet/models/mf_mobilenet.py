@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mfnet.models.base import ClassifierBase, init_weights
+from mfnet.models.base import ClassifierBase, bn_relu, init_weights
 from mfnet.models.fiber import MultiFiberUnit
 from mfnet.models.layers import BnActConv
 from mfnet.models.registry import register_model
@@ -74,7 +74,6 @@ class MFMobileNetV2(ClassifierBase):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
         stem_channels = make_divisible(32 * width_mult)
         self.conv1 = nn.Sequential()
         self.conv1.add_module("conv", nn.Conv2d(3, stem_channels, 3, stride=2, padding=1, bias=False))
@@ -104,11 +103,8 @@ class MFMobileNetV2(ClassifierBase):
             self.stages.add_module(f"conv{s + 2}", stage)
         self.num_features = make_divisible(1280 * max(1.0, width_mult))
         self.conv_last = BnActConv(in_channels, self.num_features, 1, dim=2)
-        self.tail = nn.Sequential()
-        self.tail.add_module("bn", nn.BatchNorm2d(self.num_features))
-        self.tail.add_module("relu", nn.ReLU(inplace=True))
-        self.drop = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.tail = bn_relu(self.num_features, 2)
+        self._build_head(num_classes, drop_rate=drop_rate)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

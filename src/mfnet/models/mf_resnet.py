@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mfnet.models.base import ClassifierBase, init_weights
+from mfnet.models.base import ClassifierBase, bn_relu, init_weights
 from mfnet.models.fiber import fiber_stage
 from mfnet.models.registry import register_model
 
@@ -62,7 +62,6 @@ class MFResNet(ClassifierBase):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
         self.num_features = widths[-1]
         self.conv1 = nn.Sequential()
         self.conv1.add_module("conv", nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False))
@@ -87,11 +86,8 @@ class MFResNet(ClassifierBase):
             )
             self.stages.add_module(f"conv{i + 2}", stage)
             in_channels = width
-        self.tail = nn.Sequential()
-        self.tail.add_module("bn", nn.BatchNorm2d(in_channels))
-        self.tail.add_module("relu", nn.ReLU(inplace=True))
-        self.drop = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
+        self.tail = bn_relu(in_channels, 2)
+        self._build_head(num_classes, drop_rate=drop_rate)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mfnet.models.base import ClassifierBase, init_weights
+from mfnet.models.base import ClassifierBase, bn_relu, init_weights
 from mfnet.models.fiber import fiber_stage
 from mfnet.models.layers import conv_layer, norm_layer, pool_layer
 from mfnet.models.registry import register_model
@@ -58,7 +58,6 @@ class MFNet(ClassifierBase):
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim}")
         self.input_ndim = dim + 2
-        self.num_classes = num_classes
         self.num_features = widths[-1]
         three_d = dim == 3
         stem_kernel, stem_stride = ((3, 5, 5), (1, 2, 2)) if three_d else ((5, 5), (2, 2))
@@ -95,11 +94,8 @@ class MFNet(ClassifierBase):
             )
             self.add_module(f"conv{i + 2}", stage)
             in_channels = width
-        self.tail = nn.Sequential()
-        self.tail.add_module("bn", norm_layer(dim)(in_channels))
-        self.tail.add_module("relu", nn.ReLU(inplace=True))
-        self.drop = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
+        self.tail = bn_relu(in_channels, dim)
+        self._build_head(num_classes, drop_rate=drop_rate)
         init_weights(self)
 
     def forward_features(self, x):

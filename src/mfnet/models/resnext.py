@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mfnet.models.base import ClassifierBase, init_weights
+from mfnet.models.base import ClassifierBase, bn_relu, init_weights
 from mfnet.models.layers import BnActConv, Size
 from mfnet.models.registry import register_model
 
@@ -92,7 +92,6 @@ class ResNeXt3D(ClassifierBase):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
         self.num_features = widths[-1]
         self.conv1 = nn.Sequential()
         self.conv1.add_module(
@@ -112,11 +111,8 @@ class ResNeXt3D(ClassifierBase):
                 stage.add_module(f"B{j + 1:02d}", unit)
                 in_channels = width
             self.stages.add_module(f"conv{i + 2}", stage)
-        self.tail = nn.Sequential()
-        self.tail.add_module("bn", nn.BatchNorm3d(in_channels))
-        self.tail.add_module("relu", nn.ReLU(inplace=True))
-        self.drop = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
+        self.tail = bn_relu(in_channels, 3)
+        self._build_head(num_classes, drop_rate=drop_rate)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,17 @@ from __future__ import annotations
 
 from mfnet.errors import MfnetError
 from mfnet.models import create_model, list_models
+from mfnet.tools.fastpath import optimize_for_inference
 from mfnet.tools.flops import count_macs, count_params
 
 __version__ = "0.1.0"
 
-__all__ = ["MfnetError", "__version__", "count_macs", "count_params", "create_model", "list_models"]
+__all__ = [
+    "MfnetError",
+    "__version__",
+    "count_macs",
+    "count_params",
+    "create_model",
+    "list_models",
+    "optimize_for_inference",
+]

@@ -184,3 +184,13 @@ def test_autocast_is_never_used_on_cpu():
     with autocast_context("cpu"):
         y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", mfnet.list_models())
+def test_every_registered_model_matches_plain(name):
+    """The default fast path on every family (mf_mobilenet_v2 has a depthwise conv inside its fiber units)."""
+    model = _randomize_bn(mfnet.create_model(name, num_classes=10))
+    x = torch.randn((1, 3, 4, 64, 64) if model.input_ndim == 5 else (1, 3, 64, 64))
+    fast = optimize_for_inference(model, x)
+    with torch.no_grad():
+        assert _rel(fast(x), model(x)) < TOL

@@ -196,6 +196,8 @@ def fuse_modules(model: nn.Module, *, n_dim: int) -> int:
 
 
 def _fusable_unit(unit: MultiFiberUnit, n_dim: int) -> bool:
+    if hasattr(unit, "conv_dw"):  # FusedFiberUnit runs conv_m1 -> conv_m2 only; a depthwise conv between stays eager
+        return False
     parts = [getattr(unit, n) for n in ("conv_i1", "conv_i2", "conv_m1", "conv_m2", "conv_w1") if hasattr(unit, n)]
     return all(
         type(p) is BnActConv and type(p.relu) is nn.ReLU and _is_conv(p.conv, n_dim) and _is_bn_or_identity(p.bn)

@@ -1,16 +1,14 @@
-"""A tiny UCF-101-style dataset of real H.264 videos, and a tiny recipe, shared by the engine tests."""
+"""A tiny UCF-101-style dataset of real H.264 videos shared by the engine tests (the tiny recipe: engine_helpers)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from mfnet.data.video_writer import write_video
 from mfnet.engine.inputs import DataSpec
-from mfnet.engine.recipes import Recipe, get_recipe
 
 CLASSES = ("Bright", "Dark")
 TRAIN_PER_CLASS = 6  # 12 training videos: 3 steps per epoch at batch 4
@@ -54,45 +52,3 @@ def ucf_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ucf_spec(ucf_root: Path) -> DataSpec:
     return DataSpec(format="ucf101", annotations=ucf_root, root=ucf_root, split=1)
-
-
-TINY: dict[str, Any] = {
-    "num_classes": 2,
-    "epochs": 2,
-    "batch_size": 4,
-    "clip_length": 4,
-    "frame_interval": 2,
-    "crop_size": 32,
-    "resize": 32,
-    "train_scale": (32, 40),
-    "model_kwargs": {"depths": [1, 1, 1, 1], "widths": [32, 32, 64, 64]},
-    "drop_rate": 0.5,
-    "num_workers": 0,
-    "log_every_steps": 1,
-    "checkpoint_every_steps": 2,
-    "keep_checkpoints": 2,
-    "warmup_epochs": 0.5,
-    "val_clips": 2,
-    "base_lr": 0.05,
-}
-
-
-def tiny_recipe(**overrides: Any) -> Recipe:
-    """The ``smoke`` recipe shrunk to a 40k-parameter mfnet3d on 4x32x32 clips."""
-    return get_recipe("smoke", {**TINY, **overrides})
-
-
-def tiny_cli_args(**overrides: Any) -> list[str]:
-    """``--set`` arguments of :func:`tiny_recipe`."""
-    import json
-
-    args = []
-    for key, value in {**TINY, **overrides}.items():
-        if isinstance(value, dict):
-            text = json.dumps(value)
-        elif isinstance(value, (tuple, list)):
-            text = ",".join(str(v) for v in value)
-        else:
-            text = str(value)
-        args += ["--set", f"{key}={text}"]
-    return args

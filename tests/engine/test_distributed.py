@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import tiny_cli_args
+from engine_helpers import tiny_cli_args
 
 from mfnet.cli import main
 from mfnet.engine.metrics import read_metrics

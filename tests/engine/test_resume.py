@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_cli_args, tiny_recipe
+from engine_helpers import tiny_cli_args, tiny_recipe
 
 from mfnet.cli import main
 from mfnet.engine import checkpoints as ckpt

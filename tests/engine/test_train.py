@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_recipe
+from engine_helpers import tiny_recipe
 
 from mfnet.cli import main
 from mfnet.engine import checkpoints as ckpt

@@ -122,7 +122,10 @@ def build_datasets(spec: DataSpec, recipe: Recipe, *, train: bool = True, val: b
     if train:
         sampler = RandomClipSampler(recipe.clip_length, recipe.train_frame_intervals or recipe.frame_interval)
         transform = train_transform(
-            crop_size=recipe.crop_size, short_side=recipe.train_scale, normalization=recipe.normalization
+            crop_size=recipe.crop_size,
+            short_side=recipe.train_scale,
+            flip=recipe.train_flip,
+            normalization=recipe.normalization,
         )
         records = _records(ann, recipe.train_subset, spec)
         train_ds = _dataset(spec, records, sampler=sampler, transform=transform, seed=recipe.seed)

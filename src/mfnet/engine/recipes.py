@@ -56,6 +56,7 @@ class Recipe:
     crop_size: int = 224
     resize: int = 256  # short side before the centre crop(s) at evaluation
     train_scale: tuple[int, int] = (224, 288)  # short side drawn in this range before the random crop
+    train_flip: bool = True  # random horizontal flip in training (off where left/right is the label, as in the demo)
     normalization: str = "mfnet"  # see mfnet.data.transforms: mfnet | imagenet | none
     val_clips: int = 1  # clips per video for the validation pass after each epoch
     test_clips: int = 10  # clips per video for `mfnet eval` (the paper averages many clips)

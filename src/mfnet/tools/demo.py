@@ -183,6 +183,7 @@ def demo_recipe(model: str, config: DemoConfig, *, epochs: int, seed: int) -> An
         crop_size=config.crop_size,
         resize=config.resize,
         train_scale=tuple(config.short_side),
+        train_flip=False,  # a mirror image would turn move_left into move_right, clockwise into anticlockwise
         val_clips=1,
         test_clips=config.test_clips,
         epochs=epochs,
@@ -200,34 +201,6 @@ def demo_recipe(model: str, config: DemoConfig, *, epochs: int, seed: int) -> An
         keep_checkpoints=2,
         eval_every_epochs=config.val_every_epochs,
     )
-
-
-def build_demo_datasets(root: Path, config: DemoConfig, *, seed: int) -> tuple[Any, Any, list[str]]:
-    """Training and validation datasets on the motion dataset at ``root``, through ``mfnet.data``'s pipeline.
-
-    Training clips are augmented by scale, aspect ratio, crop position and colour, but never flipped: a mirror
-    image would turn ``move_left`` into ``move_right`` and clockwise into anticlockwise.
-    """
-    from mfnet.data.annotations import load_annotations
-    from mfnet.data.datasets import VideoClipDataset
-    from mfnet.data.sampling import RandomClipSampler, UniformClipSampler
-    from mfnet.data.transforms import EvalTransform, TrainTransform
-
-    ann = load_annotations("ucf101", root, root, split=1)
-    train_records = [r for r in ann.records if r.subset == "train"]
-    test_records = [r for r in ann.records if r.subset == "test"]
-    train_ds = VideoClipDataset(
-        train_records,
-        sampler=RandomClipSampler(config.clip_length, list(config.frame_intervals)),
-        transform=TrainTransform(crop_size=config.crop_size, short_side=tuple(config.short_side), flip=False),
-        seed=seed,
-    )
-    val_ds = VideoClipDataset(
-        test_records,
-        sampler=UniformClipSampler(1, config.clip_length, config.frame_interval),
-        transform=EvalTransform(resize=config.resize, crop_size=config.crop_size),
-    )
-    return train_ds, val_ds, list(ann.classes)
 
 
 def run_demo(
@@ -303,7 +276,6 @@ def _run_demo(
         data.num_test,
         "reused" if data.reused else "generated",
     )
-    train_ds, val_ds, classes = build_demo_datasets(data.root, config, seed=seed)
     spec = DataSpec(format="ucf101", annotations=data.root, root=data.root, split=1)
     input_shape = (1, 3, config.clip_length, config.crop_size, config.crop_size)
     outcomes = []
@@ -316,9 +288,7 @@ def _run_demo(
             result = train(
                 recipe,
                 out_dir=run_dir,
-                train_dataset=train_ds,
-                val_dataset=val_ds,
-                classes=classes,
+                data=spec,
                 resume=True,
                 device=device,
                 progress=progress,

@@ -14,7 +14,6 @@ two products of the backward pass).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import re
 import statistics
@@ -30,6 +29,7 @@ from torch import nn
 
 from mfnet.errors import MfnetError
 from mfnet.models import create_model, list_models
+from mfnet.tools import allocator
 from mfnet.tools.fastpath import autocast_context, optimize_for_inference, prepare_for_training, to_channels_last
 from mfnet.tools.flops import count_macs, count_params
 
@@ -309,21 +309,14 @@ def _rss_mb() -> tuple[float, float]:
 @contextlib.contextmanager
 def _returning_malloc() -> Iterator[None]:
     """Makes glibc return freed blocks of 256 KiB and more to the system, so that RSS tracks live memory."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    if not allocator.set_thresholds(trim=256 * 1024, mmap=256 * 1024):
         yield
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 256 * 1024)
-    libc.mallopt(m_trim_threshold, 256 * 1024)
-    libc.malloc_trim(0)
+    allocator.trim()
     try:
         yield
     finally:
-        # Back to glibc's dynamic defaults (128 KiB thresholds that grow with freed blocks).
-        libc.mallopt(m_mmap_threshold, 128 * 1024)
-        libc.mallopt(m_trim_threshold, 128 * 1024)
+        allocator.restore_thresholds()  # kept memory again if the fast path had turned it on
 
 
 def _measure_memory(prepared: _Prepared, device: str) -> float:

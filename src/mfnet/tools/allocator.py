@@ -58,29 +58,3 @@ def keep_freed_memory() -> bool:
 def freed_memory_kept() -> bool:
     """Whether ``keep_freed_memory`` is in effect in this process."""
     return _state["kept"]
-
-
-def set_thresholds(trim: int, mmap: int) -> bool:
-    """Sets glibc's trim and mmap thresholds directly (bytes); False where glibc is not there.
-
-    For measurements that need RSS to follow live memory (``mfnet.tools.bench``); ``restore_thresholds`` undoes it.
-    """
-    libc = _libc()
-    if libc is None:
-        return False
-    return libc.mallopt(M_MMAP_THRESHOLD, mmap) == 1 and libc.mallopt(M_TRIM_THRESHOLD, trim) == 1
-
-
-def restore_thresholds() -> None:
-    """Back to this process's setting after ``set_thresholds``: kept memory if it was on, else glibc's defaults."""
-    if _state["kept"]:
-        set_thresholds(TRIM_THRESHOLD, MMAP_THRESHOLD)
-    else:
-        set_thresholds(128 * 1024, 128 * 1024)
-
-
-def trim() -> None:
-    """Hands free heap memory back to the system now (``malloc_trim``); no-op without glibc."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)

@@ -13,14 +13,15 @@ two products of the backward pass).
 
 from __future__ import annotations
 
-import contextlib
+import json
 import math
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,6 @@ from torch import nn
 
 from mfnet.errors import MfnetError
 from mfnet.models import create_model, list_models
-from mfnet.tools import allocator
 from mfnet.tools.fastpath import autocast_context, optimize_for_inference, prepare_for_training, to_channels_last
 from mfnet.tools.flops import count_macs, count_params
 
@@ -306,25 +306,15 @@ def _rss_mb() -> tuple[float, float]:
     return rss / 1024, hwm / 1024
 
 
-@contextlib.contextmanager
-def _returning_malloc() -> Iterator[None]:
-    """Makes glibc return freed blocks of 256 KiB and more to the system, so that RSS tracks live memory."""
-    if not allocator.set_thresholds(trim=256 * 1024, mmap=256 * 1024):
-        yield
-        return
-    allocator.trim()
-    try:
-        yield
-    finally:
-        allocator.restore_thresholds()  # kept memory again if the fast path had turned it on
-
-
-def _measure_memory(prepared: _Prepared, device: str) -> float:
+def _measure_memory(
+    prepared: _Prepared, device: str, *, mode: str, batch: int, threads: int, num_classes: int, seed: int
+) -> float:
     """Peak memory of one step in MiB: the model's resident tensors plus the step's peak above them.
 
-    On CUDA: ``torch.cuda.max_memory_allocated`` over the step. On CPU: the peak RSS increase of the process
-    during the step (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) plus the model's parameters,
-    buffers (and, in training, gradients and momentum). NaN where neither is available.
+    On CUDA: ``torch.cuda.max_memory_allocated`` over the step. On CPU: the first step of the candidate in a fresh
+    Python process (``_child_peak_memory``), where no memory freed by earlier steps or models can be reused, so
+    the peak RSS increase (Linux ``VmHWM``) is all the step's own; plus the model's parameters and buffers (and,
+    in training, gradients and momentum). NaN where it cannot be measured.
     """
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -332,16 +322,37 @@ def _measure_memory(prepared: _Prepared, device: str) -> float:
         prepared.step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() / 2**20
+    spec = json.dumps(
+        {"candidate": asdict(prepared.candidate), "mode": mode, "batch": batch, "threads": threads}
+        | {"num_classes": num_classes, "seed": seed}
+    )
+    code = f"from mfnet.tools.bench import _child_peak_memory; _child_peak_memory({spec!r})"
     try:
-        with _returning_malloc():
-            prepared.step()  # allocate once under the new thresholds
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            before, _ = _rss_mb()
-            prepared.step()
-            _, peak = _rss_mb()
-    except OSError:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, check=True)
+        return float(result.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return float("nan")
-    return prepared.state_bytes / 2**20 + max(0.0, peak - before)
+
+
+def _child_peak_memory(spec: str) -> None:
+    """In a fresh process: builds one candidate, runs its first step and prints its peak memory in MiB."""
+    args = json.loads(spec)
+    args["candidate"]["clip_size"] = tuple(args["candidate"]["clip_size"])
+    torch.set_num_threads(args["threads"])
+    prepared = _prepare(
+        Candidate(**args["candidate"]),
+        mode=args["mode"],
+        batch=args["batch"],
+        device="cpu",
+        threads=args["threads"],
+        num_classes=args["num_classes"],
+        seed=args["seed"],
+    )
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before, _ = _rss_mb()
+    prepared.step()
+    _, peak = _rss_mb()
+    print(prepared.state_bytes / 2**20 + max(0.0, peak - before))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -448,7 +459,9 @@ def _time_candidates(
     peak = max(peak, measure_matmul_gflops(device=device))
     if memory:
         for item in prepared:
-            item.peak_mem_mb = _measure_memory(item, device)
+            item.peak_mem_mb = _measure_memory(
+                item, device, mode=mode, batch=batch, threads=threads, num_classes=num_classes, seed=seed
+            )
     return prepared, peak
 
 

@@ -41,9 +41,11 @@ from torch import nn
 
 from mfnet.models.fiber import MultiFiberUnit
 from mfnet.models.layers import BnActConv
+from mfnet.tools import fiber_kernel
 from mfnet.tools.allocator import keep_freed_memory
 from mfnet.tools.export import fold_batchnorm
-from mfnet.tools.train_convs import enable_fast_backward
+from mfnet.tools.fiber_kernel import KernelFiberTail
+from mfnet.tools.train_convs import FastBackwardConv3d, enable_fast_backward
 
 MODES = ("auto", "eager", "fused", "compile")
 MAX_PACKED_SHAPES = 4  # input shapes per convolution whose packed weights are kept
@@ -60,6 +62,8 @@ class FastpathInfo:
         mode: The mode that was applied (``"eager"``, ``"fused"`` or ``"compile"``).
         folded: Names of the BatchNorms folded into the convolution before them.
         fused_units: Number of multi-fiber units that run as fused oneDNN primitives.
+        kernel_units: How many of those run their fiber convolutions on the hand-written kernel
+            (``mfnet.tools.fiber_kernel``).
         compile_s: Seconds spent compiling on the example input (``"compile"`` mode; else 0).
         max_rel_diff: Largest difference of the logits on the example input, relative to the largest plain
             logit (NaN when not checked).
@@ -68,6 +72,7 @@ class FastpathInfo:
     mode: str
     folded: list[str]
     fused_units: int = 0
+    kernel_units: int = 0
     compile_s: float = 0.0
     max_rel_diff: float = float("nan")
 
@@ -140,6 +145,7 @@ def optimize_for_inference(
     info = FastpathInfo(mode=mode, folded=folded)
     if mode == "fused":
         info.fused_units = fuse_modules(fast, n_dim=model_ndim - 2)
+        info.kernel_units = sum(isinstance(m, KernelFiberTail) for m in fast.modules())
     elif mode == "compile":
         fast, info.compile_s = _compile(fast, example_input)
     if check:
@@ -228,7 +234,8 @@ def _is_conv(module: nn.Module, n_dim: int) -> bool:
     kind = nn.Conv3d if n_dim == 3 else nn.Conv2d
     return (
         isinstance(module, kind)
-        and type(module).forward is kind.forward  # subclasses that only change __init__ (torchvision's) are fine
+        # subclasses that only change __init__ (torchvision's) or the backward pass (training) are fine
+        and (type(module).forward is kind.forward or isinstance(module, FastBackwardConv3d))
         and module.padding_mode == "zeros"
     )
 
@@ -380,7 +387,7 @@ class FusedFiberUnit(nn.Module):
         out  = conv_m2(relu(conv_m1'(bnrelu_m(x_in)))) + shortcut(x)
     """
 
-    def __init__(self, unit: MultiFiberUnit) -> None:
+    def __init__(self, unit: MultiFiberUnit, *, use_kernel: bool = True) -> None:
         super().__init__()
         self.multiplexer = hasattr(unit, "conv_i1")
         if self.multiplexer:
@@ -394,12 +401,31 @@ class FusedFiberUnit(nn.Module):
         if self.projection:
             self.act_w = FusedBnReLU(unit.conv_w1.bn)
             self.conv_w1 = FusedConv.from_conv(unit.conv_w1.conv)
+        self.kernel_tail = _kernel_tail(unit, self.conv_m1, self.conv_m2) if use_kernel else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_channels_last(x)
         x_in = self.conv_i2(self.conv_i1(self.act_i(x)), add=x) if self.multiplexer else x
         shortcut = self.conv_w1(self.act_w(x)) if self.projection else x
+        if self.kernel_tail is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+            return self.kernel_tail(x_in, shortcut)
         return self.conv_m2(self.conv_m1(self.act_m(x_in)), add=shortcut)
+
+
+def _kernel_tail(unit: MultiFiberUnit, conv_m1: FusedConv, conv_m2: FusedConv) -> KernelFiberTail | None:
+    """The unit's ``BN-ReLU -> conv_m1 -> conv_m2 (+ shortcut)`` on the hand-written kernel, where it runs."""
+    bn = unit.conv_m1.bn
+    if not isinstance(bn, _BatchNorm) or conv_m1.attr != "relu" or conv_m2.attr != "none":
+        return None
+    for conv in (conv_m1, conv_m2):
+        if conv.weight.device.type != "cpu" or tuple(conv.dilation) != (1, 1, 1):
+            return None
+        if not fiber_kernel.supports(conv.weight, conv.groups, tuple(conv.stride), tuple(conv.padding)):
+            return None
+    if conv_m1.groups != conv_m2.groups or fiber_kernel.load() is None:
+        return None
+    scale, shift = bn_affine(bn)
+    return KernelFiberTail(scale, shift, conv_m1.weight, conv_m1.bias, conv_m2.weight, conv_m2.bias, conv_m1.groups)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ def _applies(x: torch.Tensor, weight: torch.Tensor, padding_mode: str, dilation:
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
         and (x.requires_grad or weight.requires_grad)
         and padding_mode == "zeros"
         and tuple(dilation) == (1, 1, 1)

@@ -1,0 +1,181 @@
+/* Grouped 3D convolutions with few channels per group (MF-Net's fibers), fp32, AVX2 + FMA.
+ *
+ * oneDNN vectorises a grouped convolution over the output channels of a group; with 6 or 12 channels per group
+ * most of each 8-lane vector and most of each load is wasted. Here a group's activations are kept group-major,
+ *     buffer (N, G, Dp, Hp, CI, Wp)    padded with zeros on every side, Wp >= round_up(W, 16) + 8,
+ * and the kernel vectorises over the output width: a 6 x 16 tile of outputs (6 output channels of one group,
+ * 16 positions of one row) lives in 12 registers while the input rows stream through.
+ *
+ * Built and loaded at run time by mfnet.tools.fiber_kernel (ctypes); every function works on the items
+ * [item0, item1) of its problem so that the caller can split the work between threads.
+ */
+#include <immintrin.h>
+#include <stddef.h>
+
+/* Stores the first n lanes of v (all 8 for n >= 8, none for n <= 0). */
+static inline void store_part(float *dst, __m256 v, int n) {
+    if (n >= 8) {
+        _mm256_storeu_ps(dst, v);
+    } else if (n > 0) {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, v);
+        for (int i = 0; i < n; i++) dst[i] = tmp[i];
+    }
+}
+
+/* In-place 8x8 transpose: r[i] lane j <-> r[j] lane i. */
+static inline void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20); r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20); r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31); r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31); r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* relu(x * scale + shift) (or x when scale is NULL) of channels-last rows into the padded group-major buffer.
+ * x: (N, D, H, W, G*CI); items: (n, d, h) rows. */
+void mf_pack(const float *x, const float *scale, const float *shift, float *buf, int D, int H, int W, int G,
+             int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int item0, int item1) {
+    const int C = G * CI;
+    const ptrdiff_t sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
+    for (int item = item0; item < item1; item++) {
+        const int n = item / (D * H), d = (item / H) % D, h = item % H;
+        const float *row = x + (((ptrdiff_t)n * D + d) * H + h) * (ptrdiff_t)W * C;
+        float *base = buf + n * sn + (d + pd) * sd + (h + ph) * sh + pw;
+        int w0 = 0;
+        if (C % 8 == 0) /* 8 positions x 8 channels at a time: BN-ReLU, transpose, 8 contiguous row stores */
+            for (; w0 + 8 <= W; w0 += 8)
+                for (int c = 0; c < C; c += 8) {
+                    __m256 r[8];
+                    const __m256 s8 = scale ? _mm256_loadu_ps(scale + c) : _mm256_set1_ps(1.f);
+                    const __m256 t8 = scale ? _mm256_loadu_ps(shift + c) : _mm256_setzero_ps();
+                    for (int i = 0; i < 8; i++) {
+                        r[i] = _mm256_loadu_ps(row + (ptrdiff_t)(w0 + i) * C + c);
+                        if (scale) r[i] = _mm256_max_ps(_mm256_fmadd_ps(r[i], s8, t8), _mm256_setzero_ps());
+                    }
+                    transpose8(r);
+                    for (int i = 0; i < 8; i++) {
+                        const int g = (c + i) / CI, k = (c + i) % CI;
+                        _mm256_storeu_ps(base + g * sg + (ptrdiff_t)k * Wp + w0, r[i]);
+                    }
+                }
+        for (int w = w0; w < W; w++) {
+            const float *px = row + (ptrdiff_t)w * C;
+            for (int g = 0; g < G; g++) {
+                float *o = base + g * sg + w;
+                for (int i = 0; i < CI; i++) {
+                    const int c = g * CI + i;
+                    float v = px[c];
+                    if (scale) {
+                        v = v * scale[c] + shift[c];
+                        v = v > 0.f ? v : 0.f;
+                    }
+                    o[(ptrdiff_t)i * Wp] = v;
+                }
+            }
+        }
+    }
+}
+
+/* One 6 x 16 output tile: 6 output channels of a group at 16 positions of a row. */
+static inline void tile(const float *in, const float *w, const float *bias, int CI, int CO, int KT, int KH, int KW,
+                        ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sc, __m256 acc[12]) {
+    for (int j = 0; j < 6; j++) acc[2 * j] = acc[2 * j + 1] = _mm256_broadcast_ss(bias + j);
+    __m256 a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], a4 = acc[4], a5 = acc[5];
+    __m256 a6 = acc[6], a7 = acc[7], a8 = acc[8], a9 = acc[9], a10 = acc[10], a11 = acc[11];
+    for (int kd = 0; kd < KT; kd++)
+        for (int kh = 0; kh < KH; kh++)
+            for (int kw = 0; kw < KW; kw++) {
+                const float *ip = in + kd * sd + kh * sh + kw;
+                const float *wp = w + (ptrdiff_t)((kd * KH + kh) * KW + kw) * CI * CO;
+                for (int i = 0; i < CI; i++, ip += sc, wp += CO) {
+                    const __m256 x0 = _mm256_loadu_ps(ip), x1 = _mm256_loadu_ps(ip + 8);
+                    __m256 b;
+                    b = _mm256_broadcast_ss(wp + 0); a0 = _mm256_fmadd_ps(b, x0, a0); a1 = _mm256_fmadd_ps(b, x1, a1);
+                    b = _mm256_broadcast_ss(wp + 1); a2 = _mm256_fmadd_ps(b, x0, a2); a3 = _mm256_fmadd_ps(b, x1, a3);
+                    b = _mm256_broadcast_ss(wp + 2); a4 = _mm256_fmadd_ps(b, x0, a4); a5 = _mm256_fmadd_ps(b, x1, a5);
+                    b = _mm256_broadcast_ss(wp + 3); a6 = _mm256_fmadd_ps(b, x0, a6); a7 = _mm256_fmadd_ps(b, x1, a7);
+                    b = _mm256_broadcast_ss(wp + 4); a8 = _mm256_fmadd_ps(b, x0, a8); a9 = _mm256_fmadd_ps(b, x1, a9);
+                    b = _mm256_broadcast_ss(wp + 5); a10 = _mm256_fmadd_ps(b, x0, a10); a11 = _mm256_fmadd_ps(b, x1, a11);
+                }
+            }
+    acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; acc[4] = a4; acc[5] = a5;
+    acc[6] = a6; acc[7] = a7; acc[8] = a8; acc[9] = a9; acc[10] = a10; acc[11] = a11;
+}
+
+/* Stride-1 grouped convolution ("same" padding: the buffer's padding is the convolution's) of a padded
+ * group-major buffer.  weight: (G, KT, KH, KW, CI, CO) with CO a multiple of 6; bias: (G*CO).
+ * out_buf != NULL: relu? result into the interior of a padded group-major buffer (N, G, D+2qd, H+2qh, CO, Wq)
+ *                  (its padding stays zero);
+ * out_cl  != NULL: result (+ add, channels-last like out_cl, when add != NULL) into (N, D, H, W, G*CO).
+ * items: (n, g, d) into out_buf, output rows (n, d, h) into out_cl. */
+void mf_conv(const float *buf, const float *weight, const float *bias, int D, int H, int W, int G, int CI, int CO,
+             int KT, int KH, int KW, int Dp, int Hp, int Wp, int relu, float *out_buf, int qd, int qh, int qw,
+             int Wq, float *out_cl, const float *add, int item0, int item1) {
+    const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
+    const ptrdiff_t oc_s = Wq, oh_s = (ptrdiff_t)CO * Wq, od_s = oh_s * (H + 2 * qh), og_s = od_s * (D + 2 * qd);
+    const ptrdiff_t on_s = og_s * G;
+    const int C = G * CO;
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 acc[12];
+    /* Into a group-major buffer, items are (n, g, d) and the rows of a group follow each other (its input rows
+     * stay in L1). Into channels-last, items are output rows (n, d, h) with all groups at once, so that the output
+     * row stays in cache while every group writes its channels into it. */
+    const int rows_first = out_buf == NULL;
+    for (int item = item0; item < item1; item++) {
+        const int n = rows_first ? item / (D * H) : item / (G * D);
+        const int d = rows_first ? (item / H) % D : item % D;
+        const int g0 = rows_first ? 0 : (item / D) % G, g1 = rows_first ? G : g0 + 1;
+        const int h0 = rows_first ? item % H : 0, h1 = rows_first ? h0 + 1 : H;
+        for (int g = g0; g < g1; g++)
+        for (int h = h0; h < h1; h++) {
+            const float *wg = weight + (ptrdiff_t)g * KT * KH * KW * CI * CO;
+            const float *row = buf + n * sn + g * sg + d * sd + h * sh;
+            for (int oc = 0; oc < CO; oc += 6) {
+                for (int x = 0; x < W; x += 16) {
+                    tile(row + x, wg + oc, bias + g * CO + oc, CI, CO, KT, KH, KW, sd, sh, sc, acc);
+                    if (relu)
+                        for (int j = 0; j < 12; j++) acc[j] = _mm256_max_ps(acc[j], zero);
+                    const int valid = W - x < 16 ? W - x : 16;
+                    if (out_buf) {
+                        float *o = out_buf + n * on_s + g * og_s + (d + qd) * od_s + (h + qh) * oh_s + qw + x;
+                        for (int j = 0; j < 6; j++) { /* full stores where possible: masked ones are slow on AMD */
+                            float *oj = o + (ptrdiff_t)(oc + j) * oc_s;
+                            store_part(oj, acc[2 * j], valid);
+                            store_part(oj + 8, acc[2 * j + 1], valid - 8);
+                        }
+                    } else {
+                        const ptrdiff_t pos = (((ptrdiff_t)n * D + d) * H + h) * W + x;
+                        float *o = out_cl + pos * C + g * CO + oc;
+                        const float *a = add ? add + pos * C + g * CO + oc : NULL;
+                        for (int half = 0; half < 2; half++) { /* positions x+8*half .. +7 */
+                            const int count = valid - 8 * half;
+                            if (count <= 0) break;
+                            __m256 r[8];
+                            for (int j = 0; j < 6; j++) r[j] = acc[2 * j + half];
+                            r[6] = r[7] = zero;
+                            transpose8(r); /* r[i]: the 6 channels at position i */
+                            for (int i = 0; i < 8 && i < count; i++) {
+                                const ptrdiff_t off = (ptrdiff_t)(8 * half + i) * C;
+                                __m128 lo = _mm256_castps256_ps128(r[i]), hi = _mm256_extractf128_ps(r[i], 1);
+                                if (a) {
+                                    lo = _mm_add_ps(lo, _mm_loadu_ps(a + off));
+                                    hi = _mm_add_ps(hi, _mm_castpd_ps(_mm_load_sd((const double *)(a + off + 4))));
+                                }
+                                _mm_storeu_ps(o + off, lo); /* 6 channels: 4 + 2 */
+                                _mm_store_sd((double *)(o + off + 4), _mm_castps_pd(hi));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+"""The hand-written fiber-convolution kernel computes what PyTorch computes, and the fast path uses it."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mfnet
+from mfnet.tools import fiber_kernel
+from mfnet.tools.fastpath import optimize_for_inference
+from mfnet.tools.fiber_kernel import KernelFiberTail
+
+needs_kernel = pytest.mark.skipif(fiber_kernel.load() is None, reason="no C compiler or no AVX2/FMA here")
+CL3D = torch.channels_last_3d
+
+
+def test_kernel_builds_where_it_can() -> None:
+    """On an x86 machine with AVX2 and a C compiler (the CI machine), the kernel must build and load."""
+    if fiber_kernel._cpu_has_avx2_fma() and (shutil.which("cc") or shutil.which("gcc")):
+        assert fiber_kernel.load() is not None
+
+
+def _reference(
+    x_in: torch.Tensor,
+    shortcut: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+    groups: int,
+) -> torch.Tensor:
+    a = torch.relu(x_in * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1))
+    h = torch.relu(F.conv3d(a, w1, b1, padding=[k // 2 for k in w1.shape[2:]], groups=groups))
+    return F.conv3d(h, w2, b2, padding=[k // 2 for k in w2.shape[2:]], groups=groups) + shortcut
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("c_in", "c_mid", "c_out", "groups", "size"),
+    [
+        (96, 96, 96, 16, (2, 3, 9, 13)),  # 6 channels per group; widths that are not multiples of 8 or 16
+        (192, 192, 192, 16, (1, 4, 7, 28)),  # 12 channels per group
+        (64, 96, 96, 16, (1, 2, 5, 17)),  # 4 input channels per group into 6
+        (48, 48, 96, 8, (2, 2, 3, 8)),  # 6 in, 12 out per group; a one-tile row
+    ],
+)
+def test_tail_matches_pytorch(c_in: int, c_mid: int, c_out: int, groups: int, size: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(0)
+    n, t, h, w = size
+    scale, shift = torch.rand(c_in, generator=g) + 0.5, torch.rand(c_in, generator=g) - 0.5
+    w1 = torch.randn(c_mid, c_in // groups, 3, 3, 3, generator=g) * 0.2
+    b1 = torch.randn(c_mid, generator=g)
+    w2 = torch.randn(c_out, c_mid // groups, 1, 3, 3, generator=g) * 0.2
+    x_in = torch.randn(n, c_in, t, h, w, generator=g).contiguous(memory_format=CL3D)
+    shortcut = torch.randn(n, c_out, t, h, w, generator=g)
+    tail = KernelFiberTail(scale, shift, w1, b1, w2, None, groups)
+    expected = _reference(x_in, shortcut, scale, shift, w1, b1, w2, None, groups)
+    for _ in range(2):  # the second call reuses the padded buffers: their padding must still be zero
+        got = tail(x_in, shortcut)
+        assert got.is_contiguous(memory_format=CL3D)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(1, 3, 8, 64, 64), (2, 3, 4, 40, 56)])
+def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    model = mfnet.create_model("mfnet3d", num_classes=7, widths=(96, 192, 96, 96), depths=(2, 2, 1, 1)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    x = torch.randn(shape)
+    fast = optimize_for_inference(model, x, check=True)
+    assert fast.fastpath_info.kernel_units == 2  # the second unit of conv2 and of conv3
+    assert fast.fastpath_info.max_rel_diff < 1e-4
+    copied = copy.deepcopy(fast)
+    with torch.inference_mode():
+        torch.testing.assert_close(copied(x), fast(x), rtol=0, atol=0)
+
+
+def test_turned_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fiber_kernel.ENV_VAR, "0")
+    monkeypatch.setattr(fiber_kernel, "_state", {})
+    assert fiber_kernel.load() is None
+    model = mfnet.create_model("mfnet3d", num_classes=3, widths=(96, 96, 96, 96), depths=(2, 1, 1, 1)).eval()
+    fast = optimize_for_inference(model, torch.randn(1, 3, 4, 32, 32))
+    assert fast.fastpath_info.kernel_units == 0

@@ -34,23 +34,29 @@ def _reference(
     w2: torch.Tensor,
     b2: torch.Tensor | None,
     groups: int,
+    stride: int,
 ) -> torch.Tensor:
     a = torch.relu(x_in * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1))
-    h = torch.relu(F.conv3d(a, w1, b1, padding=[k // 2 for k in w1.shape[2:]], groups=groups))
+    padding = [k // 2 for k in w1.shape[2:]]
+    h = torch.relu(F.conv3d(a, w1, b1, stride=(stride, 1, 1), padding=padding, groups=groups))
     return F.conv3d(h, w2, b2, padding=[k // 2 for k in w2.shape[2:]], groups=groups) + shortcut
 
 
 @needs_kernel
 @pytest.mark.parametrize(
-    ("c_in", "c_mid", "c_out", "groups", "size"),
+    ("c_in", "c_mid", "c_out", "groups", "size", "stride"),
     [
-        (96, 96, 96, 16, (2, 3, 9, 13)),  # 6 channels per group; widths that are not multiples of 8 or 16
-        (192, 192, 192, 16, (1, 4, 7, 28)),  # 12 channels per group
-        (64, 96, 96, 16, (1, 2, 5, 17)),  # 4 input channels per group into 6
-        (48, 48, 96, 8, (2, 2, 3, 8)),  # 6 in, 12 out per group; a one-tile row
+        (96, 96, 96, 16, (2, 3, 9, 13), 1),  # 6 channels per group; widths that are not multiples of 8 or 16
+        (192, 192, 192, 16, (1, 4, 7, 28), 1),  # 12 channels per group
+        (64, 96, 96, 16, (1, 2, 5, 17), 1),  # 4 input channels per group into 6
+        (48, 48, 96, 8, (2, 2, 3, 8), 1),  # 6 in, 12 out per group; a one-tile row
+        (16, 96, 96, 16, (2, 8, 6, 20), 2),  # conv2's first unit: 1 input channel per group, temporal stride 2
+        (16, 96, 96, 16, (1, 5, 4, 9), 2),  # ... on an odd length
     ],
 )
-def test_tail_matches_pytorch(c_in: int, c_mid: int, c_out: int, groups: int, size: tuple[int, ...]) -> None:
+def test_tail_matches_pytorch(
+    c_in: int, c_mid: int, c_out: int, groups: int, size: tuple[int, ...], stride: int
+) -> None:
     g = torch.Generator().manual_seed(0)
     n, t, h, w = size
     scale, shift = torch.rand(c_in, generator=g) + 0.5, torch.rand(c_in, generator=g) - 0.5
@@ -58,9 +64,9 @@ def test_tail_matches_pytorch(c_in: int, c_mid: int, c_out: int, groups: int, si
     b1 = torch.randn(c_mid, generator=g)
     w2 = torch.randn(c_out, c_mid // groups, 1, 3, 3, generator=g) * 0.2
     x_in = torch.randn(n, c_in, t, h, w, generator=g).contiguous(memory_format=CL3D)
-    shortcut = torch.randn(n, c_out, t, h, w, generator=g)
-    tail = KernelFiberTail(scale, shift, w1, b1, w2, None, groups)
-    expected = _reference(x_in, shortcut, scale, shift, w1, b1, w2, None, groups)
+    shortcut = torch.randn(n, c_out, (t - 1) // stride + 1, h, w, generator=g)
+    tail = KernelFiberTail(scale, shift, w1, b1, w2, None, groups, temporal_stride=stride)
+    expected = _reference(x_in, shortcut, scale, shift, w1, b1, w2, None, groups, stride)
     for _ in range(2):  # the second call reuses the padded buffers: their padding must still be zero
         got = tail(x_in, shortcut)
         assert got.is_contiguous(memory_format=CL3D)
@@ -80,7 +86,7 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
                 m.weight.uniform_(0.5, 1.5)
     x = torch.randn(shape)
     fast = optimize_for_inference(model, x, check=True)
-    assert fast.fastpath_info.kernel_units == 2  # the second unit of conv2 and of conv3
+    assert fast.fastpath_info.kernel_units == 2  # second units; first ones have a dense conv_m2 or a spatial stride
     assert fast.fastpath_info.max_rel_diff < 1e-4
     copied = copy.deepcopy(fast)
     with torch.inference_mode():

@@ -110,14 +110,14 @@ static inline void tile(const float *in, const float *w, const float *bias, int 
     acc[6] = a6; acc[7] = a7; acc[8] = a8; acc[9] = a9; acc[10] = a10; acc[11] = a11;
 }
 
-/* Stride-1 grouped convolution ("same" padding: the buffer's padding is the convolution's) of a padded
- * group-major buffer.  weight: (G, KT, KH, KW, CI, CO) with CO a multiple of 6; bias: (G*CO).
+/* Grouped convolution of a padded group-major buffer (the buffer's padding is the convolution's), with
+ * temporal stride ST and spatial stride 1; D, H, W are the output's sizes.  weight: (G, KT, KH, KW, CI, CO) with CO a multiple of 6; bias: (G*CO).
  * out_buf != NULL: relu? result into the interior of a padded group-major buffer (N, G, D+2qd, H+2qh, CO, Wq)
  *                  (its padding stays zero);
  * out_cl  != NULL: result (+ add, channels-last like out_cl, when add != NULL) into (N, D, H, W, G*CO).
  * items: (n, g, d) into out_buf, output rows (n, d, h) into out_cl. */
 void mf_conv(const float *buf, const float *weight, const float *bias, int D, int H, int W, int G, int CI, int CO,
-             int KT, int KH, int KW, int Dp, int Hp, int Wp, int relu, float *out_buf, int qd, int qh, int qw,
+             int KT, int KH, int KW, int ST, int Dp, int Hp, int Wp, int relu, float *out_buf, int qd, int qh, int qw,
              int Wq, float *out_cl, const float *add, int item0, int item1) {
     const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
     const ptrdiff_t oc_s = Wq, oh_s = (ptrdiff_t)CO * Wq, od_s = oh_s * (H + 2 * qh), og_s = od_s * (D + 2 * qd);
@@ -137,7 +137,7 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
         for (int g = g0; g < g1; g++)
         for (int h = h0; h < h1; h++) {
             const float *wg = weight + (ptrdiff_t)g * KT * KH * KW * CI * CO;
-            const float *row = buf + n * sn + g * sg + d * sd + h * sh;
+            const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h * sh;
             for (int oc = 0; oc < CO; oc += 6) {
                 for (int x = 0; x < W; x += 16) {
                     tile(row + x, wg + oc, bias + g * CO + oc, CI, CO, KT, KH, KW, sd, sh, sc, acc);

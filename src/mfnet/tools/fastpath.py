@@ -422,10 +422,19 @@ def _kernel_tail(unit: MultiFiberUnit, conv_m1: FusedConv, conv_m2: FusedConv) -
             return None
         if not fiber_kernel.supports(conv.weight, conv.groups, tuple(conv.stride), tuple(conv.padding)):
             return None
-    if conv_m1.groups != conv_m2.groups or fiber_kernel.load() is None:
+    if conv_m1.groups != conv_m2.groups or tuple(conv_m2.stride) != (1, 1, 1) or fiber_kernel.load() is None:
         return None
     scale, shift = bn_affine(bn)
-    return KernelFiberTail(scale, shift, conv_m1.weight, conv_m1.bias, conv_m2.weight, conv_m2.bias, conv_m1.groups)
+    return KernelFiberTail(
+        scale,
+        shift,
+        conv_m1.weight,
+        conv_m1.bias,
+        conv_m2.weight,
+        conv_m2.bias,
+        conv_m1.groups,
+        temporal_stride=conv_m1.stride[0],
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def load() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 13
     lib.mf_pack.restype = None
-    lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 13 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + [_INT] * 2
+    lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + [_INT] * 2
     lib.mf_conv.restype = None
 
 
@@ -147,7 +147,7 @@ def supports(conv: nn.Conv3d | torch.Tensor, groups: int, stride: tuple[int, ...
         and per_group_out % TILE_CHANNELS == 0
         and per_group_out <= MAX_GROUP_CHANNELS
         and c_in <= MAX_GROUP_CHANNELS
-        and tuple(stride) == (1, 1, 1)
+        and tuple(stride[1:]) == (1, 1)  # temporal strides are fine; spatial ones would need strided loads
         and tuple(padding) == tuple(k // 2 for k in kernel)
         and all(k % 2 == 1 for k in kernel)
     )
@@ -156,14 +156,16 @@ def supports(conv: nn.Conv3d | torch.Tensor, groups: int, stride: tuple[int, ...
 class KernelFiberTail(nn.Module):
     """``out = conv_m2(relu(conv_m1(relu(x_in * scale + shift)) + bias_1)) + bias_2 + shortcut`` with the kernel.
 
-    Inputs and output are ``(N, C, T, H, W)`` tensors in channels-last-3d layout, float32, on CPU; the spatial
-    and temporal sizes are kept (stride 1). Not for training (no gradients).
+    Inputs and output are ``(N, C, T, H, W)`` tensors in channels-last-3d layout, float32, on CPU. The spatial
+    size is kept; ``conv_m1`` may have a temporal stride (``shortcut`` then has the output's length). Not for
+    training (no gradients).
 
     Args:
         scale, shift: The BN before ``conv_m1``, ``(C_in,)``.
         weight_1, bias_1: ``conv_m1`` with the following BN folded in, ``(C_mid, C_in/G, kt, kh, kw)``, ``(C_mid,)``.
         weight_2, bias_2: ``conv_m2``, ``(C_out, C_mid/G, kt, kh, kw)``; ``bias_2`` may be ``None``.
         groups: The number of fibers ``G``.
+        temporal_stride: ``conv_m1``'s stride in time.
     """
 
     def __init__(
@@ -175,9 +177,12 @@ class KernelFiberTail(nn.Module):
         weight_2: torch.Tensor,
         bias_2: torch.Tensor | None,
         groups: int,
+        *,
+        temporal_stride: int = 1,
     ) -> None:
         super().__init__()
         self.groups = groups
+        self.temporal_stride = temporal_stride
         self.register_buffer("scale", scale.detach().float().contiguous().clone())
         self.register_buffer("shift", shift.detach().float().contiguous().clone())
         self.register_buffer("weight_1", self._kernel_layout(weight_1))
@@ -199,6 +204,10 @@ class KernelFiberTail(nn.Module):
     def _bias(bias: torch.Tensor | None, channels: int) -> torch.Tensor:
         return torch.zeros(channels) if bias is None else bias.detach().float().contiguous().clone()
 
+    def _out_length(self, t: int) -> int:
+        kt = self.kernel_1[0]
+        return (t + 2 * (kt // 2) - kt) // self.temporal_stride + 1
+
     def _padded_buffers(self, n: int, t: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero-padded group-major buffers for ``conv_m1``'s and ``conv_m2``'s inputs, kept per input shape and
         thread (their padding is never written, so it stays zero)."""
@@ -213,7 +222,7 @@ class KernelFiberTail(nn.Module):
             row = _row_length(w + 2 * max(pw1, pw2))
             cached = (
                 torch.zeros(n, g, t + 2 * pd1, h + 2 * ph1, c1, row),
-                torch.zeros(n, g, t + 2 * pd2, h + 2 * ph2, c2, row),
+                torch.zeros(n, g, self._out_length(t) + 2 * pd2, h + 2 * ph2, c2, row),
             )
             self._buffers_cache[key] = cached
         return cached
@@ -235,14 +244,20 @@ class KernelFiberTail(nn.Module):
         dims_2 = (buf_2.shape[2], buf_2.shape[3], buf_2.shape[5])
         pack = (_ptr(x_in), _ptr(self.scale), _ptr(self.shift), _ptr(buf_1), t, h, w, g, c_in, *dims_1, pd1, ph1, pw1)
         _parallel(lib.mf_pack, pack, n * t * h)
-        conv_1 = (_ptr(buf_1), _ptr(self.weight_1), _ptr(self.bias_1), t, h, w, g, c_in, c_mid, *self.kernel_1)
+        t_out = self._out_length(t)
+        if shortcut.shape != (n, c_out, t_out, h, w):
+            raise ValueError(f"shortcut of shape {tuple(shortcut.shape)} cannot be added to {(n, c_out, t_out, h, w)}")
+        conv_1 = (_ptr(buf_1), _ptr(self.weight_1), _ptr(self.bias_1), t_out, h, w, g, c_in, c_mid, *self.kernel_1)
         into_buffer = (1, _ptr(buf_2), pd2, ph2, pw2, dims_2[2], None, None)
-        _parallel(lib.mf_conv, (*conv_1, *dims_1, *into_buffer), n * g * t)
-        out = torch.empty((n, c_out, t, h, w), memory_format=torch.channels_last_3d)
-        conv_2 = (_ptr(buf_2), _ptr(self.weight_2), _ptr(self.bias_2), t, h, w, g, c_mid, c_out // g, *self.kernel_2)
+        _parallel(lib.mf_conv, (*conv_1, self.temporal_stride, *dims_1, *into_buffer), n * g * t_out)
+        out = torch.empty((n, c_out, t_out, h, w), memory_format=torch.channels_last_3d)
+        conv_2 = (_ptr(buf_2), _ptr(self.weight_2), _ptr(self.bias_2), t_out, h, w, g, c_mid, c_out // g)
         into_output = (0, None, 0, 0, 0, 0, _ptr(out), _ptr(shortcut))
-        _parallel(lib.mf_conv, (*conv_2, *dims_2, *into_output), n * t * h)
+        _parallel(lib.mf_conv, (*conv_2, *self.kernel_2, 1, *dims_2, *into_output), n * t_out * h)
         return out
 
     def extra_repr(self) -> str:
-        return f"groups={self.groups}, conv_m1={self.kernel_1}, conv_m2={self.kernel_2}, kernel=fiber_conv.c"
+        return (
+            f"groups={self.groups}, conv_m1={self.kernel_1}, temporal_stride={self.temporal_stride}, "
+            f"conv_m2={self.kernel_2}, kernel=fiber_conv.c"
+        )

@@ -74,7 +74,7 @@ def test_tail_matches_pytorch(
 
 
 @needs_kernel
-@pytest.mark.parametrize("shape", [(1, 3, 8, 64, 64), (2, 3, 4, 40, 56)])
+@pytest.mark.parametrize("shape", [(1, 3, 4, 48, 224), (2, 3, 4, 32, 112)])  # conv2 and conv3 28+ wide; conv3 14
 def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
     model = mfnet.create_model("mfnet3d", num_classes=7, widths=(96, 192, 96, 96), depths=(2, 2, 1, 1)).eval()
@@ -100,3 +100,44 @@ def test_turned_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     model = mfnet.create_model("mfnet3d", num_classes=3, widths=(96, 96, 96, 96), depths=(2, 1, 1, 1)).eval()
     fast = optimize_for_inference(model, torch.randn(1, 3, 4, 32, 32))
     assert fast.fastpath_info.kernel_units == 0
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("channels", "kernel", "size"),
+    [
+        (96, (3, 3, 3), (2, 3, 5, 26)),  # conv2's conv_m1: 6 channels per group, a row of 16 + 10
+        (96, (1, 3, 3), (1, 4, 3, 24)),  # conv2's conv_m2
+        (192, (3, 3, 3), (2, 2, 3, 30)),  # 12 channels per group
+    ],
+)
+def test_training_convolution_matches_pytorch(channels: int, kernel: tuple[int, ...], size: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(0)
+    n, t, h, w = size
+    padding = tuple(k // 2 for k in kernel)
+    weight = torch.randn(channels, channels // 16, *kernel, generator=g) * 0.2
+    x = torch.randn(n, channels, t, h, w, generator=g).contiguous(memory_format=CL3D)
+    assert fiber_kernel.supports_training(weight, 16, (1, 1, 1), padding)
+    x_ref, w_ref = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    x_k, w_k = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    expected = F.conv3d(x_ref, w_ref, None, 1, padding, 1, 16)
+    got = fiber_kernel.fiber_conv3d(x_k, w_k, padding, 16)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    grad = torch.randn(expected.shape, generator=g)
+    expected.backward(grad)
+    got.backward(grad)
+    torch.testing.assert_close(x_k.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(w_k.grad, w_ref.grad, rtol=1e-4, atol=1e-3)
+
+
+@needs_kernel
+def test_prepared_convolutions_use_the_kernel_on_wide_frames_only() -> None:
+    from mfnet.tools.train_convs import enable_fast_backward
+
+    conv = torch.nn.Conv3d(96, 96, 3, padding=1, groups=16, bias=False)
+    enable_fast_backward(conv)
+    wide, narrow = torch.randn(1, 96, 2, 4, 24), torch.randn(1, 96, 2, 4, 16)
+    assert type(conv(wide).grad_fn).__name__ == "_FiberConv3dBackward"
+    assert type(conv(narrow).grad_fn).__name__ == "_FastBackwardBackward"
+    assert not fiber_kernel.supports_training(torch.empty(96, 1, 3, 3, 3), 96, (1, 1, 1), (1, 1, 1))  # depthwise
+    assert not fiber_kernel.supports_training(torch.empty(96, 6, 3, 3, 3), 16, (1, 2, 2), (1, 1, 1))  # strided

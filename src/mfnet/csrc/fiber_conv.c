@@ -179,3 +179,64 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
         }
     }
 }
+
+/* Weight gradient of the convolution above (temporal stride 1): dW[g, tap, i, o] = sum over output positions p
+ * of grad[p, g, o] * x[p + tap, g, i]. bx: the convolution's input as a padded group-major buffer (its padding is
+ * the convolution's); bg: the output gradient as a group-major buffer (N, G, D + 2qd, H + 2qh, CO, Wq) whose data
+ * starts at (qd, qh, qw) and whose every other entry is zero (so that 8-wide loads past W add nothing); D, H, W:
+ * the output's sizes. dw: (G, KT, KH, KW, CI, CO), overwritten. CI must be even, CO a multiple of 6.
+ * scratch: G*KT*KH*KW*CI*CO*8 floats. items: groups. */
+void mf_conv_wgrad(const float *bx, const float *bg, float *dw, float *scratch, int N, int D, int H, int W, int G,
+                   int CI, int CO, int KT, int KH, int KW, int Dp, int Hp, int Wp, int qd, int qh, int qw, int Wq,
+                   int item0, int item1) {
+    const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
+    const ptrdiff_t tc = Wq, th = (ptrdiff_t)CO * Wq, td = th * (H + 2 * qh), tg = td * (D + 2 * qd), tn = tg * G;
+    const int taps = KT * KH * KW, nv = (W + 7) / 8;
+    for (int g = item0; g < item1; g++) {
+        float *sums = scratch + (ptrdiff_t)g * taps * CI * CO * 8;
+        for (ptrdiff_t k = 0; k < (ptrdiff_t)taps * CI * CO * 8; k++) sums[k] = 0.f;
+        /* the sums of one (tap, 6 outputs, 2 inputs) block stay in registers over all rows of a frame */
+        for (int n = 0; n < N; n++)
+            for (int d = 0; d < D; d++)
+                for (int kd = 0; kd < KT; kd++)
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++) {
+                            const int tap = (kd * KH + kh) * KW + kw;
+                            const float *xbase = bx + n * sn + g * sg + (d + kd) * sd + kh * sh + kw;
+                            const float *gbase = bg + n * tn + g * tg + (d + qd) * td + qh * th + qw;
+                            for (int o = 0; o < CO; o += 6)
+                                for (int i = 0; i < CI; i += 2) {
+                                    float *acc = sums + (((ptrdiff_t)tap * CO + o) * CI + i) * 8;
+                                    /* acc[(j * CI + c) * 8]: output channel o + j, input channel i + c */
+                                    __m256 a[12];
+                                    for (int j = 0; j < 6; j++)
+                                        for (int c = 0; c < 2; c++)
+                                            a[2 * j + c] = _mm256_loadu_ps(acc + ((ptrdiff_t)j * CI + c) * 8);
+                                    for (int h = 0; h < H; h++) {
+                                        const float *xrow = xbase + h * sh, *grow = gbase + h * th;
+                                        for (int v = 0; v < nv; v++) {
+                                            const __m256 x0 = _mm256_loadu_ps(xrow + i * sc + 8 * v);
+                                            const __m256 x1 = _mm256_loadu_ps(xrow + (i + 1) * sc + 8 * v);
+                                            for (int j = 0; j < 6; j++) {
+                                                const __m256 gv = _mm256_loadu_ps(grow + (o + j) * tc + 8 * v);
+                                                a[2 * j] = _mm256_fmadd_ps(gv, x0, a[2 * j]);
+                                                a[2 * j + 1] = _mm256_fmadd_ps(gv, x1, a[2 * j + 1]);
+                                            }
+                                        }
+                                    }
+                                    for (int j = 0; j < 6; j++)
+                                        for (int c = 0; c < 2; c++)
+                                            _mm256_storeu_ps(acc + ((ptrdiff_t)j * CI + c) * 8, a[2 * j + c]);
+                                }
+                        }
+        float *out = dw + (ptrdiff_t)g * taps * CI * CO;
+        for (int tap = 0; tap < taps; tap++)
+            for (int o = 0; o < CO; o++)
+                for (int i = 0; i < CI; i++) {
+                    const float *v = sums + (((ptrdiff_t)tap * CO + o) * CI + i) * 8;
+                    float s = 0.f;
+                    for (int l = 0; l < 8; l++) s += v[l];
+                    out[((ptrdiff_t)tap * CI + i) * CO + o] = s;
+                }
+    }
+}

@@ -5,8 +5,10 @@ settings much of that memory goes back to the kernel when it is freed and comes 
 step, each page faulted in and zeroed by the kernel: on the 2-core test machine that is 18k page faults and
 ~10% of an inference step at 16x224x224, and 64k page faults (0.19 s of system time) per training step at batch
 8. Raising glibc's trim threshold and fixing its mmap threshold at the largest value glibc accepts lets the
-allocator reuse the memory instead (what a caching allocator does on a GPU): RSS stays at the step's high-water
-mark, and the process does not shrink until it exits.
+allocator reuse the memory instead (what a caching allocator does on a GPU), and turning glibc's direct mmap()
+off makes blocks above its 32 MiB mmap threshold (a batch of activations, the fiber kernel's buffers) come from
+the reusable heap as well: RSS stays at the step's high-water mark, and the process does not shrink until it
+exits.
 
 The setting is process-wide. ``optimize_for_inference`` and ``prepare_for_training`` apply it on CPU; set the
 environment variable ``MFNET_KEEP_FREED_MEMORY=0`` to leave glibc's defaults alone.
@@ -21,6 +23,7 @@ import sys
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 TRIM_THRESHOLD = 1 << 30  # keep up to 1 GiB of freed memory at the top of the heap
 MMAP_THRESHOLD = 32 << 20  # the largest value glibc accepts on 64-bit machines; larger blocks are mmap()ed
 ENV_VAR = "MFNET_KEEP_FREED_MEMORY"
@@ -50,7 +53,11 @@ def keep_freed_memory() -> bool:
     libc = _libc()
     if libc is None:
         return False
-    ok = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    ok = (
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+        and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+        and libc.mallopt(M_MMAP_MAX, 0) == 1  # blocks above the mmap threshold come from the heap too
+    )
     _state["kept"] = ok
     return ok
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -283,8 +284,10 @@ def _onnx_step(model: nn.Module, x: torch.Tensor, *, threads: int) -> Callable[[
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle ORT threads would otherwise spin and steal the cores from the next candidate's OpenMP threads.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ORT's threads wait the way PyTorch's OpenMP threads do: with OMP_WAIT_POLICY=PASSIVE (a shared machine) they
+    # must not spin, or idle ORT threads would steal the cores from the next candidate; otherwise both spin.
+    passive = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0" if passive else "1")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.cpu().numpy()}
 

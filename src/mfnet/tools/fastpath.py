@@ -14,7 +14,9 @@ Inference (``optimize_for_inference``) works on a copy of the model, in one of t
         h = relu(conv_m1'(a))                  conv_m1 with conv_m2's BN folded in and ReLU as a post-op
         out = conv_m2(h) + shortcut            the residual sum as a post-op (dense convolutions)
 
-    Each pre-activation unit then makes 2 memory passes besides its convolutions, instead of 10.
+    Each pre-activation unit then makes 2 memory passes besides its convolutions, instead of 10. In units whose
+    fibers have 6 or 12 channels, the second line runs on the hand-written kernel of
+    ``mfnet.tools.fiber_kernel`` (where it compiled, for frames at least 24 wide).
 ``"compile"``
     ``"eager"`` compiled by ``torch.compile`` (Inductor; on CPU with weight freezing). Costs tens of seconds
     of compilation on the first call (reported in ``FastpathInfo.compile_s``) and recompiles for new shapes.
@@ -407,7 +409,12 @@ class FusedFiberUnit(nn.Module):
         x = to_channels_last(x)
         x_in = self.conv_i2(self.conv_i1(self.act_i(x)), add=x) if self.multiplexer else x
         shortcut = self.conv_w1(self.act_w(x)) if self.projection else x
-        if self.kernel_tail is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+        if (
+            self.kernel_tail is not None
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and fiber_kernel.worth_it(x)
+        ):
             return self.kernel_tail(x_in, shortcut)
         return self.conv_m2(self.conv_m1(self.act_m(x_in)), add=shortcut)
 

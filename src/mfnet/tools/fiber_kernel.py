@@ -25,9 +25,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,15 @@ ENV_VAR = "MFNET_KERNELS"
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c99")
 TILE_CHANNELS = 6  # output channels per register tile; a group's output channels must be a multiple
 MAX_GROUP_CHANNELS = 12  # beyond this oneDNN is as fast (24 channels per group: same speed, measured)
+MIN_WIDTH = 24  # narrower frames waste too much of the 16-wide tiles: oneDNN is as fast at 14 (measured)
+
+
+def worth_it(x: torch.Tensor) -> bool:
+    """Whether the kernel beats oneDNN on activations of this shape ``(N, C, T, H, W)``: frames at least 24 wide."""
+    return x.shape[-1] >= MIN_WIDTH
+
+
+CL3D = torch.channels_last_3d
 _PTR = ctypes.c_void_p
 _INT = ctypes.c_int
 
@@ -104,6 +115,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_pack.restype = None
     lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + [_INT] * 2
     lib.mf_conv.restype = None
+    lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 19
+    lib.mf_conv_wgrad.restype = None
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -237,9 +250,7 @@ class KernelFiberTail(nn.Module):
         (pd1, ph1, pw1), (pd2, ph2, pw2) = ((k // 2 for k in ks) for ks in (self.kernel_1, self.kernel_2))
         c_in, c_mid = self.weight_1.shape[4], self.weight_1.shape[5]
         c_out = self.weight_2.shape[5] * g
-        lib = _state.get("loaded") or load()
-        if lib is None:
-            raise RuntimeError("the fiber kernel could not be loaded")
+        lib = _library()
         dims_1 = (buf_1.shape[2], buf_1.shape[3], buf_1.shape[5])  # padded T, H and row length
         dims_2 = (buf_2.shape[2], buf_2.shape[3], buf_2.shape[5])
         pack = (_ptr(x_in), _ptr(self.scale), _ptr(self.shift), _ptr(buf_1), t, h, w, g, c_in, *dims_1, pd1, ph1, pw1)
@@ -261,3 +272,119 @@ class KernelFiberTail(nn.Module):
             f"groups={self.groups}, conv_m1={self.kernel_1}, temporal_stride={self.temporal_stride}, "
             f"conv_m2={self.kernel_2}, kernel=fiber_conv.c"
         )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training: forward, input gradient and weight gradient of one grouped convolution
+
+
+def supports_training(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
+    """Whether ``fiber_conv3d`` can run (forward and backward) a convolution with this weight and these settings.
+
+    Both directions need a multiple of 6 channels per group (the input gradient is a convolution from the output
+    channels to the input channels), and the weight gradient an even count: 6 or 12 here, as in mfnet3d's
+    ``conv2`` and ``conv3``.
+    """
+    if weight.ndim != 5 or groups <= 1 or tuple(stride) != (1, 1, 1):
+        return False
+    c_out, c_in, *kernel = weight.shape
+    per_group_out = c_out // groups
+    return (
+        c_in % TILE_CHANNELS == 0
+        and per_group_out % TILE_CHANNELS == 0
+        and max(c_in, per_group_out) <= MAX_GROUP_CHANNELS
+        and tuple(padding) == tuple(k // 2 for k in kernel)
+        and all(k % 2 == 1 for k in kernel)
+    )
+
+
+def _kernel_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(C_out, C_in/G, kt, kh, kw) -> (G, kt, kh, kw, C_in/G, C_out/G)``, the kernel's weight layout."""
+    c_out, c_in, kt, kh, kw = weight.shape
+    return weight.detach().reshape(groups, c_out // groups, c_in, kt, kh, kw).permute(0, 3, 4, 5, 2, 1).contiguous()
+
+
+def _packed(x: torch.Tensor, groups: int, padding: tuple[int, ...], lib: ctypes.CDLL) -> torch.Tensor:
+    """``x`` ``(N, C, T, H, W)`` as a zero-padded group-major buffer ``(N, G, T + 2pd, H + 2ph, C/G, row)``."""
+    n, c, t, h, w = x.shape
+    pd, ph, pw = padding
+    x = x.contiguous(memory_format=CL3D)
+    buf = torch.empty(n, groups, t + 2 * pd, h + 2 * ph, c // groups, _row_length(w + 2 * pw))
+    if pd:
+        buf[:, :, :pd].zero_()
+        buf[:, :, pd + t :].zero_()
+    if ph:
+        buf[:, :, :, :ph].zero_()
+        buf[:, :, :, ph + h :].zero_()
+    buf[..., :pw].zero_()
+    buf[..., pw + w :].zero_()
+    dims = (buf.shape[2], buf.shape[3], buf.shape[5], pd, ph, pw)
+    _parallel(lib.mf_pack, (_ptr(x), None, None, _ptr(buf), t, h, w, groups, c // groups, *dims), n * t * h)
+    return buf
+
+
+def _conv(buf: torch.Tensor, weight: torch.Tensor, out_shape: tuple[int, ...], lib: ctypes.CDLL) -> torch.Tensor:
+    """The stride-1 convolution of a padded group-major buffer with a weight in kernel layout, channels-last out."""
+    n, groups = buf.shape[:2]
+    _, kt, kh, kw, ci, co = weight.shape
+    _, _, t, h, w = out_shape
+    out = torch.empty(out_shape, memory_format=CL3D)
+    bias = torch.zeros(groups * co)
+    conv = (_ptr(buf), _ptr(weight), _ptr(bias), t, h, w, groups, ci, co, kt, kh, kw, 1)
+    into_output = (0, None, 0, 0, 0, 0, _ptr(out), None)
+    _parallel(lib.mf_conv, (*conv, buf.shape[2], buf.shape[3], buf.shape[5], *into_output), n * t * h)
+    return out
+
+
+class _FiberConv3d(torch.autograd.Function):
+    """``F.conv3d(x, weight, None, 1, padding, 1, groups)`` with the kernel in both directions (CPU, float32)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, ...], groups: int) -> torch.Tensor:
+        lib = _library()
+        buf_x = _packed(x, groups, padding, lib)
+        out = _conv(buf_x, _kernel_weight(weight, groups), (x.shape[0], weight.shape[0], *x.shape[2:]), lib)
+        ctx.save_for_backward(buf_x, weight)
+        ctx.conf = (tuple(x.shape), padding, groups)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        buf_x, weight = ctx.saved_tensors
+        x_shape, padding, groups = ctx.conf
+        lib = _library()
+        n, c_in, t, h, w = x_shape
+        c_out, ci, kt, kh, kw = weight.shape
+        co = c_out // groups
+        buf_g = _packed(grad, groups, padding, lib)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:  # a convolution with the flipped, transposed kernels of each group
+            flipped = weight.detach().reshape(groups, co, ci, kt, kh, kw).transpose(1, 2).flip(3, 4, 5)
+            grad_x = _conv(buf_g, _kernel_weight(flipped.reshape(c_in, co, kt, kh, kw), groups), x_shape, lib)
+        if ctx.needs_input_grad[1]:
+            taps = kt * kh * kw
+            dw = torch.empty(groups, kt, kh, kw, ci, co)
+            scratch = torch.empty(groups * taps * ci * co * 8)
+            pd, ph, pw = padding
+            args = (_ptr(buf_x), _ptr(buf_g), _ptr(dw), _ptr(scratch), n, t, h, w, groups, ci, co, kt, kh, kw)
+            args += (buf_x.shape[2], buf_x.shape[3], buf_x.shape[5], pd, ph, pw, buf_g.shape[5])
+            _parallel(lib.mf_conv_wgrad, args, groups)
+            grad_w = dw.permute(0, 5, 4, 1, 2, 3).reshape(weight.shape).contiguous(memory_format=CL3D)
+        return grad_x, grad_w, None, None
+
+
+def _library() -> ctypes.CDLL:
+    lib = _state.get("loaded") or load()
+    if lib is None:
+        raise RuntimeError("the fiber kernel could not be loaded")
+    return lib  # type: ignore[return-value]
+
+
+def fiber_conv3d(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, ...], groups: int) -> torch.Tensor:
+    """``F.conv3d(x, weight, None, 1, padding, 1, groups)`` on the kernel, differentiable in ``x`` and ``weight``.
+
+    ``x`` ``(N, C_in, T, H, W)`` float32 on CPU (any layout; the output is channels-last-3d). Check
+    ``supports_training`` and ``load()`` first.
+    """
+    return _FiberConv3d.apply(x, weight, tuple(padding), groups)

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from mfnet.tools import fiber_kernel
+
 _CL3D = torch.channels_last_3d
 _CL2D = torch.channels_last
 
@@ -37,8 +39,18 @@ class FastBackwardConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _applies(x, self.weight, self.padding_mode, self.dilation):
+            if self.bias is None and self._on_kernel() and fiber_kernel.worth_it(x):
+                return fiber_kernel.fiber_conv3d(x, self.weight, self.padding, self.groups)
             return _FastBackward.apply(x, self.weight, self.bias, self.stride, self.padding, self.groups)
         return super().forward(x)
+
+    def _on_kernel(self) -> bool:
+        """Whether this convolution runs on the fiber kernel (6 or 12 channels per group, stride 1)."""
+        if not hasattr(self, "_kernel_ok"):
+            self._kernel_ok = fiber_kernel.supports_training(
+                self.weight, self.groups, tuple(self.stride), tuple(self.padding)
+            ) and (fiber_kernel.load() is not None)
+        return self._kernel_ok
 
 
 def enable_fast_backward(model: nn.Module) -> int:

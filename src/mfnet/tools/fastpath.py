@@ -23,11 +23,12 @@ Inference (``optimize_for_inference``) works on a copy of the model, in one of t
 
 Training (``prepare_for_training``) puts the model and its batches in channels-last layout, which speeds up
 the forward and backward convolutions alike, and gives the 3D convolutions a faster CPU backward
-(``mfnet.tools.train_convs``); ``autocast_context`` gives mixed precision on GPUs only (on a CPU without native
-bf16 it is many times slower, so it is never used there).
+(``mfnet.tools.train_convs``; the 6- and 12-channel fiber convolutions run forward and backward on the
+kernel of ``mfnet.tools.fiber_kernel``); ``autocast_context`` gives mixed precision on GPUs only (on a CPU
+without native bf16 it is many times slower, so it is never used there).
 
 On CPU both keep freed memory in the process for the next step instead of returning it to the system
-(``mfnet.tools.allocator``; 10-15% faster steps, process-wide, ``MFNET_KEEP_FREED_MEMORY=0`` turns it off).
+(``mfnet.tools.allocator``; 4-13% faster steps here, process-wide, ``MFNET_KEEP_FREED_MEMORY=0`` turns it off).
 """
 
 from __future__ import annotations

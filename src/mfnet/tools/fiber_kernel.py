@@ -1,4 +1,4 @@
-"""A hand-written CPU kernel for the fiber convolutions of MF-Net's early stages (inference only).
+"""A hand-written CPU kernel for the fiber convolutions of MF-Net's early stages.
 
 MF-Net's ``conv2`` and ``conv3`` stages are grouped convolutions with 6 and 12 channels per group, which oneDNN
 runs at 17-48 GMAC/s on the 2-core test machine. ``csrc/fiber_conv.c`` keeps each group's activations
@@ -6,6 +6,9 @@ group-major and vectorises over the output width instead (71-82 GMAC/s on the sa
 per machine with the system C compiler (AVX2 + FMA), cached under ``~/.cache/mfnet/kernels`` (or
 ``$MFNET_CACHE_DIR/kernels``) and loaded with ``ctypes``; where there is no compiler or no AVX2, or with
 ``MFNET_KERNELS=0``, ``load()`` returns ``None`` and the fast path keeps using oneDNN.
+
+``fiber_conv3d`` is one such convolution for training: forward, input gradient (the same kernel on the
+flipped, transposed weights) and weight gradient (``mf_conv_wgrad``), used by ``mfnet.tools.train_convs``.
 
 ``KernelFiberTail`` runs the second half of a multi-fiber unit (``b = relu(bn(x_in))``, ``h = relu(conv_m1'(b))``,
 ``out = conv_m2(h) + shortcut``) in three passes: pack (with the BN-ReLU), ``conv_m1``, ``conv_m2`` (with the sum),

@@ -13,9 +13,12 @@ that straddle two clips are computed separately and subtracted. The input gradie
 input channel per group (the first unit of MF-Net's conv2: 16 -> 96 channels in 16 groups) is 2.5x faster in
 the plain ``NCDHW`` layout, so it is computed there. Everything else uses PyTorch's own kernels.
 
+Grouped convolutions with 6 or 12 channels per group, stride 1 and frames at least 24 wide run forward and
+backward on the hand-written kernel instead (``mfnet.tools.fiber_kernel.fiber_conv3d``), where it compiled.
+
 ``enable_fast_backward(model)`` switches every ``nn.Conv3d`` of a model to this backward (in place; the
-parameters, ``state_dict`` and forward outputs stay as they are). It only acts on CPU tensors that need a
-gradient; on GPUs, under ``torch.no_grad`` and for other layouts the ordinary ``nn.Conv3d`` path runs.
+parameters, ``state_dict`` and forward outputs stay as they are). It only acts on float32 CPU tensors that need a
+gradient; on GPUs, under ``torch.no_grad`` and while tracing or compiling the ordinary ``nn.Conv3d`` path runs.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ _CL2D = torch.channels_last
 
 
 class FastBackwardConv3d(nn.Conv3d):
-    """``nn.Conv3d`` whose backward pass uses ``grouped_conv3d`` on CPU; same parameters and outputs."""
+    """``nn.Conv3d`` with the faster CPU gradients of this module (see its docstring); same parameters and outputs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _applies(x, self.weight, self.padding_mode, self.dilation):

@@ -201,20 +201,13 @@ class KernelFiberTail(nn.Module):
         self.temporal_stride = temporal_stride
         self.register_buffer("scale", scale.detach().float().contiguous().clone())
         self.register_buffer("shift", shift.detach().float().contiguous().clone())
-        self.register_buffer("weight_1", self._kernel_layout(weight_1))
+        self.register_buffer("weight_1", _kernel_weight(weight_1.float(), groups))
         self.register_buffer("bias_1", self._bias(bias_1, weight_1.shape[0]))
-        self.register_buffer("weight_2", self._kernel_layout(weight_2))
+        self.register_buffer("weight_2", _kernel_weight(weight_2.float(), groups))
         self.register_buffer("bias_2", self._bias(bias_2, weight_2.shape[0]))
         self.kernel_1 = tuple(weight_1.shape[2:])
         self.kernel_2 = tuple(weight_2.shape[2:])
         self._buffers_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _kernel_layout(self, weight: torch.Tensor) -> torch.Tensor:
-        """``(C_out, C_in/G, kt, kh, kw) -> (G, kt, kh, kw, C_in/G, C_out/G)``, the kernel's weight layout."""
-        c_out, c_in, kt, kh, kw = weight.shape
-        g = self.groups
-        w = weight.detach().float().reshape(g, c_out // g, c_in, kt, kh, kw)
-        return w.permute(0, 3, 4, 5, 2, 1).contiguous()
 
     @staticmethod
     def _bias(bias: torch.Tensor | None, channels: int) -> torch.Tensor:

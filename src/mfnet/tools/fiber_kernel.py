@@ -152,9 +152,8 @@ def _row_length(w: int) -> int:
     return (w + 15) // 16 * 16 + 8  # whole 16-wide tiles, plus room for the last tile's reads
 
 
-def supports(conv: nn.Conv3d | torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
-    """Whether the kernel can run a convolution with this weight ``(C_out, C_in/groups, kt, kh, kw)``."""
-    weight = conv if isinstance(conv, torch.Tensor) else conv.weight
+def supports(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
+    """Whether the kernel can run a convolution with this weight ``(C_out, C_in/groups, kt, kh, kw)`` forward."""
     c_out, c_in, *kernel = weight.shape
     per_group_out = c_out // groups
     return (
@@ -249,8 +248,7 @@ class KernelFiberTail(nn.Module):
         lib = _library()
         dims_1 = (buf_1.shape[2], buf_1.shape[3], buf_1.shape[5])  # padded T, H and row length
         dims_2 = (buf_2.shape[2], buf_2.shape[3], buf_2.shape[5])
-        pack = (_ptr(x_in), _ptr(self.scale), _ptr(self.shift), _ptr(buf_1), t, h, w, g, c_in, *dims_1, pd1, ph1, pw1)
-        _parallel(lib.mf_pack, pack, n * t * h)
+        _pack_into(buf_1, x_in, (pd1, ph1, pw1), lib, self.scale, self.shift)
         t_out = self._out_length(t)
         if shortcut.shape != (n, c_out, t_out, h, w):
             raise ValueError(f"shortcut of shape {tuple(shortcut.shape)} cannot be added to {(n, c_out, t_out, h, w)}")
@@ -277,20 +275,14 @@ class KernelFiberTail(nn.Module):
 def supports_training(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
     """Whether ``fiber_conv3d`` can run (forward and backward) a convolution with this weight and these settings.
 
-    Both directions need a multiple of 6 channels per group (the input gradient is a convolution from the output
-    channels to the input channels), and the weight gradient an even count: 6 or 12 here, as in mfnet3d's
-    ``conv2`` and ``conv3``.
+    On top of ``supports``: stride 1, and input channels per group a multiple of 6 too (the input gradient is a
+    convolution from the output channels to the input channels; 6 or 12 here, as in mfnet3d's ``conv2`` and
+    ``conv3``).
     """
-    if weight.ndim != 5 or groups <= 1 or tuple(stride) != (1, 1, 1):
-        return False
-    c_out, c_in, *kernel = weight.shape
-    per_group_out = c_out // groups
     return (
-        c_in % TILE_CHANNELS == 0
-        and per_group_out % TILE_CHANNELS == 0
-        and max(c_in, per_group_out) <= MAX_GROUP_CHANNELS
-        and tuple(padding) == tuple(k // 2 for k in kernel)
-        and all(k % 2 == 1 for k in kernel)
+        supports(weight, groups, stride, padding)
+        and tuple(stride) == (1, 1, 1)
+        and weight.shape[1] % TILE_CHANNELS == 0
     )
 
 
@@ -314,9 +306,25 @@ def _packed(x: torch.Tensor, groups: int, padding: tuple[int, ...], lib: ctypes.
         buf[:, :, :, ph + h :].zero_()
     buf[..., :pw].zero_()
     buf[..., pw + w :].zero_()
-    dims = (buf.shape[2], buf.shape[3], buf.shape[5], pd, ph, pw)
-    _parallel(lib.mf_pack, (_ptr(x), None, None, _ptr(buf), t, h, w, groups, c // groups, *dims), n * t * h)
+    _pack_into(buf, x, padding, lib)
     return buf
+
+
+def _pack_into(
+    buf: torch.Tensor,
+    x: torch.Tensor,
+    padding: tuple[int, ...],
+    lib: ctypes.CDLL,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+) -> None:
+    """Writes channels-last ``x`` ``(N, C, T, H, W)`` (``relu(x * scale + shift)`` with a BN) into the interior of
+    the padded group-major ``buf`` ``(N, G, T + 2pd, H + 2ph, C/G, row)``; the padding is left as it is."""
+    n, c, t, h, w = x.shape
+    groups = buf.shape[1]
+    dims = (buf.shape[2], buf.shape[3], buf.shape[5], *padding)
+    args = (_ptr(x), _ptr(scale), _ptr(shift), _ptr(buf), t, h, w, groups, c // groups, *dims)
+    _parallel(lib.mf_pack, args, n * t * h)
 
 
 def _conv(buf: torch.Tensor, weight: torch.Tensor, out_shape: tuple[int, ...], lib: ctypes.CDLL) -> torch.Tensor:

@@ -15,8 +15,10 @@ from mfnet.tools.fastpath import (
     autocast_context,
     fused_ops_available,
     optimize_for_inference,
+    preferred_memory_format,
     prepare_for_training,
     to_channels_last,
+    to_layout,
 )
 
 TOL = 1e-4  # relative to the largest plain output
@@ -194,3 +196,17 @@ def test_every_registered_model_matches_plain(name):
     fast = optimize_for_inference(model, x)
     with torch.no_grad():
         assert _rel(fast(x), model(x)) < TOL
+
+
+def test_memory_format_follows_the_device_and_the_model():
+    """cuDNN's grouped convolutions run faster in NCDHW; oneDNN's, and dense ones anywhere, in channels-last."""
+    mf, dense = mfnet.create_model("mfnet3d", num_classes=10), torch.nn.Sequential(torch.nn.Conv3d(3, 8, 3))
+    assert preferred_memory_format(mf, "cpu") == torch.channels_last_3d
+    assert preferred_memory_format(mf, "cuda") == torch.contiguous_format
+    assert preferred_memory_format(dense, "cuda") == torch.channels_last_3d
+    assert preferred_memory_format(dense, "cpu", ndim=4) == torch.channels_last
+    x = torch.randn(2, 3, 4, 8, 8)
+    assert to_layout(x, torch.channels_last_3d).is_contiguous(memory_format=torch.channels_last_3d)
+    assert to_layout(x.permute(0, 2, 1, 3, 4).transpose(1, 2), torch.contiguous_format).is_contiguous()
+    fast = optimize_for_inference(mf, torch.randn(1, 3, 4, 64, 64))
+    assert fast.fastpath_info.memory_format == torch.channels_last_3d

@@ -31,7 +31,13 @@ from torch import nn
 
 from mfnet.errors import MfnetError
 from mfnet.models import create_model, list_models
-from mfnet.tools.fastpath import autocast_context, optimize_for_inference, prepare_for_training, to_channels_last
+from mfnet.tools.fastpath import (
+    autocast_context,
+    optimize_for_inference,
+    prepare_for_training,
+    to_channels_last,
+    to_layout,
+)
 from mfnet.tools.flops import count_macs, count_params
 
 PEER_MODELS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d")
@@ -229,7 +235,7 @@ def _prepare(
     else:
         if fast:
             model = optimize_for_inference(model, x, mode="compile" if candidate.engine == "compile" else "auto")
-            x = to_channels_last(x)
+            x = to_layout(x, model.fastpath_info.memory_format)
         step = _infer_step(model.eval(), x, amp=fast, device=device)
         state = weight_bytes
     setup_s = time.perf_counter() - start

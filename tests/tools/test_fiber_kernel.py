@@ -141,3 +141,19 @@ def test_prepared_convolutions_use_the_kernel_on_wide_frames_only() -> None:
     assert type(conv(narrow).grad_fn).__name__ == "_FastBackwardBackward"
     assert not fiber_kernel.supports_training(torch.empty(96, 1, 3, 3, 3), 96, (1, 1, 1), (1, 1, 1))  # depthwise
     assert not fiber_kernel.supports_training(torch.empty(96, 6, 3, 3, 3), 16, (1, 2, 2), (1, 1, 1))  # strided
+
+
+@needs_kernel
+@pytest.mark.parametrize("padding", [(1, 1, 1), (0, 1, 1), (1, 0, 2)])
+def test_packing_writes_the_padding_zeros(padding) -> None:
+    """Training buffers start uninitialised: the pack itself must zero every padding entry (rows, planes, ends)."""
+    n, c, t, h, w, groups = 2, 96, 3, 5, 7, 16
+    pd, ph, pw = padding
+    x = torch.randn(n, c, t, h, w).contiguous(memory_format=CL3D)
+    row = fiber_kernel._row_length(w + 2 * pw)
+    buf = torch.full((n, groups, t + 2 * pd, h + 2 * ph, c // groups, row), float("nan"))
+    fiber_kernel._pack_into(buf, x, padding, fiber_kernel.load())
+    expected = torch.zeros_like(buf)
+    interior = x.reshape(n, groups, c // groups, t, h, w).permute(0, 1, 3, 4, 2, 5)
+    expected[:, :, pd : pd + t, ph : ph + h, :, pw : pw + w] = interior
+    assert torch.equal(buf, expected)

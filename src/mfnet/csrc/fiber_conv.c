@@ -12,6 +12,12 @@
 #include <immintrin.h>
 #include <stddef.h>
 
+/* Output rows per work item of a convolution into channels-last output: the group loop runs outside the row loop
+ * of a block, so a group's input rows stay in L1 across the rows that read them. */
+#ifndef MF_ROWS
+#define MF_ROWS 8
+#endif
+
 /* Stores the first n lanes of v (all 8 for n >= 8, none for n <= 0). */
 static inline void store_part(float *dst, __m256 v, int n) {
     if (n >= 8) {
@@ -39,7 +45,14 @@ static inline void transpose8(__m256 r[8]) {
     r[6] = _mm256_permute2f128_ps(u2, u6, 0x31); r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
-/* relu(x * scale + shift) (or x when scale is NULL) of channels-last rows into the padded group-major buffer.
+static inline void zero(float *p, ptrdiff_t count) {
+    for (ptrdiff_t i = 0; i < count; i++) p[i] = 0.f;
+}
+
+/* relu(x * scale + shift) (or x when scale is NULL) of channels-last rows into the padded group-major buffer,
+ * and zeros into all of its padding (each item writes the padding next to its row: the left and right ends of
+ * its rows, the padding rows above the first and below the last row of a plane, and the padding planes before
+ * the first and after the last plane), so that the buffer may start uninitialised.
  * x: (N, D, H, W, G*CI); items: (n, d, h) rows. */
 void mf_pack(const float *x, const float *scale, const float *shift, float *buf, int D, int H, int W, int G,
              int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int item0, int item1) {
@@ -49,6 +62,17 @@ void mf_pack(const float *x, const float *scale, const float *shift, float *buf,
         const int n = item / (D * H), d = (item / H) % D, h = item % H;
         const float *row = x + (((ptrdiff_t)n * D + d) * H + h) * (ptrdiff_t)W * C;
         float *base = buf + n * sn + (d + pd) * sd + (h + ph) * sh + pw;
+        for (int g = 0; g < G; g++) {
+            float *plane = buf + n * sn + g * sg;
+            for (int i = 0; i < CI; i++) {
+                zero(base + g * sg + (ptrdiff_t)i * Wp - pw, pw);
+                zero(base + g * sg + (ptrdiff_t)i * Wp + W, Wp - pw - W);
+            }
+            if (h == 0) zero(plane + (d + pd) * sd, ph * sh);
+            if (h == H - 1) zero(plane + (d + pd) * sd + (ph + H) * sh, (Hp - ph - H) * sh);
+            if (d == 0 && h == 0) zero(plane, pd * sd);
+            if (d == D - 1 && h == H - 1) zero(plane + (pd + D) * sd, (Dp - pd - D) * sd);
+        }
         int w0 = 0;
         if (C % 8 == 0) /* 8 positions x 8 channels at a time: BN-ReLU, transpose, 8 contiguous row stores */
             for (; w0 + 8 <= W; w0 += 8)
@@ -115,7 +139,7 @@ static inline void tile(const float *in, const float *w, const float *bias, int 
  * out_buf != NULL: relu? result into the interior of a padded group-major buffer (N, G, D+2qd, H+2qh, CO, Wq)
  *                  (its padding stays zero);
  * out_cl  != NULL: result (+ add, channels-last like out_cl, when add != NULL) into (N, D, H, W, G*CO).
- * items: (n, g, d) into out_buf, output rows (n, d, h) into out_cl. */
+ * items: (n, g, d) into out_buf, blocks of MF_ROWS output rows (n, d, h / MF_ROWS) into out_cl. */
 void mf_conv(const float *buf, const float *weight, const float *bias, int D, int H, int W, int G, int CI, int CO,
              int KT, int KH, int KW, int ST, int Dp, int Hp, int Wp, int relu, float *out_buf, int qd, int qh, int qw,
              int Wq, float *out_cl, const float *add, int item0, int item1) {
@@ -129,11 +153,13 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
      * stay in L1). Into channels-last, items are output rows (n, d, h) with all groups at once, so that the output
      * row stays in cache while every group writes its channels into it. */
     const int rows_first = out_buf == NULL;
+    const int HB = (H + MF_ROWS - 1) / MF_ROWS; /* row blocks per plane (channels-last output) */
     for (int item = item0; item < item1; item++) {
-        const int n = rows_first ? item / (D * H) : item / (G * D);
-        const int d = rows_first ? (item / H) % D : item % D;
+        const int n = rows_first ? item / (D * HB) : item / (G * D);
+        const int d = rows_first ? (item / HB) % D : item % D;
         const int g0 = rows_first ? 0 : (item / D) % G, g1 = rows_first ? G : g0 + 1;
-        const int h0 = rows_first ? item % H : 0, h1 = rows_first ? h0 + 1 : H;
+        const int h0 = rows_first ? (item % HB) * MF_ROWS : 0;
+        const int h1 = rows_first ? (h0 + MF_ROWS < H ? h0 + MF_ROWS : H) : H;
         for (int g = g0; g < g1; g++)
         for (int h = h0; h < h1; h++) {
             const float *wg = weight + (ptrdiff_t)g * KT * KH * KW * CI * CO;

@@ -148,6 +148,13 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+ROWS_PER_ITEM = 8  # MF_ROWS of fiber_conv.c: output rows per work item of a convolution into channels-last
+
+
+def _row_blocks(h: int) -> int:
+    return -(-h // ROWS_PER_ITEM)
+
+
 def _row_length(w: int) -> int:
     return (w + 15) // 16 * 16 + 8  # whole 16-wide tiles, plus room for the last tile's reads
 
@@ -258,7 +265,7 @@ class KernelFiberTail(nn.Module):
         out = torch.empty((n, c_out, t_out, h, w), memory_format=torch.channels_last_3d)
         conv_2 = (_ptr(buf_2), _ptr(self.weight_2), _ptr(self.bias_2), t_out, h, w, g, c_mid, c_out // g)
         into_output = (0, None, 0, 0, 0, 0, _ptr(out), _ptr(shortcut))
-        _parallel(lib.mf_conv, (*conv_2, *self.kernel_2, 1, *dims_2, *into_output), n * t_out * h)
+        _parallel(lib.mf_conv, (*conv_2, *self.kernel_2, 1, *dims_2, *into_output), n * t_out * _row_blocks(h))
         return out
 
     def extra_repr(self) -> str:
@@ -298,15 +305,7 @@ def _packed(x: torch.Tensor, groups: int, padding: tuple[int, ...], lib: ctypes.
     pd, ph, pw = padding
     x = x.contiguous(memory_format=CL3D)
     buf = torch.empty(n, groups, t + 2 * pd, h + 2 * ph, c // groups, _row_length(w + 2 * pw))
-    if pd:
-        buf[:, :, :pd].zero_()
-        buf[:, :, pd + t :].zero_()
-    if ph:
-        buf[:, :, :, :ph].zero_()
-        buf[:, :, :, ph + h :].zero_()
-    buf[..., :pw].zero_()
-    buf[..., pw + w :].zero_()
-    _pack_into(buf, x, padding, lib)
+    _pack_into(buf, x, padding, lib)  # writes the padding's zeros too
     return buf
 
 
@@ -319,7 +318,7 @@ def _pack_into(
     shift: torch.Tensor | None = None,
 ) -> None:
     """Writes channels-last ``x`` ``(N, C, T, H, W)`` (``relu(x * scale + shift)`` with a BN) into the interior of
-    the padded group-major ``buf`` ``(N, G, T + 2pd, H + 2ph, C/G, row)``; the padding is left as it is."""
+    the padded group-major ``buf`` ``(N, G, T + 2pd, H + 2ph, C/G, row)``, and zeros into its padding."""
     n, c, t, h, w = x.shape
     groups = buf.shape[1]
     dims = (buf.shape[2], buf.shape[3], buf.shape[5], *padding)
@@ -336,7 +335,7 @@ def _conv(buf: torch.Tensor, weight: torch.Tensor, out_shape: tuple[int, ...], l
     bias = torch.zeros(groups * co)
     conv = (_ptr(buf), _ptr(weight), _ptr(bias), t, h, w, groups, ci, co, kt, kh, kw, 1)
     into_output = (0, None, 0, 0, 0, 0, _ptr(out), None)
-    _parallel(lib.mf_conv, (*conv, buf.shape[2], buf.shape[3], buf.shape[5], *into_output), n * t * h)
+    _parallel(lib.mf_conv, (*conv, buf.shape[2], buf.shape[3], buf.shape[5], *into_output), n * t * _row_blocks(h))
     return out
 
 

@@ -9,9 +9,10 @@ padding ``kt // 2``) splits into one 2D weight gradient per temporal tap ``k``::
     dW[:, :, k] = sum_t  grad[t] (x) x[t + k - kt//2]          pairs of frames inside the same clip
 
 For each tap the pairs are two views of the frame batch shifted against each other (no copies); the few pairs
-that straddle two clips are computed separately and subtracted. The input gradient of a convolution with one
-input channel per group (the first unit of MF-Net's conv2: 16 -> 96 channels in 16 groups) is 2.5x faster in
-the plain ``NCDHW`` layout, so it is computed there. Everything else uses PyTorch's own kernels.
+that straddle two clips are computed separately and subtracted. For a convolution with one input channel per
+group (the first unit of MF-Net's conv2: 16 -> 96 channels in 16 groups) the input gradient is 2.5x faster in
+the plain ``NCDHW`` layout, so it is computed there, and the weight gradient is one batched matrix product over
+a small im2col copy (2.4x faster). Everything else uses PyTorch's own kernels.
 
 Grouped convolutions with 6 or 12 channels per group, stride 1 and frames at least 24 wide run forward and
 backward on the hand-written kernel instead (``mfnet.tools.fiber_kernel.fiber_conv3d``), where it compiled.
@@ -143,7 +144,7 @@ def conv3d_input_grad(
 
     Layouts: ``grad (N, C_out, T', H', W')``, ``x (N, C_in, T, H, W)``, ``weight (C_out, C_in / groups, kt, kh, kw)``.
     """
-    if weight.shape[1] == 1 and groups > 1 and weight.shape[0] != groups:
+    if _one_channel_per_group(weight, groups):
         # One input channel per group, several outputs: oneDNN's channels-last kernel is slow here, plain is not.
         plain_weight = weight.contiguous().view(-1).view(weight.shape)  # plain strides, even for size-1 dims
         out = _native_backward(
@@ -166,6 +167,8 @@ def conv3d_weight_grad(
     Split into 2D weight gradients per temporal tap (module docstring) when ``x`` and ``grad`` are
     channels-last-3d, the temporal stride is 1 and the temporal padding keeps the length; else PyTorch's own.
     """
+    if _one_channel_per_group(weight, groups):
+        return _weight_grad_one_channel(grad, x, weight, stride, padding, groups)
     kt = weight.shape[2]
     n, _, t, _, _ = x.shape
     splittable = (
@@ -195,6 +198,50 @@ def conv3d_weight_grad(
             tap = tap - _weight_grad_2d(g_edge, x_edge, w2d, stride, padding, groups)
         taps.append(tap)
     return torch.stack(taps, dim=2)
+
+
+def _one_channel_per_group(weight: torch.Tensor, groups: int) -> bool:
+    """One input channel per group and several outputs (conv2's first conv_m1: 16 -> 96 channels, 16 groups)."""
+    return weight.shape[1] == 1 and groups > 1 and weight.shape[0] != groups
+
+
+def _weight_grad_one_channel(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int,
+) -> torch.Tensor:
+    """The weight gradient of a convolution with one input channel per group, as one batched matrix product.
+
+    With one input channel per group the im2col matrix of a group is small (``taps`` columns), so it is built::
+
+        cols[g, tap, p] = x_padded[n, g, p * stride + tap]      p = (n, t', h', w') over the output positions
+        dW[g, o, tap]   = sum_p grad[n, g * m + o, p] * cols[g, tap, p]        (m outputs per group)
+
+    2.4x faster than oneDNN's channels-last kernel for conv2's first conv_m1 (16 ms against 39 ms, batch 8 at
+    16x112x112). Layouts as in ``conv3d_weight_grad``.
+    """
+    n = x.shape[0]
+    c_out, _, kt, kh, kw = weight.shape
+    m = c_out // groups
+    t2, h2, w2 = grad.shape[2:]
+    (st, sh, sw), (pd, ph, pw) = stride, padding
+    x_padded = F.pad(x.contiguous(), (pw, pw, ph, ph, pd, pd))
+    cols = x.new_empty(groups, kt * kh * kw, n, t2, h2, w2)
+    tap = 0
+    for a in range(kt):
+        for b in range(kh):
+            for c in range(kw):
+                window = x_padded[
+                    :, :, a : a + st * (t2 - 1) + 1 : st, b : b + sh * (h2 - 1) + 1 : sh, c : c + sw * (w2 - 1) + 1 : sw
+                ]
+                cols[:, tap].copy_(window.transpose(0, 1))
+                tap += 1
+    g = grad.contiguous().view(n, groups, m, t2 * h2 * w2).permute(1, 2, 0, 3).reshape(groups, m, -1)
+    dw = torch.bmm(g, cols.view(groups, kt * kh * kw, -1).transpose(1, 2))  # (G, m, taps)
+    return dw.reshape(weight.shape).contiguous(memory_format=torch.contiguous_format)
 
 
 def _frames(v: torch.Tensor) -> torch.Tensor:

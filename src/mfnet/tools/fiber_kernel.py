@@ -41,10 +41,14 @@ CFLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c99")
 TILE_CHANNELS = 6  # output channels per register tile; a group's output channels must be a multiple
 MAX_GROUP_CHANNELS = 12  # beyond this oneDNN is as fast (24 channels per group: same speed, measured)
 MIN_WIDTH = 24  # narrower frames waste too much of the 16-wide tiles: oneDNN is as fast at 14 (measured)
+MIN_WIDTH_3X3X3_TRAINING = 14  # forward + backward of a 3x3x3 at 14 wide: 48.6 ms against 52.9 (1x3x3: 22.3 / 20.2)
 
 
-def worth_it(x: torch.Tensor) -> bool:
-    """Whether the kernel beats oneDNN on activations of this shape ``(N, C, T, H, W)``: frames at least 24 wide."""
+def worth_it(x: torch.Tensor, kernel_size: tuple[int, ...] | None = None, *, training: bool = False) -> bool:
+    """Whether the kernel beats oneDNN on activations of this shape ``(N, C, T, H, W)``: frames at least 24 wide,
+    or, for the forward and backward of a ``3x3x3`` convolution in training, 14 wide (MF-Net's conv3 at 112)."""
+    if training and kernel_size is not None and tuple(kernel_size) == (3, 3, 3):
+        return x.shape[-1] >= MIN_WIDTH_3X3X3_TRAINING
     return x.shape[-1] >= MIN_WIDTH
 
 

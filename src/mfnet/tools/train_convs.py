@@ -14,8 +14,9 @@ group (the first unit of MF-Net's conv2: 16 -> 96 channels in 16 groups) the inp
 the plain ``NCDHW`` layout, so it is computed there, and the weight gradient is one batched matrix product over
 a small im2col copy (2.4x faster). Everything else uses PyTorch's own kernels.
 
-Grouped convolutions with 6 or 12 channels per group, stride 1 and frames at least 24 wide run forward and
-backward on the hand-written kernel instead (``mfnet.tools.fiber_kernel.fiber_conv3d``), where it compiled.
+Grouped convolutions with 6 or 12 channels per group, stride 1 and frames at least 24 wide (14 for ``3x3x3``)
+run forward and backward on the hand-written kernel instead (``mfnet.tools.fiber_kernel.fiber_conv3d``), where it
+compiled.
 
 ``enable_fast_backward(model)`` switches every ``nn.Conv3d`` of a model to this backward (in place; the
 parameters, ``state_dict`` and forward outputs stay as they are). It only acts on float32 CPU tensors that need a
@@ -43,7 +44,7 @@ class FastBackwardConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _applies(x, self.weight, self.padding_mode, self.dilation):
-            if self.bias is None and self._on_kernel() and fiber_kernel.worth_it(x):
+            if self.bias is None and self._on_kernel() and fiber_kernel.worth_it(x, self.kernel_size, training=True):
                 return fiber_kernel.fiber_conv3d(x, self.weight, self.padding, self.groups)
             return _FastBackward.apply(x, self.weight, self.bias, self.stride, self.padding, self.groups)
         return super().forward(x)

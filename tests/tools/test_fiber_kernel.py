@@ -135,10 +135,15 @@ def test_prepared_convolutions_use_the_kernel_on_wide_frames_only() -> None:
     from mfnet.tools.train_convs import enable_fast_backward
 
     conv = torch.nn.Conv3d(96, 96, 3, padding=1, groups=16, bias=False)
+    flat = torch.nn.Conv3d(96, 96, (1, 3, 3), padding=(0, 1, 1), groups=16, bias=False)
     enable_fast_backward(conv)
-    wide, narrow = torch.randn(1, 96, 2, 4, 24), torch.randn(1, 96, 2, 4, 16)
+    enable_fast_backward(flat)
+    wide, mid, narrow = (torch.randn(1, 96, 2, 4, w) for w in (24, 14, 12))
     assert type(conv(wide).grad_fn).__name__ == "_FiberConv3dBackward"
+    assert type(conv(mid).grad_fn).__name__ == "_FiberConv3dBackward"  # 3x3x3: 14 wide is enough
     assert type(conv(narrow).grad_fn).__name__ == "_FastBackwardBackward"
+    assert type(flat(wide).grad_fn).__name__ == "_FiberConv3dBackward"
+    assert type(flat(mid).grad_fn).__name__ == "_FastBackwardBackward"  # 1x3x3 needs 24
     assert not fiber_kernel.supports_training(torch.empty(96, 1, 3, 3, 3), 96, (1, 1, 1), (1, 1, 1))  # depthwise
     assert not fiber_kernel.supports_training(torch.empty(96, 6, 3, 3, 3), 16, (1, 2, 2), (1, 1, 1))  # strided
 

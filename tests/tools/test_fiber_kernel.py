@@ -162,3 +162,17 @@ def test_packing_writes_the_padding_zeros(padding) -> None:
     interior = x.reshape(n, groups, c // groups, t, h, w).permute(0, 1, 3, 4, 2, 5)
     expected[:, :, pd : pd + t, ph : ph + h, :, pw : pw + w] = interior
     assert torch.equal(buf, expected)
+
+
+@needs_kernel
+def test_nan_propagates_through_the_tail() -> None:
+    """relu(NaN) is NaN in PyTorch: the kernel's BN-ReLU packing and its ReLU after conv_m1 must keep it."""
+    g = torch.Generator().manual_seed(0)
+    scale, shift = torch.rand(96, generator=g) + 0.5, torch.rand(96, generator=g) - 0.5
+    w1, w2 = torch.randn(96, 6, 3, 3, 3, generator=g), torch.randn(96, 6, 1, 3, 3, generator=g)
+    tail = KernelFiberTail(scale, shift, w1, None, w2, None, 16)
+    x_in = torch.randn(1, 96, 2, 4, 24, generator=g)
+    x_in[0, 0, 0, 1, 5] = float("nan")
+    got = tail(x_in.contiguous(memory_format=CL3D), torch.zeros(1, 96, 2, 4, 24))
+    assert torch.isnan(got[0, :6, :, :3, 3:8]).all()  # the fiber of channel 0, around the NaN
+    assert not torch.isnan(got[0, 6:]).any()  # other fibers never see it

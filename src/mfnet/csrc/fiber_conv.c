@@ -18,6 +18,9 @@
 #define MF_ROWS 8
 #endif
 
+/* ReLU is always max(0, v): _mm256_max_ps returns its second operand when one is NaN, so NaN propagates as it
+ * does in torch.relu (a diverged run must show NaN, not zeros). */
+
 /* Stores the first n lanes of v (all 8 for n >= 8, none for n <= 0). */
 static inline void store_part(float *dst, __m256 v, int n) {
     if (n >= 8) {
@@ -82,7 +85,7 @@ void mf_pack(const float *x, const float *scale, const float *shift, float *buf,
                     const __m256 t8 = scale ? _mm256_loadu_ps(shift + c) : _mm256_setzero_ps();
                     for (int i = 0; i < 8; i++) {
                         r[i] = _mm256_loadu_ps(row + (ptrdiff_t)(w0 + i) * C + c);
-                        if (scale) r[i] = _mm256_max_ps(_mm256_fmadd_ps(r[i], s8, t8), _mm256_setzero_ps());
+                        if (scale) r[i] = _mm256_max_ps(_mm256_setzero_ps(), _mm256_fmadd_ps(r[i], s8, t8));
                     }
                     transpose8(r);
                     for (int i = 0; i < 8; i++) {
@@ -99,7 +102,7 @@ void mf_pack(const float *x, const float *scale, const float *shift, float *buf,
                     float v = px[c];
                     if (scale) {
                         v = v * scale[c] + shift[c];
-                        v = v > 0.f ? v : 0.f;
+                        v = v < 0.f ? 0.f : v; /* NaN stays NaN, as in torch.relu */
                     }
                     o[(ptrdiff_t)i * Wp] = v;
                 }
@@ -168,7 +171,7 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
                 for (int x = 0; x < W; x += 16) {
                     tile(row + x, wg + oc, bias + g * CO + oc, CI, CO, KT, KH, KW, sd, sh, sc, acc);
                     if (relu)
-                        for (int j = 0; j < 12; j++) acc[j] = _mm256_max_ps(acc[j], zero);
+                        for (int j = 0; j < 12; j++) acc[j] = _mm256_max_ps(zero, acc[j]);
                     const int valid = W - x < 16 ? W - x : 16;
                     if (out_buf) {
                         float *o = out_buf + n * on_s + g * og_s + (d + qd) * od_s + (h + qh) * oh_s + qw + x;
@@ -264,5 +267,143 @@ void mf_conv_wgrad(const float *bx, const float *bg, float *dw, float *scratch, 
                     for (int l = 0; l < 8; l++) s += v[l];
                     out[((ptrdiff_t)tap * CI + i) * CO + o] = s;
                 }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * BatchNorm + ReLU in training, on channels-last activations x (P, C) with P = N*T*H*W rows, C % 8 == 0.
+ * Forward: one pass for the statistics and one for y = relu(x * scale + shift); backward: one pass for the two
+ * per-channel sums and one for dx, the ReLU mask recomputed from x (y is never read). Reductions are split into
+ * blocks of rows: each block's sums go to its own row of a (blocks, C) array of doubles, which the caller adds.
+ */
+#define MF_BN_BLOCK 256
+
+/* Per block b: s1[b, c] = sum (x - k[c]), s2[b, c] = sum (x - k[c])^2 over its rows (k: a shift per channel
+ * against cancellation, e.g. the first row). items: blocks of MF_BN_BLOCK rows. */
+void mf_bn_stats(const float *x, const float *k, double *s1, double *s2, long P, int C, int item0, int item1) {
+    for (int b = item0; b < item1; b++) {
+        const long r0 = (long)b * MF_BN_BLOCK, r1 = r0 + MF_BN_BLOCK < P ? r0 + MF_BN_BLOCK : P;
+        for (int c = 0; c < C; c += 8) {
+            const __m256 kc = _mm256_loadu_ps(k + c);
+            __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps();
+            for (long r = r0; r < r1; r++) {
+                const __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x + r * C + c), kc);
+                a1 = _mm256_add_ps(a1, v);
+                a2 = _mm256_fmadd_ps(v, v, a2);
+            }
+            float t1[8], t2[8];
+            _mm256_storeu_ps(t1, a1);
+            _mm256_storeu_ps(t2, a2);
+            for (int i = 0; i < 8; i++) {
+                s1[(long)b * C + c + i] = t1[i];
+                s2[(long)b * C + c + i] = t2[i];
+            }
+        }
+    }
+}
+
+/* y = relu(x * scale + shift). items: blocks of MF_BN_BLOCK rows. */
+void mf_bn_relu(const float *x, const float *scale, const float *shift, float *y, long P, int C, int item0,
+                int item1) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int b = item0; b < item1; b++) {
+        const long r0 = (long)b * MF_BN_BLOCK, r1 = r0 + MF_BN_BLOCK < P ? r0 + MF_BN_BLOCK : P;
+        for (long r = r0; r < r1; r++)
+            for (int c = 0; c < C; c += 8) {
+                const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * C + c), _mm256_loadu_ps(scale + c),
+                                                 _mm256_loadu_ps(shift + c));
+                _mm256_storeu_ps(y + r * C + c, _mm256_max_ps(zero, v));
+            }
+    }
+}
+
+/* Per block: s1[b, c] = sum dz, s2[b, c] = sum dz * (x - mean), with dz = dy where x * scale + shift > 0. */
+void mf_bn_relu_grad_sums(const float *x, const float *dy, const float *scale, const float *shift,
+                          const float *mean, double *s1, double *s2, long P, int C, int item0, int item1) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int b = item0; b < item1; b++) {
+        const long r0 = (long)b * MF_BN_BLOCK, r1 = r0 + MF_BN_BLOCK < P ? r0 + MF_BN_BLOCK : P;
+        for (int c = 0; c < C; c += 8) {
+            const __m256 sc = _mm256_loadu_ps(scale + c), sh = _mm256_loadu_ps(shift + c);
+            const __m256 mc = _mm256_loadu_ps(mean + c);
+            __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps();
+            for (long r = r0; r < r1; r++) {
+                const __m256 xv = _mm256_loadu_ps(x + r * C + c);
+                const __m256 on = _mm256_cmp_ps(_mm256_fmadd_ps(xv, sc, sh), zero, _CMP_GT_OQ);
+                const __m256 dz = _mm256_and_ps(_mm256_loadu_ps(dy + r * C + c), on);
+                a1 = _mm256_add_ps(a1, dz);
+                a2 = _mm256_fmadd_ps(dz, _mm256_sub_ps(xv, mc), a2);
+            }
+            float t1[8], t2[8];
+            _mm256_storeu_ps(t1, a1);
+            _mm256_storeu_ps(t2, a2);
+            for (int i = 0; i < 8; i++) {
+                s1[(long)b * C + c + i] = t1[i];
+                s2[(long)b * C + c + i] = t2[i];
+            }
+        }
+    }
+}
+
+/* dx = a * dz - b - (x - mean) * d per channel (a = gamma * invstd, b = a * mean(dz),
+ * d = a * invstd^2 * mean(dz * (x - mean))), dz as above. items: blocks of MF_BN_BLOCK rows. */
+void mf_bn_relu_grad_input(const float *x, const float *dy, const float *scale, const float *shift,
+                           const float *mean, const float *a, const float *bb, const float *d, float *dx, long P,
+                           int C, int item0, int item1) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int blk = item0; blk < item1; blk++) {
+        const long r0 = (long)blk * MF_BN_BLOCK, r1 = r0 + MF_BN_BLOCK < P ? r0 + MF_BN_BLOCK : P;
+        for (long r = r0; r < r1; r++)
+            for (int c = 0; c < C; c += 8) {
+                const __m256 xv = _mm256_loadu_ps(x + r * C + c);
+                const __m256 on = _mm256_cmp_ps(
+                    _mm256_fmadd_ps(xv, _mm256_loadu_ps(scale + c), _mm256_loadu_ps(shift + c)), zero, _CMP_GT_OQ);
+                const __m256 dz = _mm256_and_ps(_mm256_loadu_ps(dy + r * C + c), on);
+                __m256 v = _mm256_fmsub_ps(_mm256_loadu_ps(a + c), dz, _mm256_loadu_ps(bb + c));
+                v = _mm256_fnmadd_ps(_mm256_sub_ps(xv, _mm256_loadu_ps(mean + c)), _mm256_loadu_ps(d + c), v);
+                _mm256_storeu_ps(dx + r * C + c, v);
+            }
+    }
+}
+
+/* The per-channel arithmetic after mf_bn_stats (one thread; C channels, `blocks` rows of partial sums):
+ * batch mean and variance, scale = weight * invstd and shift = bias - mean * scale for mf_bn_relu, and the
+ * running statistics updated in place as nn.BatchNorm3d does (unbiased variance). */
+void mf_bn_finalize(const double *s1, const double *s2, int blocks, const float *k, const float *weight,
+                    const float *bias, float *running_mean, float *running_var, double momentum, double eps, long P,
+                    int C, float *scale, float *shift, float *mean, float *invstd) {
+    for (int c = 0; c < C; c++) {
+        double a1 = 0.0, a2 = 0.0;
+        for (int b = 0; b < blocks; b++) {
+            a1 += s1[(long)b * C + c];
+            a2 += s2[(long)b * C + c];
+        }
+        const double m1 = a1 / P, var0 = a2 / P - m1 * m1, var = var0 > 0.0 ? var0 : 0.0;
+        const double mu = k[c] + m1, inv = 1.0 / __builtin_sqrt(var + eps), sc = weight[c] * inv;
+        scale[c] = (float)sc;
+        shift[c] = (float)(bias[c] - mu * sc);
+        mean[c] = (float)mu;
+        invstd[c] = (float)inv;
+        running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mu);
+        running_var[c] = (float)((1.0 - momentum) * running_var[c] + momentum * var * P / (P > 1 ? P - 1 : 1));
+    }
+}
+
+/* The per-channel arithmetic after mf_bn_relu_grad_sums (one thread): the gradients of weight and bias, and the
+ * coefficients a, b, d of mf_bn_relu_grad_input. */
+void mf_bn_grad_finalize(const double *s1, const double *s2, int blocks, const float *weight, const float *invstd,
+                         long P, int C, float *grad_weight, float *grad_bias, float *a, float *bb, float *d) {
+    for (int c = 0; c < C; c++) {
+        double sum_dz = 0.0, sum_dzx = 0.0;
+        for (int b = 0; b < blocks; b++) {
+            sum_dz += s1[(long)b * C + c];
+            sum_dzx += s2[(long)b * C + c];
+        }
+        const double inv = invstd[c], ac = weight[c] * inv;
+        grad_bias[c] = (float)sum_dz;
+        grad_weight[c] = (float)(sum_dzx * inv);
+        a[c] = (float)ac;
+        bb[c] = (float)(ac * sum_dz / P);
+        d[c] = (float)(ac * inv * inv * sum_dzx / P);
     }
 }

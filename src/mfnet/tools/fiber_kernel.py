@@ -124,6 +124,18 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_conv.restype = None
     lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 19
     lib.mf_conv_wgrad.restype = None
+    # BatchNorm + ReLU in training (mfnet.tools.train_bn): rows P as a C long, channels and items as ints
+    _LONG = ctypes.c_long
+    lib.mf_bn_stats.argtypes = [_PTR] * 4 + [_LONG, _INT, _INT, _INT]
+    lib.mf_bn_relu.argtypes = [_PTR] * 4 + [_LONG, _INT, _INT, _INT]
+    lib.mf_bn_relu_grad_sums.argtypes = [_PTR] * 7 + [_LONG, _INT, _INT, _INT]
+    lib.mf_bn_relu_grad_input.argtypes = [_PTR] * 9 + [_LONG, _INT, _INT, _INT]
+    _DOUBLE = ctypes.c_double
+    lib.mf_bn_finalize.argtypes = [_PTR, _PTR, _INT] + [_PTR] * 5 + [_DOUBLE, _DOUBLE, _LONG, _INT] + [_PTR] * 4
+    lib.mf_bn_grad_finalize.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _LONG, _INT] + [_PTR] * 5
+    bn_functions = (lib.mf_bn_stats, lib.mf_bn_relu, lib.mf_bn_relu_grad_sums, lib.mf_bn_relu_grad_input)
+    for fn in (*bn_functions, lib.mf_bn_finalize, lib.mf_bn_grad_finalize):
+        fn.restype = None
 
 
 def _pool() -> ThreadPoolExecutor:

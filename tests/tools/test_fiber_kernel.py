@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -176,3 +179,14 @@ def test_nan_propagates_through_the_tail() -> None:
     got = tail(x_in.contiguous(memory_format=CL3D), torch.zeros(1, 96, 2, 4, 24))
     assert torch.isnan(got[0, :6, :, :3, 3:8]).all()  # the fiber of channel 0, around the NaN
     assert not torch.isnan(got[0, 6:]).any()  # other fibers never see it
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_mfnet_makes_openmp_threads_wait_passively(given, expected) -> None:
+    """Spinning OpenMP threads would take a core from the kernel's threads; a user's own choice is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, mfnet; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected

@@ -190,3 +190,18 @@ def test_importing_mfnet_makes_openmp_threads_wait_passively(given, expected) ->
     code = "import os, mfnet; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+@needs_kernel
+def test_scale_shift_relu_matches_pytorch() -> None:
+    """The eval BN-ReLU pass of the fast path (odd positions count: a partial last block; NaN kept)."""
+    x = torch.randn(2, 24, 3, 7, 9)
+    x[1, 5, 2, 3, 4] = float("nan")
+    x = x.contiguous(memory_format=CL3D)
+    scale, shift = torch.rand(24) + 0.5, torch.randn(24)
+    assert fiber_kernel.scale_shift_relu_applies(x)
+    assert not fiber_kernel.scale_shift_relu_applies(x.contiguous())
+    got = fiber_kernel.scale_shift_relu(x, scale, shift)
+    expected = torch.relu(x * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1))
+    assert got.is_contiguous(memory_format=CL3D)
+    torch.testing.assert_close(got, expected, equal_nan=True)

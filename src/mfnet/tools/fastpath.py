@@ -387,7 +387,8 @@ class FusedConv(nn.Module):
 
 
 class FusedBnReLU(FusedConv):
-    """Eval ``BN -> ReLU`` as one pass: a depthwise 1x1 oneDNN convolution with a ReLU post-op.
+    """Eval ``BN -> ReLU`` as one pass: ``relu(x * scale + shift)`` on the kernel library where it runs (3D,
+    channels a multiple of 8), else a depthwise 1x1 oneDNN convolution with a ReLU post-op.
 
     ``(N, C, T, H, W) -> (N, C, T, H, W)`` for a ``BatchNorm3d`` (``(N, C, H, W)`` for 2D), channels-last.
     """
@@ -404,6 +405,13 @@ class FusedBnReLU(FusedConv):
             groups=scale.numel(),
             relu=True,
         )
+        self.register_buffer("scale", scale.detach().float().contiguous().clone())
+        self.register_buffer("shift", shift.detach().float().contiguous().clone())
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        if add is None and fiber_kernel.scale_shift_relu_applies(x):  # 1.5-2x faster than oneDNN's depthwise 1x1
+            return fiber_kernel.scale_shift_relu(x, self.scale, self.shift)
+        return super().forward(x, add)
 
 
 class FusedFiberUnit(nn.Module):

@@ -160,6 +160,34 @@ def _parallel(fn: ctypes._CFuncPtr, args: tuple, items: int) -> None:
         future.result()
 
 
+BN_BLOCK_ROWS = 256  # MF_BN_BLOCK of fiber_conv.c: rows (positions) per work item of the BatchNorm functions
+
+
+def scale_shift_relu_applies(x: torch.Tensor) -> bool:
+    """Whether ``scale_shift_relu`` runs on ``x``: float32 CPU ``(N, C, T, H, W)`` channels-last, C % 8 == 0."""
+    return (
+        x.dim() == 5
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.shape[1] % 8 == 0
+        and x.is_contiguous(memory_format=CL3D)
+        and not torch.compiler.is_compiling()
+        and load() is not None
+    )
+
+
+def scale_shift_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``relu(x * scale + shift)`` per channel (an eval BatchNorm and ReLU) in one pass; check the ``_applies`` first.
+
+    ``x`` ``(N, C, T, H, W)`` channels-last-3d; ``scale``, ``shift`` ``(C,)`` contiguous float32. NaN stays NaN.
+    """
+    c = x.shape[1]
+    rows = x.numel() // c
+    out = torch.empty_like(x, memory_format=CL3D)
+    _parallel(_library().mf_bn_relu, (_ptr(x), _ptr(scale), _ptr(shift), _ptr(out), rows, c), -(-rows // BN_BLOCK_ROWS))
+    return out
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import mfnet
 from mfnet.tools import fiber_kernel
 from mfnet.tools.fastpath import optimize_for_inference
-from mfnet.tools.fiber_kernel import KernelFiberTail
+from mfnet.tools.fiber_kernel import KernelFiberConv, KernelFiberTail
 
 needs_kernel = pytest.mark.skipif(fiber_kernel.load() is None, reason="no C compiler or no AVX2/FMA here")
 CL3D = torch.channels_last_3d
@@ -90,6 +90,8 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
     x = torch.randn(shape)
     fast = optimize_for_inference(model, x, check=True)
     assert fast.fastpath_info.kernel_units == 2  # second units; first ones have a dense conv_m2 or a spatial stride
+    assert isinstance(fast.conv2.B01.kernel_m1, KernelFiberConv)  # conv2's first conv_m1 (16 -> 96, stride 2 in time)
+    assert fast.conv3.B01.kernel_m1 is None  # spatial stride
     assert fast.fastpath_info.max_rel_diff < 1e-4
     copied = copy.deepcopy(fast)
     with torch.inference_mode():

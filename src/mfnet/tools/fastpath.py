@@ -49,7 +49,7 @@ from mfnet.models.layers import BnActConv
 from mfnet.tools import fiber_kernel
 from mfnet.tools.allocator import keep_freed_memory
 from mfnet.tools.export import fold_batchnorm
-from mfnet.tools.fiber_kernel import KernelFiberTail
+from mfnet.tools.fiber_kernel import KernelFiberConv, KernelFiberTail
 from mfnet.tools.train_bn import enable_fused_bn_relu
 from mfnet.tools.train_convs import FastBackwardConv3d, enable_fast_backward
 
@@ -438,19 +438,39 @@ class FusedFiberUnit(nn.Module):
             self.act_w = FusedBnReLU(unit.conv_w1.bn)
             self.conv_w1 = FusedConv.from_conv(unit.conv_w1.conv)
         self.kernel_tail = _kernel_tail(unit, self.conv_m1, self.conv_m2) if use_kernel else None
+        self.kernel_m1 = _kernel_m1(unit, self.conv_m1) if use_kernel and self.kernel_tail is None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_channels_last(x)
         x_in = self.conv_i2(self.conv_i1(self.act_i(x)), add=x) if self.multiplexer else x
         shortcut = self.conv_w1(self.act_w(x)) if self.projection else x
-        if (
-            self.kernel_tail is not None
-            and x.dtype == torch.float32
-            and x.device.type == "cpu"
-            and fiber_kernel.worth_it(x)
-        ):
+        if self.kernel_tail is not None and _kernel_runs(x):
             return self.kernel_tail(x_in, shortcut)
+        if self.kernel_m1 is not None and _kernel_runs(x):
+            return self.conv_m2(self.kernel_m1(x_in), add=shortcut)
         return self.conv_m2(self.conv_m1(self.act_m(x_in)), add=shortcut)
+
+
+def _kernel_runs(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and x.device.type == "cpu" and fiber_kernel.worth_it(x)
+
+
+def _kernel_m1(unit: MultiFiberUnit, conv_m1: FusedConv) -> KernelFiberConv | None:
+    """The unit's ``BN-ReLU -> conv_m1`` on the hand-written kernel, where it runs (``conv_m2`` stays on oneDNN)."""
+    bn = unit.conv_m1.bn
+    if (
+        not isinstance(bn, _BatchNorm)
+        or conv_m1.attr != "relu"
+        or conv_m1.weight.device.type != "cpu"
+        or tuple(conv_m1.dilation) != (1, 1, 1)
+        or not fiber_kernel.supports(conv_m1.weight, conv_m1.groups, tuple(conv_m1.stride), tuple(conv_m1.padding))
+        or fiber_kernel.load() is None
+    ):
+        return None
+    scale, shift = bn_affine(bn)
+    return KernelFiberConv(
+        scale, shift, conv_m1.weight, conv_m1.bias, conv_m1.groups, temporal_stride=conv_m1.stride[0]
+    )
 
 
 def _kernel_tail(unit: MultiFiberUnit, conv_m1: FusedConv, conv_m2: FusedConv) -> KernelFiberTail | None:

@@ -319,6 +319,48 @@ class KernelFiberTail(nn.Module):
         )
 
 
+class KernelFiberConv(nn.Module):
+    """``relu(conv(relu(x * scale + shift)) + bias)`` with the kernel: BN-ReLU, then a grouped convolution.
+
+    The ``conv_m1`` of a unit whose ``conv_m2`` cannot run on the kernel (the first unit of MF-Net's conv2: 16 ->
+    96 channels with one input channel per fiber and a temporal stride, then a dense 1x1x1 ``conv_m2``). Input and
+    output ``(N, C, T, H, W)`` channels-last-3d, float32, CPU; the spatial size is kept. Not for training.
+    """
+
+    def __init__(
+        self,
+        scale: torch.Tensor,
+        shift: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        groups: int,
+        *,
+        temporal_stride: int = 1,
+    ) -> None:
+        super().__init__()
+        self.groups = groups
+        self.temporal_stride = temporal_stride
+        self.kernel = tuple(weight.shape[2:])
+        self.out_channels = weight.shape[0]
+        self.register_buffer("scale", scale.detach().float().contiguous().clone())
+        self.register_buffer("shift", shift.detach().float().contiguous().clone())
+        self.register_buffer("weight", _kernel_weight(weight.float(), groups))
+        self.register_buffer("bias", KernelFiberTail._bias(bias, weight.shape[0]))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, t, h, w = x.shape
+        padding = tuple(k // 2 for k in self.kernel)
+        lib = _library()
+        buf = _packed(x, self.groups, padding, lib, self.scale, self.shift)
+        t_out = (t + 2 * padding[0] - self.kernel[0]) // self.temporal_stride + 1
+        out_shape = (n, self.out_channels, t_out, h, w)
+        return _conv(buf, self.weight, out_shape, lib, bias=self.bias, relu=True, temporal_stride=self.temporal_stride)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, kernel={self.kernel}, temporal_stride={self.temporal_stride}, fiber_conv.c"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Training: forward, input gradient and weight gradient of one grouped convolution
 
@@ -343,13 +385,21 @@ def _kernel_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return weight.detach().reshape(groups, c_out // groups, c_in, kt, kh, kw).permute(0, 3, 4, 5, 2, 1).contiguous()
 
 
-def _packed(x: torch.Tensor, groups: int, padding: tuple[int, ...], lib: ctypes.CDLL) -> torch.Tensor:
-    """``x`` ``(N, C, T, H, W)`` as a zero-padded group-major buffer ``(N, G, T + 2pd, H + 2ph, C/G, row)``."""
+def _packed(
+    x: torch.Tensor,
+    groups: int,
+    padding: tuple[int, ...],
+    lib: ctypes.CDLL,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x`` ``(N, C, T, H, W)`` (``relu(x * scale + shift)`` with a BN) as a zero-padded group-major buffer
+    ``(N, G, T + 2pd, H + 2ph, C/G, row)``."""
     n, c, t, h, w = x.shape
     pd, ph, pw = padding
     x = x.contiguous(memory_format=CL3D)
     buf = torch.empty(n, groups, t + 2 * pd, h + 2 * ph, c // groups, _row_length(w + 2 * pw))
-    _pack_into(buf, x, padding, lib)  # writes the padding's zeros too
+    _pack_into(buf, x, padding, lib, scale, shift)  # writes the padding's zeros too
     return buf
 
 
@@ -370,15 +420,25 @@ def _pack_into(
     _parallel(lib.mf_pack, args, n * t * h)
 
 
-def _conv(buf: torch.Tensor, weight: torch.Tensor, out_shape: tuple[int, ...], lib: ctypes.CDLL) -> torch.Tensor:
-    """The stride-1 convolution of a padded group-major buffer with a weight in kernel layout, channels-last out."""
+def _conv(
+    buf: torch.Tensor,
+    weight: torch.Tensor,
+    out_shape: tuple[int, ...],
+    lib: ctypes.CDLL,
+    *,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+    temporal_stride: int = 1,
+) -> torch.Tensor:
+    """The convolution (spatial stride 1) of a padded group-major buffer with a weight in kernel layout (then
+    ``+ bias`` and ReLU if asked), channels-last out."""
     n, groups = buf.shape[:2]
     _, kt, kh, kw, ci, co = weight.shape
     _, _, t, h, w = out_shape
     out = torch.empty(out_shape, memory_format=CL3D)
-    bias = torch.zeros(groups * co)
-    conv = (_ptr(buf), _ptr(weight), _ptr(bias), t, h, w, groups, ci, co, kt, kh, kw, 1)
-    into_output = (0, None, 0, 0, 0, 0, _ptr(out), None)
+    bias = torch.zeros(groups * co) if bias is None else bias
+    conv = (_ptr(buf), _ptr(weight), _ptr(bias), t, h, w, groups, ci, co, kt, kh, kw, temporal_stride)
+    into_output = (int(relu), None, 0, 0, 0, 0, _ptr(out), None)
     _parallel(lib.mf_conv, (*conv, buf.shape[2], buf.shape[3], buf.shape[5], *into_output), n * t * _row_blocks(h))
     return out
 

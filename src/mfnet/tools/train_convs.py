@@ -108,10 +108,15 @@ class _FastBackward(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding, groups, has_bias = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad = grad.contiguous(memory_format=_CL3D) if x.is_contiguous(memory_format=_CL3D) else grad
+        channels_last = x.is_contiguous(memory_format=_CL3D)
+        if _one_channel_per_group(weight, groups):  # both gradients are computed in NCDHW: convert once
+            grad, x = grad.contiguous(), x.contiguous()
+        elif channels_last:
+            grad = grad.contiguous(memory_format=_CL3D)
         grad_x = grad_w = grad_b = None
         if need_x:
             grad_x = conv3d_input_grad(grad, x, weight, stride, padding, groups)
+            grad_x = grad_x.contiguous(memory_format=_CL3D) if channels_last else grad_x
         if need_w:
             grad_w = conv3d_weight_grad(grad, x, weight, stride, padding, groups)
         if has_bias and need_b:

@@ -278,6 +278,17 @@ void mf_conv_wgrad(const float *bx, const float *bg, float *dw, float *scratch, 
  */
 #define MF_BN_BLOCK 256
 
+/* The 8 lanes of a1 and a2 as doubles into s1[0..7] and s2[0..7]. */
+static inline void store_sums(double *s1, double *s2, __m256 a1, __m256 a2) {
+    float t1[8], t2[8];
+    _mm256_storeu_ps(t1, a1);
+    _mm256_storeu_ps(t2, a2);
+    for (int i = 0; i < 8; i++) {
+        s1[i] = t1[i];
+        s2[i] = t2[i];
+    }
+}
+
 /* Per block b: s1[b, c] = sum (x - k[c]), s2[b, c] = sum (x - k[c])^2 over its rows (k: a shift per channel
  * against cancellation, e.g. the first row). items: blocks of MF_BN_BLOCK rows. */
 void mf_bn_stats(const float *x, const float *k, double *s1, double *s2, long P, int C, int item0, int item1) {
@@ -291,13 +302,7 @@ void mf_bn_stats(const float *x, const float *k, double *s1, double *s2, long P,
                 a1 = _mm256_add_ps(a1, v);
                 a2 = _mm256_fmadd_ps(v, v, a2);
             }
-            float t1[8], t2[8];
-            _mm256_storeu_ps(t1, a1);
-            _mm256_storeu_ps(t2, a2);
-            for (int i = 0; i < 8; i++) {
-                s1[(long)b * C + c + i] = t1[i];
-                s2[(long)b * C + c + i] = t2[i];
-            }
+            store_sums(s1 + (long)b * C + c, s2 + (long)b * C + c, a1, a2);
         }
     }
 }
@@ -334,13 +339,7 @@ void mf_bn_relu_grad_sums(const float *x, const float *dy, const float *scale, c
                 a1 = _mm256_add_ps(a1, dz);
                 a2 = _mm256_fmadd_ps(dz, _mm256_sub_ps(xv, mc), a2);
             }
-            float t1[8], t2[8];
-            _mm256_storeu_ps(t1, a1);
-            _mm256_storeu_ps(t2, a2);
-            for (int i = 0; i < 8; i++) {
-                s1[(long)b * C + c + i] = t1[i];
-                s2[(long)b * C + c + i] = t2[i];
-            }
+            store_sums(s1 + (long)b * C + c, s2 + (long)b * C + c, a1, a2);
         }
     }
 }

@@ -219,6 +219,16 @@ def supports(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding
     )
 
 
+def _register_bn(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """A BatchNorm's ``scale`` and ``shift`` ``(C,)`` as float32 buffers of ``module``."""
+    module.register_buffer("scale", scale.detach().float().contiguous().clone())
+    module.register_buffer("shift", shift.detach().float().contiguous().clone())
+
+
+def _bias(bias: torch.Tensor | None, channels: int) -> torch.Tensor:
+    return torch.zeros(channels) if bias is None else bias.detach().float().contiguous().clone()
+
+
 class KernelFiberTail(nn.Module):
     """``out = conv_m2(relu(conv_m1(relu(x_in * scale + shift)) + bias_1)) + bias_2 + shortcut`` with the kernel.
 
@@ -249,19 +259,14 @@ class KernelFiberTail(nn.Module):
         super().__init__()
         self.groups = groups
         self.temporal_stride = temporal_stride
-        self.register_buffer("scale", scale.detach().float().contiguous().clone())
-        self.register_buffer("shift", shift.detach().float().contiguous().clone())
+        _register_bn(self, scale, shift)
         self.register_buffer("weight_1", _kernel_weight(weight_1.float(), groups))
-        self.register_buffer("bias_1", self._bias(bias_1, weight_1.shape[0]))
+        self.register_buffer("bias_1", _bias(bias_1, weight_1.shape[0]))
         self.register_buffer("weight_2", _kernel_weight(weight_2.float(), groups))
-        self.register_buffer("bias_2", self._bias(bias_2, weight_2.shape[0]))
+        self.register_buffer("bias_2", _bias(bias_2, weight_2.shape[0]))
         self.kernel_1 = tuple(weight_1.shape[2:])
         self.kernel_2 = tuple(weight_2.shape[2:])
         self._buffers_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    @staticmethod
-    def _bias(bias: torch.Tensor | None, channels: int) -> torch.Tensor:
-        return torch.zeros(channels) if bias is None else bias.detach().float().contiguous().clone()
 
     def _out_length(self, t: int) -> int:
         kt = self.kernel_1[0]
@@ -342,10 +347,9 @@ class KernelFiberConv(nn.Module):
         self.temporal_stride = temporal_stride
         self.kernel = tuple(weight.shape[2:])
         self.out_channels = weight.shape[0]
-        self.register_buffer("scale", scale.detach().float().contiguous().clone())
-        self.register_buffer("shift", shift.detach().float().contiguous().clone())
+        _register_bn(self, scale, shift)
         self.register_buffer("weight", _kernel_weight(weight.float(), groups))
-        self.register_buffer("bias", KernelFiberTail._bias(bias, weight.shape[0]))
+        self.register_buffer("bias", _bias(bias, weight.shape[0]))
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ Inference (``optimize_for_inference``) works on a copy of the model, in one of t
     and weights and activations use the layout the device's convolutions run fastest in
     (``preferred_memory_format``): channels-last (``N, T, H, W, C`` in memory) on CPU, which oneDNN's grouped
     3D convolutions need to run fast, and on CUDA for dense models; NCDHW on CUDA for models with grouped
-    convolutions (cuDNN's are 1.3-1.5x faster there). Any model and device.
+    convolutions (cuDNN runs those 1.5-2x faster there). Any model and device.
 ``"fused"`` (the default on CPU)
     ``"eager"``, and then every multi-fiber unit, the stem ``Conv -> BN -> ReLU`` and the tail ``BN -> ReLU``
     run as oneDNN primitives with fused post-ops and weights packed once::

@@ -177,9 +177,10 @@ def scale_shift_relu_applies(x: torch.Tensor) -> bool:
 
 
 def scale_shift_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``relu(x * scale + shift)`` per channel (an eval BatchNorm and ReLU) in one pass; check the ``_applies`` first.
+    """``relu(x * scale + shift)`` per channel (an eval BatchNorm and ReLU) in one pass.
 
-    ``x`` ``(N, C, T, H, W)`` channels-last-3d; ``scale``, ``shift`` ``(C,)`` contiguous float32. NaN stays NaN.
+    Check ``scale_shift_relu_applies`` first. ``x`` ``(N, C, T, H, W)`` channels-last-3d; ``scale``, ``shift``
+    ``(C,)`` contiguous float32. NaN stays NaN.
     """
     c = x.shape[1]
     rows = x.numel() // c

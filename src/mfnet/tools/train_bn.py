@@ -10,8 +10,11 @@ is one autograd function on the hand-written kernels of ``csrc/fiber_conv.c``:
     backward:  sum(dz), sum(dz * (x - mean)) with dz = dy * [x * scale + shift > 0] (1 pass), dx (1 pass)
 
 It saves the BN input ``x`` (the ReLU mask is recomputed from it), not the output, which the next convolution
-saves anyway. Statistics use shifted sums (the first row of each channel as the shift) in blocks of rows,
-added in float64, against cancellation. Running statistics are updated as ``nn.BatchNorm3d`` does.
+saves anyway. Per layer it is 1.4-2.9x faster than PyTorch's operators (``conv2``'s activations at batch 8: 6.7
+against 9.2 ms forward and backward); in a whole mfnet3d step the gain was within the run-to-run noise, as the
+passes were already near the memory bandwidth. Statistics use shifted sums (the first row of each channel as the
+shift) in blocks of rows, added in float64, against cancellation. Running statistics are updated as
+``nn.BatchNorm3d`` does.
 
 It applies to float32 channels-last CPU activations of a plain ``nn.BatchNorm3d`` (affine, tracking running
 statistics with a momentum) whose channels are a multiple of 8, in training mode with gradients on, where the

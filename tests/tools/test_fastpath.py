@@ -210,3 +210,23 @@ def test_memory_format_follows_the_device_and_the_model():
     assert to_layout(x.permute(0, 2, 1, 3, 4).transpose(1, 2), torch.contiguous_format).is_contiguous()
     fast = optimize_for_inference(mf, torch.randn(1, 3, 4, 64, 64))
     assert fast.fastpath_info.memory_format == torch.channels_last_3d
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
+def test_the_copy_moves_to_the_example_device() -> None:
+    """A model loaded on the CPU with an example on the GPU: the fast copy runs on the GPU (``Predictor`` relies on
+    it), in NCDHW for MF-Net, and matches the model in fp32; the original stays on the CPU."""
+    model = _randomize_bn(mfnet.create_model("mfnet3d", num_classes=5, widths=(96, 192, 96, 96), depths=(1, 2, 1, 1)))
+    x = torch.randn(2, 3, 4, 64, 64, device="cuda")
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        fast = optimize_for_inference(model, x, check=True)
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+    assert {t.device.type for t in [*fast.parameters(), *fast.buffers()]} == {"cuda"}
+    assert fast.fastpath_info.memory_format == torch.contiguous_format
+    assert fast.fastpath_info.max_rel_diff < TOL
+    assert next(model.parameters()).device.type == "cpu"
+    with torch.inference_mode(), autocast_context("cuda"):
+        assert fast(x).shape == (2, 5)

@@ -138,7 +138,8 @@ def optimize_for_inference(
     Args:
         model: A classifier (any mode; the original is not changed).
         example_input: A batch like the ones that will be run, ``(N, C, T, H, W)`` (or ``(N, C, H, W)`` for an
-            image model), on the model's device. It picks the device and, for ``"compile"``, the traced shape.
+            image model), on the device to run on: the copy is moved there (the model may be elsewhere, e.g. loaded
+            on the CPU). It also picks, for ``"compile"``, the traced shape.
         mode: ``"auto"`` (``"fused"`` where oneDNN can run it, else ``"eager"``), ``"eager"``, ``"fused"`` or
             ``"compile"``; see the module docstring.
         check: Run the plain and the optimized model on ``example_input`` and raise if their logits differ
@@ -163,7 +164,7 @@ def optimize_for_inference(
         )
     if device.type == "cpu":
         keep_freed_memory()
-    fast = copy.deepcopy(model).eval()
+    fast = copy.deepcopy(model).eval().to(device)  # the copy runs where the example lives
     folded = fold_batchnorm(fast)
     for p in fast.parameters():
         p.requires_grad_(False)
@@ -177,7 +178,7 @@ def optimize_for_inference(
     elif mode == "compile":
         fast, info.compile_s = _compile(fast, to_layout(example_input, layout))
     if check:
-        reference = copy.deepcopy(model).eval()
+        reference = copy.deepcopy(model).eval().to(device)
         expected = reference(example_input)
         got = fast(example_input)
         info.max_rel_diff = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))

@@ -60,6 +60,7 @@ def test_bench_json_compares_models_and_engines(capsys):
             "1",
             "--plain",
             "--json",
+            "--same-process",  # the worker processes are tested with the training step
         ]
     )
     assert status == 0
@@ -108,6 +109,7 @@ def test_bench_runs_our_onnx_export_in_onnx_runtime():
         repeats=2,
         memory=False,
         progress=False,
+        isolate=False,
     )
     (row,) = report.rows
     assert row.engine == "onnxruntime" and row.label == "mfnet3d@2x32x32[onnxruntime]"

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 import mfnet
 from mfnet.tools import fiber_kernel
 from mfnet.tools.fastpath import optimize_for_inference
-from mfnet.tools.fiber_kernel import KernelFiberConv, KernelFiberTail
+from mfnet.tools.fiber_kernel import KernelFiberConv, KernelFiberTail, KernelMultiplexer
 
 needs_kernel = pytest.mark.skipif(fiber_kernel.load() is None, reason="no C compiler or no AVX2/FMA here")
 CL3D = torch.channels_last_3d
@@ -76,6 +77,73 @@ def test_tail_matches_pytorch(
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def _bn(c: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.rand(c, generator=g) + 0.5, torch.rand(c, generator=g) - 0.5
+
+
+def _multiplexer(c: int, m: int, g: torch.Generator) -> tuple[KernelMultiplexer, Callable]:
+    """A kernel multiplexer and its PyTorch reference ``x -> relu(bn_m(x_in))``."""
+    (s_i, t_i), (s_m, t_m) = _bn(c, g), _bn(c, g)
+    w1, b1 = torch.randn(m, c, 1, 1, 1, generator=g) * 0.2, torch.randn(m, generator=g)
+    w2, b2 = torch.randn(c, m, 1, 1, 1, generator=g) * 0.2, torch.randn(c, generator=g)
+    mux = KernelMultiplexer(s_i, t_i, w1, b1, w2, b2, s_m, t_m)
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(x * s_i.view(1, -1, 1, 1, 1) + t_i.view(1, -1, 1, 1, 1))
+        x_in = F.conv3d(torch.relu(F.conv3d(a, w1, b1)), w2, b2) + x
+        return torch.relu(x_in * s_m.view(1, -1, 1, 1, 1) + t_m.view(1, -1, 1, 1, 1))
+
+    return mux, reference
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("c", "m", "size"),
+    [
+        (96, 24, (1, 2, 3, 56)),  # conv2 at 224: one row per work item
+        (192, 48, (2, 3, 5, 13)),  # widths that are not multiples of 4; 2 rows per item, a partial last item
+        (384, 96, (1, 4, 3, 7)),  # conv5-like rows, 4 per item; 12 rows
+        (48, 72, (1, 1, 1, 1)),  # one position
+    ],
+)
+def test_multiplexer_matches_pytorch(c: int, m: int, size: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(0)
+    mux, reference = _multiplexer(c, m, g)
+    n, t, h, w = size
+    x = torch.randn(n, c, t, h, w, generator=g).contiguous(memory_format=CL3D)
+    got = mux(x)
+    assert got.is_contiguous(memory_format=CL3D)
+    torch.testing.assert_close(got, reference(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("size", [(1, 2, 3, 56), (2, 3, 4, 13)])
+def test_whole_unit_with_the_multiplexer_matches_pytorch(size: tuple[int, ...]) -> None:
+    """``KernelFiberTail.forward_unit``: the multiplexer writes straight into the packed buffer of ``conv_m1``."""
+    g = torch.Generator().manual_seed(1)
+    mux, mux_reference = _multiplexer(96, 24, g)
+    w1 = torch.randn(96, 6, 3, 3, 3, generator=g) * 0.2
+    b1, w2 = torch.randn(96, generator=g), torch.randn(96, 6, 1, 3, 3, generator=g) * 0.2
+    tail = KernelFiberTail(mux.out_scale, mux.out_shift, w1, b1, w2, None, 16)
+    tail.set_multiplexer(mux)
+    x = torch.randn(size[0], 96, *size[1:], generator=g).contiguous(memory_format=CL3D)
+    h = torch.relu(F.conv3d(mux_reference(x), w1, b1, padding=1, groups=16))
+    expected = F.conv3d(h, w2, None, padding=(0, 1, 1), groups=16) + x
+    for _ in range(2):  # the buffers are reused: their padding must stay zero
+        torch.testing.assert_close(tail.forward_unit(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+def test_nan_propagates_through_the_multiplexer() -> None:
+    g = torch.Generator().manual_seed(0)
+    mux, _ = _multiplexer(96, 24, g)
+    x = torch.randn(1, 96, 2, 3, 9, generator=g)
+    x[0, 5, 1, 2, 4] = float("nan")
+    got = mux(x.contiguous(memory_format=CL3D))
+    assert torch.isnan(got[0, :, 1, 2, 4]).all()  # the multiplexer mixes every channel of that position
+    assert torch.isnan(got).sum() == 96
+
+
 @needs_kernel
 @pytest.mark.parametrize("shape", [(1, 3, 4, 48, 224), (2, 3, 4, 32, 112)])  # conv2 and conv3 28+ wide; conv3 14
 def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...]) -> None:
@@ -92,6 +160,9 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
     assert fast.fastpath_info.kernel_units == 2  # second units; first ones have a dense conv_m2 or a spatial stride
     assert isinstance(fast.conv2.B01.kernel_m1, KernelFiberConv)  # conv2's first conv_m1 (16 -> 96, stride 2 in time)
     assert fast.conv3.B01.kernel_m1 is None  # spatial stride
+    assert fast.conv2.B02.kernel_tail.has_multiplexer  # the whole unit in one kernel pipeline
+    assert isinstance(fast.conv3.B01.kernel_mux, KernelMultiplexer)  # the multiplexer only: conv_m1 has a stride
+    assert fast.conv2.B01.kernel_mux is None  # 16 input channels: not a multiple of 24
     assert fast.fastpath_info.max_rel_diff < 1e-4
     copied = copy.deepcopy(fast)
     with torch.inference_mode():

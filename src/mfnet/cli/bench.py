@@ -1,4 +1,4 @@
-"""``mfnet bench``: time mfnet models against torchvision's video networks in one process."""
+"""``mfnet bench``: time mfnet models against torchvision's video networks, side by side."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         "bench",
         help="benchmark speed: mfnet models vs torchvision video networks (latency, clips/s, GMAC/s, memory)",
         description=(
-            "Times every model in one process: warm-up, then interleaved rounds (one step of each model per "
-            "round), reporting medians and spread. Peers come from torchvision with random weights. A model may "
-            "carry its own clip size: --models mfnet3d@16x224x224,r3d_18@16x112x112."
+            "Times every model in its own worker process (on CPU): warm-up, then interleaved rounds (one step "
+            "of each model per round), reporting medians and spread. Peers come from torchvision with random "
+            "weights. A model may carry its own clip size: --models mfnet3d@16x224x224,r3d_18@16x112x112."
         ),
     )
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated names (default: {DEFAULT_MODELS})")
@@ -39,6 +39,12 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (default: 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default: 2)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory step")
+    parser.add_argument(
+        "--same-process",
+        dest="isolate",
+        action="store_false",
+        help="time every model in this process instead of one worker process per model (CPU)",
+    )
     parser.add_argument("--plot", default=None, metavar="PNG", help="write clips/s vs MACs per clip to this PNG")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(handler=run)
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         memory=args.memory,
+        isolate=args.isolate,
     )
     if args.plot:
         plot_efficiency(report, args.plot)

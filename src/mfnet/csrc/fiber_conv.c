@@ -11,6 +11,7 @@
  */
 #include <immintrin.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 /* Output rows per work item of a convolution into channels-last output: the group loop runs outside the row loop
  * of a block, so a group's input rows stay in L1 across the rows that read them. */
@@ -52,63 +53,165 @@ static inline void zero(float *p, ptrdiff_t count) {
     for (ptrdiff_t i = 0; i < count; i++) p[i] = 0.f;
 }
 
-/* relu(x * scale + shift) (or x when scale is NULL) of channels-last rows into the padded group-major buffer,
- * and zeros into all of its padding (each item writes the padding next to its row: the left and right ends of
- * its rows, the padding rows above the first and below the last row of a plane, and the padding planes before
- * the first and after the last plane), so that the buffer may start uninitialised.
- * x: (N, D, H, W, G*CI); items: (n, d, h) rows. */
-void mf_pack(const float *x, const float *scale, const float *shift, float *buf, int D, int H, int W, int G,
-             int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int item0, int item1) {
+/* relu(x * scale + shift) (or x when scale is NULL) of one channels-last row (W, G*CI) into row (n, d, h) of the
+ * padded group-major buffer, and zeros into the padding next to it (the left and right ends of its rows, the
+ * padding rows above the first and below the last row of a plane, and the padding planes before the first and after
+ * the last plane), so that a buffer whose every row is packed may start uninitialised. */
+static void pack_row(const float *row, const float *scale, const float *shift, float *buf, int n, int d, int h,
+                     int D, int H, int W, int G, int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw) {
     const int C = G * CI;
     const ptrdiff_t sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
-    for (int item = item0; item < item1; item++) {
-        const int n = item / (D * H), d = (item / H) % D, h = item % H;
-        const float *row = x + (((ptrdiff_t)n * D + d) * H + h) * (ptrdiff_t)W * C;
-        float *base = buf + n * sn + (d + pd) * sd + (h + ph) * sh + pw;
-        for (int g = 0; g < G; g++) {
-            float *plane = buf + n * sn + g * sg;
-            for (int i = 0; i < CI; i++) {
-                zero(base + g * sg + (ptrdiff_t)i * Wp - pw, pw);
-                zero(base + g * sg + (ptrdiff_t)i * Wp + W, Wp - pw - W);
-            }
-            if (h == 0) zero(plane + (d + pd) * sd, ph * sh);
-            if (h == H - 1) zero(plane + (d + pd) * sd + (ph + H) * sh, (Hp - ph - H) * sh);
-            if (d == 0 && h == 0) zero(plane, pd * sd);
-            if (d == D - 1 && h == H - 1) zero(plane + (pd + D) * sd, (Dp - pd - D) * sd);
+    float *base = buf + n * sn + (d + pd) * sd + (h + ph) * sh + pw;
+    for (int g = 0; g < G; g++) {
+        float *plane = buf + n * sn + g * sg;
+        for (int i = 0; i < CI; i++) {
+            zero(base + g * sg + (ptrdiff_t)i * Wp - pw, pw);
+            zero(base + g * sg + (ptrdiff_t)i * Wp + W, Wp - pw - W);
         }
-        int w0 = 0;
-        if (C % 8 == 0) /* 8 positions x 8 channels at a time: BN-ReLU, transpose, 8 contiguous row stores */
-            for (; w0 + 8 <= W; w0 += 8)
-                for (int c = 0; c < C; c += 8) {
-                    __m256 r[8];
-                    const __m256 s8 = scale ? _mm256_loadu_ps(scale + c) : _mm256_set1_ps(1.f);
-                    const __m256 t8 = scale ? _mm256_loadu_ps(shift + c) : _mm256_setzero_ps();
-                    for (int i = 0; i < 8; i++) {
-                        r[i] = _mm256_loadu_ps(row + (ptrdiff_t)(w0 + i) * C + c);
-                        if (scale) r[i] = _mm256_max_ps(_mm256_setzero_ps(), _mm256_fmadd_ps(r[i], s8, t8));
-                    }
-                    transpose8(r);
-                    for (int i = 0; i < 8; i++) {
-                        const int g = (c + i) / CI, k = (c + i) % CI;
-                        _mm256_storeu_ps(base + g * sg + (ptrdiff_t)k * Wp + w0, r[i]);
-                    }
+        if (h == 0) zero(plane + (d + pd) * sd, ph * sh);
+        if (h == H - 1) zero(plane + (d + pd) * sd + (ph + H) * sh, (Hp - ph - H) * sh);
+        if (d == 0 && h == 0) zero(plane, pd * sd);
+        if (d == D - 1 && h == H - 1) zero(plane + (pd + D) * sd, (Dp - pd - D) * sd);
+    }
+    int w0 = 0;
+    if (C % 8 == 0) /* 8 positions x 8 channels at a time: BN-ReLU, transpose, 8 contiguous row stores */
+        for (; w0 + 8 <= W; w0 += 8)
+            for (int c = 0; c < C; c += 8) {
+                __m256 r[8];
+                const __m256 s8 = scale ? _mm256_loadu_ps(scale + c) : _mm256_set1_ps(1.f);
+                const __m256 t8 = scale ? _mm256_loadu_ps(shift + c) : _mm256_setzero_ps();
+                for (int i = 0; i < 8; i++) {
+                    r[i] = _mm256_loadu_ps(row + (ptrdiff_t)(w0 + i) * C + c);
+                    if (scale) r[i] = _mm256_max_ps(_mm256_setzero_ps(), _mm256_fmadd_ps(r[i], s8, t8));
                 }
-        for (int w = w0; w < W; w++) {
-            const float *px = row + (ptrdiff_t)w * C;
-            for (int g = 0; g < G; g++) {
-                float *o = base + g * sg + w;
-                for (int i = 0; i < CI; i++) {
-                    const int c = g * CI + i;
-                    float v = px[c];
-                    if (scale) {
-                        v = v * scale[c] + shift[c];
-                        v = v < 0.f ? 0.f : v; /* NaN stays NaN, as in torch.relu */
-                    }
-                    o[(ptrdiff_t)i * Wp] = v;
+                transpose8(r);
+                for (int i = 0; i < 8; i++) {
+                    const int g = (c + i) / CI, k = (c + i) % CI;
+                    _mm256_storeu_ps(base + g * sg + (ptrdiff_t)k * Wp + w0, r[i]);
                 }
+            }
+    for (int w = w0; w < W; w++) {
+        const float *px = row + (ptrdiff_t)w * C;
+        for (int g = 0; g < G; g++) {
+            float *o = base + g * sg + w;
+            for (int i = 0; i < CI; i++) {
+                const int c = g * CI + i;
+                float v = px[c];
+                if (scale) {
+                    v = v * scale[c] + shift[c];
+                    v = v < 0.f ? 0.f : v; /* NaN stays NaN, as in torch.relu */
+                }
+                o[(ptrdiff_t)i * Wp] = v;
             }
         }
     }
+}
+
+/* relu(x * scale + shift) (or x when scale is NULL) of channels-last x (N, D, H, W, G*CI) into the padded
+ * group-major buffer, padding included (see pack_row). items: (n, d, h) rows. */
+void mf_pack(const float *x, const float *scale, const float *shift, float *buf, int D, int H, int W, int G,
+             int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int item0, int item1) {
+    const int C = G * CI;
+    for (int item = item0; item < item1; item++) {
+        const int n = item / (D * H), d = (item / H) % D, h = item % H;
+        const float *row = x + (((ptrdiff_t)n * D + d) * H + h) * (ptrdiff_t)W * C;
+        pack_row(row, scale, shift, buf, n, d, h, D, H, W, G, CI, Dp, Hp, Wp, pd, ph, pw);
+    }
+}
+
+/* c[4 x 24] += a[4 x K] @ b[K x 24]: 4 rows of a (row stride lda), 24 columns of b (row stride ldb); c[3r + j] is
+ * row r, columns 8j..8j+7. */
+static inline void gemm_4x24(const float *a, int lda, const float *b, int ldb, int K, __m256 c[12]) {
+    __m256 c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3], c4 = c[4], c5 = c[5];
+    __m256 c6 = c[6], c7 = c[7], c8 = c[8], c9 = c[9], c10 = c[10], c11 = c[11];
+    for (int k = 0; k < K; k++, b += ldb) {
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), b2 = _mm256_loadu_ps(b + 16);
+        __m256 v;
+        v = _mm256_broadcast_ss(a + k);
+        c0 = _mm256_fmadd_ps(v, b0, c0); c1 = _mm256_fmadd_ps(v, b1, c1); c2 = _mm256_fmadd_ps(v, b2, c2);
+        v = _mm256_broadcast_ss(a + lda + k);
+        c3 = _mm256_fmadd_ps(v, b0, c3); c4 = _mm256_fmadd_ps(v, b1, c4); c5 = _mm256_fmadd_ps(v, b2, c5);
+        v = _mm256_broadcast_ss(a + 2 * lda + k);
+        c6 = _mm256_fmadd_ps(v, b0, c6); c7 = _mm256_fmadd_ps(v, b1, c7); c8 = _mm256_fmadd_ps(v, b2, c8);
+        v = _mm256_broadcast_ss(a + 3 * lda + k);
+        c9 = _mm256_fmadd_ps(v, b0, c9); c10 = _mm256_fmadd_ps(v, b1, c10); c11 = _mm256_fmadd_ps(v, b2, c11);
+    }
+    c[0] = c0; c[1] = c1; c[2] = c2; c[3] = c3; c[4] = c4; c[5] = c5;
+    c[6] = c6; c[7] = c7; c[8] = c8; c[9] = c9; c[10] = c10; c[11] = c11;
+}
+
+/* The multiplexer of a multi-fiber unit and the BN-ReLU of conv_m1's input, R rows of positions at a time
+ * (everything between the two stays in a scratch in L1/L2; R rows share each pass over the weights):
+ *     a = relu(x * s_i + t_i);  h = relu(a @ w1 + b1);  x_in = h @ w2 + b2 + x;  y = relu(x_in * s_m + t_m)
+ * x: channels-last (N, D, H, W, C) with C = G*CI; w1: (C, M); w2: (M, C); C and M multiples of 24.
+ * buf != NULL: y into the padded group-major buffer, padding included (as mf_pack);
+ * else:        y into channels-last out (N, D, H, W, C).
+ * Returns 1 if its scratch could not be allocated (nothing written), else 0.
+ * items: blocks of R consecutive (n, d, h) rows (the last may be shorter). */
+int mf_mux_pack(const float *x, const float *s_i, const float *t_i, const float *w1, const float *b1,
+                const float *w2, const float *b2, int M, const float *s_m, const float *t_m, float *buf, float *out,
+                int N, int D, int H, int W, int G, int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int R,
+                int item0, int item1) {
+    const int C = G * CI, Pr = (R * W + 3) / 4 * 4;
+    const long rows = (long)N * D * H;
+    const __m256 zero8 = _mm256_setzero_ps();
+    float *a = (float *)malloc(sizeof(float) * (size_t)Pr * (2 * C + M));
+    if (a == NULL) return 1;
+    float *hid = a + (ptrdiff_t)Pr * C, *xin = hid + (ptrdiff_t)Pr * M;
+    for (int item = item0; item < item1; item++) {
+        const long row0 = (long)item * R; /* flat (n, d, h) row index */
+        const int nrows = (int)(row0 + R <= rows ? R : rows - row0);
+        const int P = nrows * W, P4 = (P + 3) / 4 * 4;
+        const float *blk = x + row0 * W * C;
+        for (int p = 0; p < P; p++)
+            for (int c = 0; c < C; c += 8) {
+                const __m256 v = _mm256_loadu_ps(blk + (ptrdiff_t)p * C + c);
+                const __m256 y = _mm256_fmadd_ps(v, _mm256_loadu_ps(s_i + c), _mm256_loadu_ps(t_i + c));
+                _mm256_storeu_ps(a + (ptrdiff_t)p * C + c, _mm256_max_ps(zero8, y));
+            }
+        for (int i = P * C; i < P4 * C; i++) a[i] = 0.f; /* positions past P: computed, never stored */
+        __m256 acc[12];
+        for (int m = 0; m < M; m += 24) /* a 24-column slice of w1 stays in cache over the block's positions */
+            for (int p = 0; p < P4; p += 4) {
+                for (int r = 0; r < 4; r++)
+                    for (int j = 0; j < 3; j++) acc[3 * r + j] = _mm256_loadu_ps(b1 + m + 8 * j);
+                gemm_4x24(a + (ptrdiff_t)p * C, C, w1 + m, M, C, acc);
+                for (int r = 0; r < 4; r++)
+                    for (int j = 0; j < 3; j++)
+                        _mm256_storeu_ps(hid + (ptrdiff_t)(p + r) * M + m + 8 * j,
+                                         _mm256_max_ps(zero8, acc[3 * r + j]));
+            }
+        for (int c = 0; c < C; c += 24)
+            for (int p = 0; p < P4; p += 4) {
+                for (int r = 0; r < 4; r++)
+                    for (int j = 0; j < 3; j++) {
+                        __m256 v = _mm256_loadu_ps(b2 + c + 8 * j);
+                        if (p + r < P)
+                            v = _mm256_add_ps(v, _mm256_loadu_ps(blk + (ptrdiff_t)(p + r) * C + c + 8 * j));
+                        acc[3 * r + j] = v;
+                    }
+                gemm_4x24(hid + (ptrdiff_t)p * M, M, w2 + c, C, M, acc);
+                for (int r = 0; r < 4; r++)
+                    for (int j = 0; j < 3; j++) {
+                        if (buf) {
+                            _mm256_storeu_ps(xin + (ptrdiff_t)(p + r) * C + c + 8 * j, acc[3 * r + j]);
+                        } else if (p + r < P) {
+                            const int k = c + 8 * j;
+                            const __m256 y =
+                                _mm256_fmadd_ps(acc[3 * r + j], _mm256_loadu_ps(s_m + k), _mm256_loadu_ps(t_m + k));
+                            _mm256_storeu_ps(out + (row0 * W + p + r) * C + k, _mm256_max_ps(zero8, y));
+                        }
+                    }
+            }
+        if (buf)
+            for (int r = 0; r < nrows; r++) {
+                const long row = row0 + r;
+                const int n = (int)(row / (D * H)), d = (int)(row / H % D), h = (int)(row % H);
+                pack_row(xin + (ptrdiff_t)r * W * C, s_m, t_m, buf, n, d, h, D, H, W, G, CI, Dp, Hp, Wp, pd, ph, pw);
+            }
+    }
+    free(a);
+    return 0;
 }
 
 /* One 6 x 16 output tile: 6 output channels of a group at 16 positions of a row. */

@@ -31,6 +31,7 @@ from torch import nn
 
 from mfnet.errors import MfnetError
 from mfnet.models import create_model, list_models
+from mfnet.tools.bench_worker import CandidateProcess
 from mfnet.tools.fastpath import (
     autocast_context,
     optimize_for_inference,
@@ -204,7 +205,7 @@ def _sync(device: str) -> None:
 @dataclass
 class _Prepared:
     candidate: Candidate
-    step: Callable[[], None]
+    step: Callable[[], None] | None  # None when the candidate runs in a worker process
     params: int
     macs_per_clip: int
     state_bytes: int  # model (and optimizer) tensors resident before a step
@@ -212,6 +213,17 @@ class _Prepared:
     samples: list[float] = field(default_factory=list)
     cpu_samples: list[float] = field(default_factory=list)
     peak_mem_mb: float = float("nan")
+    worker: CandidateProcess | None = None
+
+    def timed_step(self, device: str) -> tuple[float, float]:
+        """Runs one step (here or in the worker); returns its wall-clock and process CPU seconds."""
+        if self.worker is not None:
+            return self.worker.step()
+        _sync(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        self.step()
+        _sync(device)
+        return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def _prepare(
@@ -381,6 +393,7 @@ def run_benchmark(
     memory: bool = True,
     seed: int = 0,
     progress: bool = True,
+    isolate: bool | None = None,
 ) -> BenchReport:
     """Builds, warms up and times every candidate in interleaved rounds; returns the report.
 
@@ -396,6 +409,8 @@ def run_benchmark(
         memory: Measure peak memory (one extra step per candidate after the rounds).
         seed: Seed of the weights and inputs.
         progress: Show progress bars on stderr.
+        isolate: Run each candidate in its own worker process (``mfnet.tools.bench_worker``), so that no
+            candidate steps on a heap another one has shaped; the rounds stay interleaved. CPU only; default on.
     """
 
     if mode not in MODES:
@@ -421,6 +436,7 @@ def run_benchmark(
             memory=memory,
             seed=seed,
             progress=progress,
+            isolate=torch.device(device).type == "cpu" and isolate is not False,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -441,37 +457,57 @@ def _time_candidates(
     memory: bool,
     seed: int,
     progress: bool,
+    isolate: bool,
 ) -> tuple[list[_Prepared], float]:
     from tqdm.auto import tqdm
 
-    prepared = []
-    for candidate in tqdm(candidates, desc="preparing", disable=not progress, file=sys.stderr):
-        try:
-            item = _prepare(
-                candidate, mode=mode, batch=batch, device=device, threads=threads, num_classes=num_classes, seed=seed
+    settings = {"mode": mode, "batch": batch, "threads": threads, "num_classes": num_classes, "seed": seed}
+    prepared: list[_Prepared] = []
+    try:
+        for candidate in tqdm(candidates, desc="preparing", disable=not progress, file=sys.stderr):
+            prepared.append(
+                _start_worker(candidate, settings, warmup)
+                if isolate
+                else _prepare_here(candidate, settings, warmup, device=device)
             )
-        except (RuntimeError, ValueError) as err:
-            raise MfnetError(f"{candidate.label} cannot run on batch {batch} ({err}); pick another --input") from None
-        for _ in range(warmup):
-            item.step()
-        prepared.append(item)
-    peak = measure_matmul_gflops(device=device)
-    for round_index in tqdm(range(repeats), desc="timing", disable=not progress, file=sys.stderr):
-        shift = round_index % len(prepared)
-        for item in prepared[shift:] + prepared[:shift]:  # rotate the order every round
-            _sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            item.step()
-            _sync(device)
-            item.samples.append(time.perf_counter() - start)
-            item.cpu_samples.append(time.process_time() - cpu_start)
-    peak = max(peak, measure_matmul_gflops(device=device))
+        peak = measure_matmul_gflops(device=device)
+        for round_index in tqdm(range(repeats), desc="timing", disable=not progress, file=sys.stderr):
+            shift = round_index % len(prepared)
+            for item in prepared[shift:] + prepared[:shift]:  # rotate the order every round
+                wall, cpu = item.timed_step(device)
+                item.samples.append(wall)
+                item.cpu_samples.append(cpu)
+        peak = max(peak, measure_matmul_gflops(device=device))
+    finally:
+        for item in prepared:
+            if item.worker is not None:
+                item.worker.close()
     if memory:
         for item in prepared:
-            item.peak_mem_mb = _measure_memory(
-                item, device, mode=mode, batch=batch, threads=threads, num_classes=num_classes, seed=seed
-            )
+            item.peak_mem_mb = _measure_memory(item, device, **settings)
     return prepared, peak
+
+
+def _prepare_here(candidate: Candidate, settings: dict, warmup: int, *, device: str) -> _Prepared:
+    try:
+        item = _prepare(candidate, device=device, **settings)
+        for _ in range(warmup):
+            item.step()
+    except (RuntimeError, ValueError) as err:
+        raise MfnetError(
+            f"{candidate.label} cannot run on batch {settings['batch']} ({err}); pick another --input"
+        ) from None
+    return item
+
+
+def _start_worker(candidate: Candidate, settings: dict, warmup: int) -> _Prepared:
+    try:
+        worker = CandidateProcess(candidate, warmup=warmup, **settings)
+    except MfnetError as err:
+        raise MfnetError(f"{err}; pick another --input") from None
+    return _Prepared(
+        candidate, None, worker.params, worker.macs_per_clip, worker.state_bytes, worker.setup_s, worker=worker
+    )
 
 
 def _row(item: _Prepared, *, mode: str, batch: int, peak_gflops: float) -> BenchRow:

@@ -16,9 +16,11 @@ Inference (``optimize_for_inference``) works on a copy of the model, in one of t
         h = relu(conv_m1'(a))                  conv_m1 with conv_m2's BN folded in and ReLU as a post-op
         out = conv_m2(h) + shortcut            the residual sum as a post-op (dense convolutions)
 
-    Each pre-activation unit then makes 2 memory passes besides its convolutions, instead of 10. In units whose
-    fibers have 6 or 12 channels, the second line runs on the hand-written kernel of
-    ``mfnet.tools.fiber_kernel`` (where it compiled, for frames at least 24 wide).
+    Each pre-activation unit then makes 2 memory passes besides its convolutions, instead of 10. Where the
+    hand-written kernels of ``mfnet.tools.fiber_kernel`` compiled, the multiplexer and the BN-ReLU after it run
+    as one pass on them (channel counts multiples of 24: every unit of mfnet3d but the first), and in units whose
+    fibers have 6 or 12 channels the second line too (frames at least 24 wide), so that such a unit is one kernel
+    pipeline.
 ``"compile"``
     ``"eager"`` compiled by ``torch.compile`` (Inductor; on CPU with weight freezing). Costs tens of seconds
     of compilation on the first call (reported in ``FastpathInfo.compile_s``) and recompiles for new shapes.
@@ -49,7 +51,7 @@ from mfnet.models.layers import BnActConv
 from mfnet.tools import fiber_kernel
 from mfnet.tools.allocator import keep_freed_memory
 from mfnet.tools.export import fold_batchnorm
-from mfnet.tools.fiber_kernel import KernelFiberConv, KernelFiberTail
+from mfnet.tools.fiber_kernel import KernelFiberConv, KernelFiberTail, KernelMultiplexer
 from mfnet.tools.train_bn import enable_fused_bn_relu
 from mfnet.tools.train_convs import FastBackwardConv3d, enable_fast_backward
 
@@ -440,9 +442,19 @@ class FusedFiberUnit(nn.Module):
             self.conv_w1 = FusedConv.from_conv(unit.conv_w1.conv)
         self.kernel_tail = _kernel_tail(unit, self.conv_m1, self.conv_m2) if use_kernel else None
         self.kernel_m1 = _kernel_m1(unit, self.conv_m1) if use_kernel and self.kernel_tail is None else None
+        self.kernel_mux = None
+        if use_kernel and self.multiplexer and self.kernel_m1 is None:
+            self.kernel_mux = _kernel_multiplexer(unit, self.conv_i1, self.conv_i2)
+        if self.kernel_mux is not None and self.kernel_tail is not None and not self.projection:
+            self.kernel_tail.set_multiplexer(self.kernel_mux)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_channels_last(x)
+        if self.kernel_mux is not None and _kernel_can_run(x):
+            if self.kernel_tail is not None and self.kernel_tail.has_multiplexer and fiber_kernel.worth_it(x):
+                return self.kernel_tail.forward_unit(x)  # the whole unit: multiplexer, pack, conv_m1, conv_m2 + x
+            shortcut = self.conv_w1(self.act_w(x)) if self.projection else x
+            return self.conv_m2(self.conv_m1(self.kernel_mux(x)), add=shortcut)
         x_in = self.conv_i2(self.conv_i1(self.act_i(x)), add=x) if self.multiplexer else x
         shortcut = self.conv_w1(self.act_w(x)) if self.projection else x
         if self.kernel_tail is not None and _kernel_runs(x):
@@ -452,8 +464,12 @@ class FusedFiberUnit(nn.Module):
         return self.conv_m2(self.conv_m1(self.act_m(x_in)), add=shortcut)
 
 
+def _kernel_can_run(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and x.device.type == "cpu"
+
+
 def _kernel_runs(x: torch.Tensor) -> bool:
-    return x.dtype == torch.float32 and x.device.type == "cpu" and fiber_kernel.worth_it(x)
+    return _kernel_can_run(x) and fiber_kernel.worth_it(x)
 
 
 def _kernel_m1(unit: MultiFiberUnit, conv_m1: FusedConv) -> KernelFiberConv | None:
@@ -471,6 +487,28 @@ def _kernel_m1(unit: MultiFiberUnit, conv_m1: FusedConv) -> KernelFiberConv | No
     scale, shift = bn_affine(bn)
     return KernelFiberConv(
         scale, shift, conv_m1.weight, conv_m1.bias, conv_m1.groups, temporal_stride=conv_m1.stride[0]
+    )
+
+
+def _kernel_multiplexer(unit: MultiFiberUnit, conv_i1: FusedConv, conv_i2: FusedConv) -> KernelMultiplexer | None:
+    """The unit's multiplexer and the BN-ReLU before ``conv_m1`` on the kernel, where it runs it: BN before two dense
+    1x1x1 convolutions between channel counts that are multiples of 24."""
+    bn_i, bn_m = unit.conv_i1.bn, unit.conv_m1.bn
+    for conv in (conv_i1, conv_i2):
+        if conv.groups != 1 or tuple(conv.weight.shape[2:]) != (1, 1, 1) or tuple(conv.stride) != (1, 1, 1):
+            return None
+        if conv.weight.device.type != "cpu":
+            return None
+    if not (isinstance(bn_i, _BatchNorm) and isinstance(bn_m, _BatchNorm)) or conv_i1.attr != "relu":
+        return None
+    if conv_i2.attr != "none" or not KernelMultiplexer.supported(conv_i1.weight.shape[1], conv_i1.weight.shape[0]):
+        return None
+    if fiber_kernel.load() is None:
+        return None
+    scale, shift = bn_affine(bn_i)
+    out_scale, out_shift = bn_affine(bn_m)
+    return KernelMultiplexer(
+        scale, shift, conv_i1.weight, conv_i1.bias, conv_i2.weight, conv_i2.bias, out_scale, out_shift
     )
 
 

@@ -12,7 +12,9 @@ flipped, transposed weights) and weight gradient (``mf_conv_wgrad``), used by ``
 
 ``KernelFiberTail`` runs the second half of a multi-fiber unit (``b = relu(bn(x_in))``, ``h = relu(conv_m1'(b))``,
 ``out = conv_m2(h) + shortcut``) in three passes: pack (with the BN-ReLU), ``conv_m1``, ``conv_m2`` (with the sum),
-the work of each split between ``torch.get_num_threads()`` threads.
+the work of each split between ``torch.get_num_threads()`` threads. ``KernelMultiplexer`` runs the first half
+(``x_in = conv_i2(relu(conv_i1'(relu(bn(x))))) + x``) and the BN-ReLU of ``x_in`` in one pass over blocks of rows;
+with it, the tail's pack becomes that pass (``KernelFiberTail.forward_unit``: the whole unit).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ ENV_VAR = "MFNET_KERNELS"
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c99")
 TILE_CHANNELS = 6  # output channels per register tile; a group's output channels must be a multiple
 MAX_GROUP_CHANNELS = 12  # beyond this oneDNN is as fast (24 channels per group: same speed, measured)
+MUX_CHANNELS = 24  # the multiplexer's channel counts must be multiples of this (mf_mux_pack's 4 x 24 tiles)
+MUX_POSITIONS = 28  # positions per work item of the multiplexer (whole rows): conv4/conv5 rows are 14 / 7 wide
 MIN_WIDTH = 24  # narrower frames waste too much of the 16-wide tiles: oneDNN is as fast at 14 (measured)
 MIN_WIDTH_3X3X3_TRAINING = 14  # forward + backward of a 3x3x3 at 14 wide: 48.6 ms against 52.9 (1x3x3: 22.3 / 20.2)
 
@@ -120,6 +124,8 @@ def load() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 13
     lib.mf_pack.restype = None
+    lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 15
+    lib.mf_mux_pack.restype = _INT
     lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + [_INT] * 2
     lib.mf_conv.restype = None
     lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 19
@@ -147,17 +153,16 @@ def _pool() -> ThreadPoolExecutor:
     return pool  # type: ignore[return-value]
 
 
-def _parallel(fn: ctypes._CFuncPtr, args: tuple, items: int) -> None:
-    """Calls ``fn(*args, item0, item1)`` on slices of ``range(items)``, one per thread (ctypes drops the GIL)."""
+def _parallel(fn: ctypes._CFuncPtr, args: tuple, items: int) -> list:
+    """Calls ``fn(*args, item0, item1)`` on slices of ``range(items)``, one per thread (ctypes drops the GIL);
+    returns what the calls returned."""
     threads = min(max(1, torch.get_num_threads()), items)
     bounds = [items * i // threads for i in range(threads + 1)]
     if threads == 1:
-        fn(*args, 0, items)
-        return
+        return [fn(*args, 0, items)]
     futures = [_pool().submit(fn, *args, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    fn(*args, bounds[0], bounds[1])
-    for future in futures:
-        future.result()
+    first = fn(*args, bounds[0], bounds[1])
+    return [first, *(future.result() for future in futures)]
 
 
 BN_BLOCK_ROWS = 256  # MF_BN_BLOCK of fiber_conv.c: rows (positions) per work item of the BatchNorm functions
@@ -292,8 +297,27 @@ class KernelFiberTail(nn.Module):
             self._buffers_cache[key] = cached
         return cached
 
+    def set_multiplexer(self, multiplexer: KernelMultiplexer) -> None:
+        """Runs ``multiplexer`` (whose BN after ``x_in`` must be this tail's) in the same pass as the pack, in
+        ``forward_unit``."""
+        self.multiplexer = multiplexer
+
+    @property
+    def has_multiplexer(self) -> bool:
+        """Whether ``set_multiplexer`` was called (``forward_unit`` runs the whole unit)."""
+        return isinstance(getattr(self, "multiplexer", None), KernelMultiplexer)
+
+    @torch.no_grad()
+    def forward_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole unit, multiplexer included, for a unit whose shortcut is its input ``x`` (channels-last
+        ``(N, C, T, H, W)``)."""
+        return self._run(x, x, with_multiplexer=True)
+
     @torch.no_grad()
     def forward(self, x_in: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        return self._run(x_in, shortcut, with_multiplexer=False)
+
+    def _run(self, x_in: torch.Tensor, shortcut: torch.Tensor, *, with_multiplexer: bool) -> torch.Tensor:
         n, _, t, h, w = x_in.shape
         g = self.groups
         x_in = x_in.contiguous(memory_format=torch.channels_last_3d)
@@ -305,7 +329,10 @@ class KernelFiberTail(nn.Module):
         lib = _library()
         dims_1 = (buf_1.shape[2], buf_1.shape[3], buf_1.shape[5])  # padded T, H and row length
         dims_2 = (buf_2.shape[2], buf_2.shape[3], buf_2.shape[5])
-        _pack_into(buf_1, x_in, (pd1, ph1, pw1), lib, self.scale, self.shift)
+        if with_multiplexer:
+            self.multiplexer.run(x_in, buf=buf_1, padding=(pd1, ph1, pw1))
+        else:
+            _pack_into(buf_1, x_in, (pd1, ph1, pw1), lib, self.scale, self.shift)
         t_out = self._out_length(t)
         if shortcut.shape != (n, c_out, t_out, h, w):
             raise ValueError(f"shortcut of shape {tuple(shortcut.shape)} cannot be added to {(n, c_out, t_out, h, w)}")
@@ -323,6 +350,76 @@ class KernelFiberTail(nn.Module):
             f"groups={self.groups}, conv_m1={self.kernel_1}, temporal_stride={self.temporal_stride}, "
             f"conv_m2={self.kernel_2}, kernel=fiber_conv.c"
         )
+
+
+class KernelMultiplexer(nn.Module):
+    """A multi-fiber unit's multiplexer and the BN-ReLU after it, in one pass over the input (``mf_mux_pack``)::
+
+        x_in = conv_i2(relu(conv_i1(relu(x * scale + shift)) + bias_1)) + bias_2 + x
+        out  = relu(x_in * out_scale + out_shift)
+
+    ``x`` and ``out`` are ``(N, C, T, H, W)``, channels-last-3d, float32, CPU. Used for the multiplexer of units
+    whose ``conv_m1`` runs on oneDNN (``out`` is its input), and inside ``KernelFiberTail`` (``run(buf=...)`` packs
+    ``out`` for the kernel's ``conv_m1``). Not for training.
+
+    Args:
+        scale, shift: The BN before ``conv_i1``, ``(C,)``.
+        weight_1, bias_1: ``conv_i1`` (1x1x1, dense) with ``conv_i2``'s BN folded in, ``(M, C, 1, 1, 1)``, ``(M,)``.
+        weight_2, bias_2: ``conv_i2``, ``(C, M, 1, 1, 1)``; ``bias_2`` may be ``None``.
+        out_scale, out_shift: The BN before ``conv_m1``, ``(C,)``.
+    """
+
+    def __init__(
+        self,
+        scale: torch.Tensor,
+        shift: torch.Tensor,
+        weight_1: torch.Tensor,
+        bias_1: torch.Tensor | None,
+        weight_2: torch.Tensor,
+        bias_2: torch.Tensor | None,
+        out_scale: torch.Tensor,
+        out_shift: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        m, c = weight_1.shape[:2]
+        _register_bn(self, scale, shift)
+        self.register_buffer("weight_1", weight_1.detach().float().reshape(m, c).t().contiguous())  # (C, M)
+        self.register_buffer("bias_1", _bias(bias_1, m))
+        self.register_buffer("weight_2", weight_2.detach().float().reshape(c, m).t().contiguous())  # (M, C)
+        self.register_buffer("bias_2", _bias(bias_2, c))
+        self.register_buffer("out_scale", out_scale.detach().float().contiguous().clone())
+        self.register_buffer("out_shift", out_shift.detach().float().contiguous().clone())
+
+    @staticmethod
+    def supported(channels: int, hidden: int) -> bool:
+        """Whether the kernel runs a multiplexer ``channels -> hidden -> channels`` (multiples of 24)."""
+        return channels % MUX_CHANNELS == 0 and hidden % MUX_CHANNELS == 0
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+    def run(
+        self, x: torch.Tensor, *, buf: torch.Tensor | None = None, padding: tuple[int, int, int] = (0, 0, 0)
+    ) -> torch.Tensor | None:
+        """``out`` channels-last (returned), or, with ``buf``, packed into that padded group-major buffer
+        ``(N, G, T + 2pd, H + 2ph, C/G, row)`` with ``padding`` ``(pd, ph, pw)`` (returns ``None``)."""
+        n, c, t, h, w = x.shape
+        x = x.contiguous(memory_format=CL3D)
+        out = None if buf is not None else torch.empty_like(x, memory_format=CL3D)
+        groups, per_group = (buf.shape[1], buf.shape[4]) if buf is not None else (1, c)
+        dims = (buf.shape[2], buf.shape[3], buf.shape[5]) if buf is not None else (t, h, w)
+        weights = (self.scale, self.shift, self.weight_1, self.bias_1, self.weight_2, self.bias_2)
+        args = (_ptr(x), *map(_ptr, weights), self.weight_1.shape[1], _ptr(self.out_scale), _ptr(self.out_shift))
+        rows = max(1, MUX_POSITIONS // w)  # rows per work item: each pass over the weights serves >= 28 positions
+        args += (_ptr(buf), _ptr(out), n, t, h, w, groups, per_group, *dims, *padding, rows)
+        if any(_parallel(_library().mf_mux_pack, args, -(-n * t * h // rows))):
+            raise MemoryError("the fiber kernel could not allocate its scratch rows")
+        return out
+
+    def extra_repr(self) -> str:
+        c, m = self.weight_1.shape
+        return f"{c} -> {m} -> {c}, fiber_conv.c"
 
 
 class KernelFiberConv(nn.Module):

@@ -145,6 +145,38 @@ def test_nan_propagates_through_the_multiplexer() -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize("avx512", [False, True])
+@pytest.mark.parametrize("width", [40, 56, 13])  # 32 + 16 positions; 2 x 32; one partial 16-wide tile
+def test_avx2_and_avx512_tiles_match_pytorch(avx512: bool, width: int) -> None:
+    if avx512 and "avx512f" not in fiber_kernel._cpu_flags():
+        pytest.skip("no AVX-512 on this CPU")
+    g = torch.Generator().manual_seed(2)
+    scale, shift = _bn(96, g)
+    w1, b1 = torch.randn(96, 6, 3, 3, 3, generator=g) * 0.2, torch.randn(96, generator=g)
+    w2 = torch.randn(96, 6, 1, 3, 3, generator=g) * 0.2
+    x_in = torch.randn(1, 96, 3, 4, width, generator=g).contiguous(memory_format=CL3D)
+    shortcut = torch.randn(1, 96, 3, 4, width, generator=g)
+    tail = KernelFiberTail(scale, shift, w1, b1, w2, None, 16)
+    expected = _reference(x_in, shortcut, scale, shift, w1, b1, w2, None, 16, 1)
+    try:
+        assert fiber_kernel.set_avx512(avx512) == avx512
+        torch.testing.assert_close(tail(x_in, shortcut), expected, rtol=1e-4, atol=1e-4)
+    finally:
+        fiber_kernel.set_avx512()
+
+
+@needs_kernel
+def test_avx512_tiles_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fiber_kernel.AVX512_ENV_VAR, "0")
+    try:
+        assert fiber_kernel.set_avx512() is False
+        monkeypatch.delenv(fiber_kernel.AVX512_ENV_VAR)
+        assert fiber_kernel.set_avx512() is ("avx512f" in fiber_kernel._cpu_flags())
+    finally:
+        fiber_kernel.set_avx512()
+
+
+@needs_kernel
 @pytest.mark.parametrize("shape", [(1, 3, 4, 48, 224), (2, 3, 4, 32, 112)])  # conv2 and conv3 28+ wide; conv3 14
 def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)

@@ -240,6 +240,78 @@ static inline void tile(const float *in, const float *w, const float *bias, int 
     acc[6] = a6; acc[7] = a7; acc[8] = a8; acc[9] = a9; acc[10] = a10; acc[11] = a11;
 }
 
+/* 1 where the CPU has AVX-512F (set once by the loader, mf_set_avx512): mf_conv then computes 32 positions per
+ * tile where a row has room for them. Zen 4 runs a 512-bit FMA as two 256-bit halves, so the arithmetic is the
+ * same; the gain is half the loads, broadcasts and instructions per multiply-add. */
+static int mf_avx512 = 0;
+
+void mf_set_avx512(int on) { mf_avx512 = on; }
+
+/* The 6 x 16 tile of tile(), 32 positions wide, with AVX-512: out[32 * j + p] is channel j at position p. */
+__attribute__((target("avx512f"))) static void tile32(const float *in, const float *w, const float *bias, int CI,
+                                                        int CO, int KT, int KH, int KW, ptrdiff_t sd, ptrdiff_t sh,
+                                                        ptrdiff_t sc, float *out) {
+    __m512 a0 = _mm512_set1_ps(bias[0]), a1 = a0, a2 = _mm512_set1_ps(bias[1]), a3 = a2;
+    __m512 a4 = _mm512_set1_ps(bias[2]), a5 = a4, a6 = _mm512_set1_ps(bias[3]), a7 = a6;
+    __m512 a8 = _mm512_set1_ps(bias[4]), a9 = a8, a10 = _mm512_set1_ps(bias[5]), a11 = a10;
+    for (int kd = 0; kd < KT; kd++)
+        for (int kh = 0; kh < KH; kh++)
+            for (int kw = 0; kw < KW; kw++) {
+                const float *ip = in + kd * sd + kh * sh + kw;
+                const float *wp = w + (ptrdiff_t)((kd * KH + kh) * KW + kw) * CI * CO;
+                for (int i = 0; i < CI; i++, ip += sc, wp += CO) {
+                    const __m512 x0 = _mm512_loadu_ps(ip), x1 = _mm512_loadu_ps(ip + 16);
+                    __m512 b;
+                    b = _mm512_set1_ps(wp[0]); a0 = _mm512_fmadd_ps(b, x0, a0); a1 = _mm512_fmadd_ps(b, x1, a1);
+                    b = _mm512_set1_ps(wp[1]); a2 = _mm512_fmadd_ps(b, x0, a2); a3 = _mm512_fmadd_ps(b, x1, a3);
+                    b = _mm512_set1_ps(wp[2]); a4 = _mm512_fmadd_ps(b, x0, a4); a5 = _mm512_fmadd_ps(b, x1, a5);
+                    b = _mm512_set1_ps(wp[3]); a6 = _mm512_fmadd_ps(b, x0, a6); a7 = _mm512_fmadd_ps(b, x1, a7);
+                    b = _mm512_set1_ps(wp[4]); a8 = _mm512_fmadd_ps(b, x0, a8); a9 = _mm512_fmadd_ps(b, x1, a9);
+                    b = _mm512_set1_ps(wp[5]); a10 = _mm512_fmadd_ps(b, x0, a10); a11 = _mm512_fmadd_ps(b, x1, a11);
+                }
+            }
+    _mm512_storeu_ps(out, a0); _mm512_storeu_ps(out + 16, a1); _mm512_storeu_ps(out + 32, a2);
+    _mm512_storeu_ps(out + 48, a3); _mm512_storeu_ps(out + 64, a4); _mm512_storeu_ps(out + 80, a5);
+    _mm512_storeu_ps(out + 96, a6); _mm512_storeu_ps(out + 112, a7); _mm512_storeu_ps(out + 128, a8);
+    _mm512_storeu_ps(out + 144, a9); _mm512_storeu_ps(out + 160, a10); _mm512_storeu_ps(out + 176, a11);
+}
+
+/* relu? of a 6 x 16 tile (acc[2j], acc[2j+1]: channel j, positions 0-7 and 8-15), its first `valid` positions
+ * into 6 group-major rows o, o + stride, ... Full stores where possible: masked ones are slow on AMD. */
+static inline void emit_rows(__m256 acc[12], int relu, int valid, float *o, ptrdiff_t stride) {
+    for (int j = 0; j < 6; j++) {
+        float *oj = o + j * stride;
+        const __m256 lo = relu ? _mm256_max_ps(_mm256_setzero_ps(), acc[2 * j]) : acc[2 * j];
+        const __m256 hi = relu ? _mm256_max_ps(_mm256_setzero_ps(), acc[2 * j + 1]) : acc[2 * j + 1];
+        store_part(oj, lo, valid);
+        store_part(oj + 8, hi, valid - 8);
+    }
+}
+
+/* relu? of a 6 x 16 tile (+ add, same layout) into channels-last o: 6 channels at each of `valid` positions, C
+ * floats apart. */
+static inline void emit_channels_last(__m256 acc[12], int relu, int valid, float *o, const float *a, int C) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int half = 0; half < 2; half++) { /* positions 8*half .. +7 */
+        const int count = valid - 8 * half;
+        if (count <= 0) break;
+        __m256 r[8];
+        for (int j = 0; j < 6; j++) r[j] = relu ? _mm256_max_ps(zero, acc[2 * j + half]) : acc[2 * j + half];
+        r[6] = r[7] = zero;
+        transpose8(r); /* r[i]: the 6 channels at position i */
+        for (int i = 0; i < 8 && i < count; i++) {
+            const ptrdiff_t off = (ptrdiff_t)(8 * half + i) * C;
+            __m128 lo = _mm256_castps256_ps128(r[i]), hi = _mm256_extractf128_ps(r[i], 1);
+            if (a) {
+                lo = _mm_add_ps(lo, _mm_loadu_ps(a + off));
+                hi = _mm_add_ps(hi, _mm_castpd_ps(_mm_load_sd((const double *)(a + off + 4))));
+            }
+            _mm_storeu_ps(o + off, lo); /* 6 channels: 4 + 2 */
+            _mm_store_sd((double *)(o + off + 4), _mm_castps_pd(hi));
+        }
+    }
+}
+
 /* Grouped convolution of a padded group-major buffer (the buffer's padding is the convolution's), with
  * temporal stride ST and spatial stride 1; D, H, W are the output's sizes.  weight: (G, KT, KH, KW, CI, CO) with CO a multiple of 6; bias: (G*CO).
  * out_buf != NULL: relu? result into the interior of a padded group-major buffer (N, G, D+2qd, H+2qh, CO, Wq)
@@ -252,8 +324,7 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
     const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
     const ptrdiff_t oc_s = Wq, oh_s = (ptrdiff_t)CO * Wq, od_s = oh_s * (H + 2 * qh), og_s = od_s * (D + 2 * qd);
     const ptrdiff_t on_s = og_s * G;
-    const int C = G * CO;
-    const __m256 zero = _mm256_setzero_ps();
+    const int C = G * CO, W16 = (W + 15) / 16 * 16;
     __m256 acc[12];
     /* Into a group-major buffer, items are (n, g, d) and the rows of a group follow each other (its input rows
      * stay in L1). Into channels-last, items are output rows (n, d, h) with all groups at once, so that the output
@@ -270,44 +341,32 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
         for (int h = h0; h < h1; h++) {
             const float *wg = weight + (ptrdiff_t)g * KT * KH * KW * CI * CO;
             const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h * sh;
-            for (int oc = 0; oc < CO; oc += 6) {
-                for (int x = 0; x < W; x += 16) {
-                    tile(row + x, wg + oc, bias + g * CO + oc, CI, CO, KT, KH, KW, sd, sh, sc, acc);
-                    if (relu)
-                        for (int j = 0; j < 12; j++) acc[j] = _mm256_max_ps(zero, acc[j]);
-                    const int valid = W - x < 16 ? W - x : 16;
-                    if (out_buf) {
-                        float *o = out_buf + n * on_s + g * og_s + (d + qd) * od_s + (h + qh) * oh_s + qw + x;
-                        for (int j = 0; j < 6; j++) { /* full stores where possible: masked ones are slow on AMD */
-                            float *oj = o + (ptrdiff_t)(oc + j) * oc_s;
-                            store_part(oj, acc[2 * j], valid);
-                            store_part(oj + 8, acc[2 * j + 1], valid - 8);
-                        }
-                    } else {
-                        const ptrdiff_t pos = (((ptrdiff_t)n * D + d) * H + h) * W + x;
-                        float *o = out_cl + pos * C + g * CO + oc;
-                        const float *a = add ? add + pos * C + g * CO + oc : NULL;
-                        for (int half = 0; half < 2; half++) { /* positions x+8*half .. +7 */
-                            const int count = valid - 8 * half;
-                            if (count <= 0) break;
-                            __m256 r[8];
-                            for (int j = 0; j < 6; j++) r[j] = acc[2 * j + half];
-                            r[6] = r[7] = zero;
-                            transpose8(r); /* r[i]: the 6 channels at position i */
-                            for (int i = 0; i < 8 && i < count; i++) {
-                                const ptrdiff_t off = (ptrdiff_t)(8 * half + i) * C;
-                                __m128 lo = _mm256_castps256_ps128(r[i]), hi = _mm256_extractf128_ps(r[i], 1);
-                                if (a) {
-                                    lo = _mm_add_ps(lo, _mm_loadu_ps(a + off));
-                                    hi = _mm_add_ps(hi, _mm_castpd_ps(_mm_load_sd((const double *)(a + off + 4))));
-                                }
-                                _mm_storeu_ps(o + off, lo); /* 6 channels: 4 + 2 */
-                                _mm_store_sd((double *)(o + off + 4), _mm_castps_pd(hi));
+            for (int oc = 0; oc < CO; oc += 6)
+                for (int x = 0; x < W;) {
+                    const int wide = mf_avx512 && x + 32 <= W16; /* within the row's 16-rounded span */
+                    float t32[6 * 32];
+                    if (wide)
+                        tile32(row + x, wg + oc, bias + g * CO + oc, CI, CO, KT, KH, KW, sd, sh, sc, t32);
+                    for (int x16 = x; x16 < x + (wide ? 32 : 16) && x16 < W; x16 += 16) {
+                        if (wide)
+                            for (int j = 0; j < 6; j++) {
+                                acc[2 * j] = _mm256_loadu_ps(t32 + 32 * j + (x16 - x));
+                                acc[2 * j + 1] = _mm256_loadu_ps(t32 + 32 * j + (x16 - x) + 8);
                             }
+                        else
+                            tile(row + x16, wg + oc, bias + g * CO + oc, CI, CO, KT, KH, KW, sd, sh, sc, acc);
+                        const int valid = W - x16 < 16 ? W - x16 : 16;
+                        if (out_buf) {
+                            float *o = out_buf + n * on_s + g * og_s + (d + qd) * od_s + (h + qh) * oh_s + qw + x16;
+                            emit_rows(acc, relu, valid, o + (ptrdiff_t)oc * oc_s, oc_s);
+                        } else {
+                            const ptrdiff_t pos = (((ptrdiff_t)n * D + d) * H + h) * W + x16;
+                            const float *a = add ? add + pos * C + g * CO + oc : NULL;
+                            emit_channels_last(acc, relu, valid, out_cl + pos * C + g * CO + oc, a, C);
                         }
                     }
+                    x += wide ? 32 : 16;
                 }
-            }
         }
     }
 }

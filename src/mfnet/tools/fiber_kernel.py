@@ -39,6 +39,7 @@ from torch.autograd.function import once_differentiable
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "MFNET_KERNELS"
+AVX512_ENV_VAR = "MFNET_KERNEL_AVX512"
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c99")
 TILE_CHANNELS = 6  # output channels per register tile; a group's output channels must be a multiple
 MAX_GROUP_CHANNELS = 12  # beyond this oneDNN is as fast (24 channels per group: same speed, measured)
@@ -66,13 +67,29 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's p
     os.register_at_fork(after_in_child=lambda: _state.pop("pool", None))
 
 
-def _cpu_has_avx2_fma() -> bool:
+def _cpu_flags() -> set[str]:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    line = next((ln for ln in flags.splitlines() if ln.startswith("flags")), "")
-    return " avx2" in line and " fma" in line
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def _cpu_has_avx2_fma() -> bool:
+    return {"avx2", "fma"} <= _cpu_flags()
+
+
+def set_avx512(on: bool | None = None) -> bool:
+    """Turns the AVX-512 tiles of the convolution kernel on or off (``None``: on where the CPU has AVX-512F, unless
+    ``MFNET_KERNEL_AVX512=0``); returns whether they are on. The AVX2 tiles compute the same numbers."""
+    lib = _library()
+    if on is None:
+        on = os.environ.get(AVX512_ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+    on = bool(on) and "avx512f" in _cpu_flags()
+    lib.mf_set_avx512(int(on))
+    _state["avx512"] = on
+    return on
 
 
 def cache_dir() -> Path:
@@ -114,6 +131,7 @@ def load() -> ctypes.CDLL | None:
                 lib = ctypes.CDLL(str(target))
                 _declare(lib)
                 _state["loaded"] = lib  # kept for modules built with it, even if load() is later turned off
+                set_avx512()
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 logger.info("fiber kernel unavailable (%s); using oneDNN", err)
                 lib = None
@@ -126,6 +144,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_pack.restype = None
     lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 15
     lib.mf_mux_pack.restype = _INT
+    lib.mf_set_avx512.argtypes = [_INT]
+    lib.mf_set_avx512.restype = None
     lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + [_INT] * 2
     lib.mf_conv.restype = None
     lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 19

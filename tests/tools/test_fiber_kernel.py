@@ -52,6 +52,7 @@ def _reference(
     [
         (96, 96, 96, 16, (2, 3, 9, 13), 1),  # 6 channels per group; widths that are not multiples of 8 or 16
         (192, 192, 192, 16, (1, 4, 7, 28), 1),  # 12 channels per group
+        (384, 384, 384, 16, (1, 3, 5, 14), 1),  # 24 channels per group (conv4 at 224), 14 wide
         (64, 96, 96, 16, (1, 2, 5, 17), 1),  # 4 input channels per group into 6
         (48, 48, 96, 8, (2, 2, 3, 8), 1),  # 6 in, 12 out per group; a one-tile row
         (16, 96, 96, 16, (2, 8, 6, 20), 2),  # conv2's first unit: 1 input channel per group, temporal stride 2
@@ -254,6 +255,10 @@ def test_prepared_convolutions_use_the_kernel_on_wide_frames_only() -> None:
     assert type(flat(mid).grad_fn).__name__ == "_FastBackwardBackward"  # 1x3x3 needs 24
     assert not fiber_kernel.supports_training(torch.empty(96, 1, 3, 3, 3), 96, (1, 1, 1), (1, 1, 1))  # depthwise
     assert not fiber_kernel.supports_training(torch.empty(96, 6, 3, 3, 3), 16, (1, 2, 2), (1, 1, 1))  # strided
+    conv4 = torch.empty(384, 24, 3, 3, 3)  # 24 channels per group: inference only (training measured up to 12)
+    assert fiber_kernel.supports(conv4, 16, (1, 1, 1), (1, 1, 1))
+    assert not fiber_kernel.supports_training(conv4, 16, (1, 1, 1), (1, 1, 1))
+    assert fiber_kernel.worth_it(mid) and not fiber_kernel.worth_it(torch.randn(1, 96, 2, 4, 7))  # inference
 
 
 @needs_kernel

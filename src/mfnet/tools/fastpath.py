@@ -19,8 +19,8 @@ Inference (``optimize_for_inference``) works on a copy of the model, in one of t
     Each pre-activation unit then makes 2 memory passes besides its convolutions, instead of 10. Where the
     hand-written kernels of ``mfnet.tools.fiber_kernel`` compiled, the multiplexer and the BN-ReLU after it run
     as one pass on them (channel counts multiples of 24: every unit of mfnet3d but the first), and in units whose
-    fibers have 6 or 12 channels the second line too (frames at least 24 wide), so that such a unit is one kernel
-    pipeline.
+    fibers have 6, 12 or 24 channels the second line too (frames at least 14 wide), so that such a unit is one
+    kernel pipeline.
 ``"compile"``
     ``"eager"`` compiled by ``torch.compile`` (Inductor; on CPU with weight freezing). Costs tens of seconds
     of compilation on the first call (reported in ``FastpathInfo.compile_s``) and recompiles for new shapes.

@@ -42,19 +42,28 @@ ENV_VAR = "MFNET_KERNELS"
 AVX512_ENV_VAR = "MFNET_KERNEL_AVX512"
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c99")
 TILE_CHANNELS = 6  # output channels per register tile; a group's output channels must be a multiple
-MAX_GROUP_CHANNELS = 12  # beyond this oneDNN is as fast (24 channels per group: same speed, measured)
+# Where the kernel beats oneDNN, measured unit by unit (inference: a unit's tail, 8 frames, batch 1). On the AVX-512
+# EPYC (Zen 4): 24 channels per group at 14 wide (conv4 at 224) 10.7 against 11.2 ms, 12 channels at 14 wide (conv3
+# at 112) 3.8 against 7.5 ms; at 7 wide oneDNN wins (24 channels: 2.9 against 5.2 ms). On the AVX2 EPYC (Zen 3)
+# 24 channels per group and 14-wide frames had been a tie.
+MAX_GROUP_CHANNELS = 24
+MIN_WIDTH = 14
+MAX_GROUP_CHANNELS_TRAINING = 12  # training (mfnet.tools.train_convs): measured for 6 and 12 channels per group
+MIN_WIDTH_TRAINING = 24
+MIN_WIDTH_3X3X3_TRAINING = 14  # forward + backward of a 3x3x3 at 14 wide: 48.6 ms against 52.9 (1x3x3: 22.3 / 20.2)
 MUX_CHANNELS = 24  # the multiplexer's channel counts must be multiples of this (mf_mux_pack's 4 x 24 tiles)
 MUX_POSITIONS = 28  # positions per work item of the multiplexer (whole rows): conv4/conv5 rows are 14 / 7 wide
-MIN_WIDTH = 24  # narrower frames waste too much of the 16-wide tiles: oneDNN is as fast at 14 (measured)
-MIN_WIDTH_3X3X3_TRAINING = 14  # forward + backward of a 3x3x3 at 14 wide: 48.6 ms against 52.9 (1x3x3: 22.3 / 20.2)
 
 
 def worth_it(x: torch.Tensor, kernel_size: tuple[int, ...] | None = None, *, training: bool = False) -> bool:
-    """Whether the kernel beats oneDNN on activations of this shape ``(N, C, T, H, W)``: frames at least 24 wide,
-    or, for the forward and backward of a ``3x3x3`` convolution in training, 14 wide (MF-Net's conv3 at 112)."""
-    if training and kernel_size is not None and tuple(kernel_size) == (3, 3, 3):
+    """Whether the kernel beats oneDNN on activations of this shape ``(N, C, T, H, W)``: in inference, frames at
+    least 14 wide; in training, 24 wide, or 14 for the forward and backward of a ``3x3x3`` convolution (MF-Net's
+    conv3 at 112)."""
+    if not training:
+        return x.shape[-1] >= MIN_WIDTH
+    if kernel_size is not None and tuple(kernel_size) == (3, 3, 3):
         return x.shape[-1] >= MIN_WIDTH_3X3X3_TRAINING
-    return x.shape[-1] >= MIN_WIDTH
+    return x.shape[-1] >= MIN_WIDTH_TRAINING
 
 
 CL3D = torch.channels_last_3d
@@ -490,14 +499,15 @@ class KernelFiberConv(nn.Module):
 def supports_training(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
     """Whether ``fiber_conv3d`` can run (forward and backward) a convolution with this weight and these settings.
 
-    On top of ``supports``: stride 1, and input channels per group a multiple of 6 too (the input gradient is a
-    convolution from the output channels to the input channels; 6 or 12 here, as in mfnet3d's ``conv2`` and
-    ``conv3``).
+    On top of ``supports``: stride 1, at most 12 channels per group, and input channels per group a multiple of 6
+    too (the input gradient is a convolution from the output channels to the input channels; 6 or 12 here, as in
+    mfnet3d's ``conv2`` and ``conv3``).
     """
     return (
         supports(weight, groups, stride, padding)
         and tuple(stride) == (1, 1, 1)
         and weight.shape[1] % TILE_CHANNELS == 0
+        and max(weight.shape[0] // groups, weight.shape[1]) <= MAX_GROUP_CHANNELS_TRAINING
     )
 
 

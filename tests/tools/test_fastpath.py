@@ -110,6 +110,26 @@ def test_fused_units_run_one_dnn_primitives_and_keep_channels_last():
 
 
 @needs_onednn
+@pytest.mark.parametrize("groups", [1, 4])
+def test_fused_conv_sums_into_the_shortcut_in_place(groups):
+    """``add_in_place``: a dense convolution accumulates into ``add`` (returned); a grouped one adds as before."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(24, 16 // groups, 1, 1, 1), torch.randn(24)
+    conv = FusedConv(weight, bias, padding=[0] * 3, stride=[1] * 3, dilation=[1] * 3, groups=groups)
+    x = to_channels_last(torch.randn(2, 16, 3, 5, 7))
+    shortcut = to_channels_last(torch.randn(2, 24, 3, 5, 7))
+    expected = nn.functional.conv3d(x, weight, bias, groups=groups) + shortcut
+    before = shortcut.clone()
+    with torch.no_grad():
+        target = shortcut.clone()
+        got = conv(x, add=target, add_in_place=True)
+        assert _rel(got, expected) < TOL
+        assert (got.data_ptr() == target.data_ptr()) == (groups == 1)
+        assert _rel(conv(x, add=shortcut), expected) < TOL
+    assert torch.equal(shortcut, before)  # not in place: the shortcut is left as it was
+
+
+@needs_onednn
 def test_fused_model_survives_deepcopy_and_to():
     model = _small3d()
     x = torch.randn(1, 3, 4, 32, 32)

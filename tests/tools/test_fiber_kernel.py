@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -175,6 +176,32 @@ def test_avx512_tiles_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None
         assert fiber_kernel.set_avx512() is ("avx512f" in fiber_kernel._cpu_flags())
     finally:
         fiber_kernel.set_avx512()
+
+
+@needs_kernel
+def test_work_is_shared_and_never_waits_for_a_late_thread() -> None:
+    """Items are claimed one at a time: with every pool thread busy elsewhere, the calling thread does them all and
+    returns at once; a pool thread that comes late finds nothing left to do."""
+    g = torch.Generator().manual_seed(3)
+    scale, shift = _bn(96, g)
+    w1, w2 = torch.randn(96, 6, 3, 3, 3, generator=g) * 0.2, torch.randn(96, 6, 1, 3, 3, generator=g) * 0.2
+    tail = KernelFiberTail(scale, shift, w1, None, w2, None, 16)
+    x_in = torch.randn(1, 96, 4, 9, 30, generator=g).contiguous(memory_format=CL3D)
+    shortcut = torch.randn(1, 96, 4, 9, 30, generator=g)
+    expected = _reference(x_in, shortcut, scale, shift, w1, None, w2, None, 16, 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    gate = threading.Event()
+    try:
+        blocked = [fiber_kernel._pool().submit(gate.wait) for _ in range(2)]
+        torch.testing.assert_close(tail(x_in, shortcut), expected, rtol=1e-4, atol=1e-4)
+        gate.set()
+        for future in blocked:
+            future.result()
+        torch.testing.assert_close(tail(x_in, shortcut), expected, rtol=1e-4, atol=1e-4)  # both threads share it
+    finally:
+        gate.set()
+        torch.set_num_threads(threads)
 
 
 @needs_kernel

@@ -7,11 +7,40 @@
  * 16 positions of one row) lives in 12 registers while the input rows stream through.
  *
  * Built and loaded at run time by mfnet.tools.fiber_kernel (ctypes); every function works on the items
- * [item0, item1) of its problem so that the caller can split the work between threads.
+ * [item0, item1) of its problem, shared between the caller's threads through an mf_sched (see MF_ITEMS).
  */
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdlib.h>
+
+/* Work sharing. Every function below works on the items [item0, item1) of its problem. With sched == NULL it does
+ * all of them; else the threads of one call share *sched (next = item0 at the start) and each claims the next item
+ * when it has finished the last one, so that a thread that starts late or is descheduled by the system does fewer
+ * (on a busy 2-vCPU VM, splitting the items in two halves left one thread waiting 5-20 ms per forward pass).
+ * `active` counts the threads holding an item: the caller's thread, once its claims fail, waits for it to be 0;
+ * a thread that arrives later finds no item left and touches nothing but *sched. */
+typedef struct {
+    int next;
+    int active;
+} mf_sched;
+
+static inline int mf_claim(mf_sched *s, int *state, int item1) {
+    if (s == NULL) return (*state)++;
+    if (*state) __atomic_sub_fetch(&s->active, 1, __ATOMIC_SEQ_CST); /* the previous item is done */
+    __atomic_add_fetch(&s->active, 1, __ATOMIC_SEQ_CST);
+    const int item = __atomic_fetch_add(&s->next, 1, __ATOMIC_SEQ_CST);
+    if (item >= item1) {
+        __atomic_sub_fetch(&s->active, 1, __ATOMIC_SEQ_CST);
+        *state = 0;
+        return item1;
+    }
+    *state = 1;
+    return item;
+}
+
+/* for each claimed item: MF_ITEMS(item) { ... } (no break or return inside: the claim releases the item) */
+#define MF_ITEMS(item) \
+    for (int mf_state_ = sched ? 0 : item0, item; (item = mf_claim(sched, &mf_state_, item1)) < item1;)
 
 /* Output rows per work item of a convolution into channels-last output: the group loop runs outside the row loop
  * of a block, so a group's input rows stay in L1 across the rows that read them. */
@@ -110,9 +139,9 @@ static void pack_row(const float *row, const float *scale, const float *shift, f
 /* relu(x * scale + shift) (or x when scale is NULL) of channels-last x (N, D, H, W, G*CI) into the padded
  * group-major buffer, padding included (see pack_row). items: (n, d, h) rows. */
 void mf_pack(const float *x, const float *scale, const float *shift, float *buf, int D, int H, int W, int G,
-             int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int item0, int item1) {
+             int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, mf_sched *sched, int item0, int item1) {
     const int C = G * CI;
-    for (int item = item0; item < item1; item++) {
+    MF_ITEMS(item) {
         const int n = item / (D * H), d = (item / H) % D, h = item % H;
         const float *row = x + (((ptrdiff_t)n * D + d) * H + h) * (ptrdiff_t)W * C;
         pack_row(row, scale, shift, buf, n, d, h, D, H, W, G, CI, Dp, Hp, Wp, pd, ph, pw);
@@ -151,14 +180,14 @@ static inline void gemm_4x24(const float *a, int lda, const float *b, int ldb, i
 int mf_mux_pack(const float *x, const float *s_i, const float *t_i, const float *w1, const float *b1,
                 const float *w2, const float *b2, int M, const float *s_m, const float *t_m, float *buf, float *out,
                 int N, int D, int H, int W, int G, int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int R,
-                int item0, int item1) {
+                mf_sched *sched, int item0, int item1) {
     const int C = G * CI, Pr = (R * W + 3) / 4 * 4;
     const long rows = (long)N * D * H;
     const __m256 zero8 = _mm256_setzero_ps();
     float *a = (float *)malloc(sizeof(float) * (size_t)Pr * (2 * C + M));
     if (a == NULL) return 1;
     float *hid = a + (ptrdiff_t)Pr * C, *xin = hid + (ptrdiff_t)Pr * M;
-    for (int item = item0; item < item1; item++) {
+    MF_ITEMS(item) {
         const long row0 = (long)item * R; /* flat (n, d, h) row index */
         const int nrows = (int)(row0 + R <= rows ? R : rows - row0);
         const int P = nrows * W, P4 = (P + 3) / 4 * 4;
@@ -320,7 +349,7 @@ static inline void emit_channels_last(__m256 acc[12], int relu, int valid, float
  * items: (n, g, d) into out_buf, blocks of MF_ROWS output rows (n, d, h / MF_ROWS) into out_cl. */
 void mf_conv(const float *buf, const float *weight, const float *bias, int D, int H, int W, int G, int CI, int CO,
              int KT, int KH, int KW, int ST, int Dp, int Hp, int Wp, int relu, float *out_buf, int qd, int qh, int qw,
-             int Wq, float *out_cl, const float *add, int item0, int item1) {
+             int Wq, float *out_cl, const float *add, mf_sched *sched, int item0, int item1) {
     const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
     const ptrdiff_t oc_s = Wq, oh_s = (ptrdiff_t)CO * Wq, od_s = oh_s * (H + 2 * qh), og_s = od_s * (D + 2 * qd);
     const ptrdiff_t on_s = og_s * G;
@@ -331,7 +360,7 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
      * row stays in cache while every group writes its channels into it. */
     const int rows_first = out_buf == NULL;
     const int HB = (H + MF_ROWS - 1) / MF_ROWS; /* row blocks per plane (channels-last output) */
-    for (int item = item0; item < item1; item++) {
+    MF_ITEMS(item) {
         const int n = rows_first ? item / (D * HB) : item / (G * D);
         const int d = rows_first ? (item / HB) % D : item % D;
         const int g0 = rows_first ? 0 : (item / D) % G, g1 = rows_first ? G : g0 + 1;
@@ -379,11 +408,11 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
  * scratch: G*KT*KH*KW*CI*CO*8 floats. items: groups. */
 void mf_conv_wgrad(const float *bx, const float *bg, float *dw, float *scratch, int N, int D, int H, int W, int G,
                    int CI, int CO, int KT, int KH, int KW, int Dp, int Hp, int Wp, int qd, int qh, int qw, int Wq,
-                   int item0, int item1) {
+                   mf_sched *sched, int item0, int item1) {
     const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
     const ptrdiff_t tc = Wq, th = (ptrdiff_t)CO * Wq, td = th * (H + 2 * qh), tg = td * (D + 2 * qd), tn = tg * G;
     const int taps = KT * KH * KW, nv = (W + 7) / 8;
-    for (int g = item0; g < item1; g++) {
+    MF_ITEMS(g) {
         float *sums = scratch + (ptrdiff_t)g * taps * CI * CO * 8;
         for (ptrdiff_t k = 0; k < (ptrdiff_t)taps * CI * CO * 8; k++) sums[k] = 0.f;
         /* the sums of one (tap, 6 outputs, 2 inputs) block stay in registers over all rows of a frame */
@@ -453,8 +482,8 @@ static inline void store_sums(double *s1, double *s2, __m256 a1, __m256 a2) {
 
 /* Per block b: s1[b, c] = sum (x - k[c]), s2[b, c] = sum (x - k[c])^2 over its rows (k: a shift per channel
  * against cancellation, e.g. the first row). items: blocks of MF_BN_BLOCK rows. */
-void mf_bn_stats(const float *x, const float *k, double *s1, double *s2, long P, int C, int item0, int item1) {
-    for (int b = item0; b < item1; b++) {
+void mf_bn_stats(const float *x, const float *k, double *s1, double *s2, long P, int C, mf_sched *sched, int item0, int item1) {
+    MF_ITEMS(b) {
         const long r0 = (long)b * MF_BN_BLOCK, r1 = r0 + MF_BN_BLOCK < P ? r0 + MF_BN_BLOCK : P;
         for (int c = 0; c < C; c += 8) {
             const __m256 kc = _mm256_loadu_ps(k + c);
@@ -470,10 +499,10 @@ void mf_bn_stats(const float *x, const float *k, double *s1, double *s2, long P,
 }
 
 /* y = relu(x * scale + shift). items: blocks of MF_BN_BLOCK rows. */
-void mf_bn_relu(const float *x, const float *scale, const float *shift, float *y, long P, int C, int item0,
+void mf_bn_relu(const float *x, const float *scale, const float *shift, float *y, long P, int C, mf_sched *sched, int item0,
                 int item1) {
     const __m256 zero = _mm256_setzero_ps();
-    for (int b = item0; b < item1; b++) {
+    MF_ITEMS(b) {
         const long r0 = (long)b * MF_BN_BLOCK, r1 = r0 + MF_BN_BLOCK < P ? r0 + MF_BN_BLOCK : P;
         for (long r = r0; r < r1; r++)
             for (int c = 0; c < C; c += 8) {
@@ -486,9 +515,9 @@ void mf_bn_relu(const float *x, const float *scale, const float *shift, float *y
 
 /* Per block: s1[b, c] = sum dz, s2[b, c] = sum dz * (x - mean), with dz = dy where x * scale + shift > 0. */
 void mf_bn_relu_grad_sums(const float *x, const float *dy, const float *scale, const float *shift,
-                          const float *mean, double *s1, double *s2, long P, int C, int item0, int item1) {
+                          const float *mean, double *s1, double *s2, long P, int C, mf_sched *sched, int item0, int item1) {
     const __m256 zero = _mm256_setzero_ps();
-    for (int b = item0; b < item1; b++) {
+    MF_ITEMS(b) {
         const long r0 = (long)b * MF_BN_BLOCK, r1 = r0 + MF_BN_BLOCK < P ? r0 + MF_BN_BLOCK : P;
         for (int c = 0; c < C; c += 8) {
             const __m256 sc = _mm256_loadu_ps(scale + c), sh = _mm256_loadu_ps(shift + c);
@@ -510,9 +539,9 @@ void mf_bn_relu_grad_sums(const float *x, const float *dy, const float *scale, c
  * d = a * invstd^2 * mean(dz * (x - mean))), dz as above. items: blocks of MF_BN_BLOCK rows. */
 void mf_bn_relu_grad_input(const float *x, const float *dy, const float *scale, const float *shift,
                            const float *mean, const float *a, const float *bb, const float *d, float *dx, long P,
-                           int C, int item0, int item1) {
+                           int C, mf_sched *sched, int item0, int item1) {
     const __m256 zero = _mm256_setzero_ps();
-    for (int blk = item0; blk < item1; blk++) {
+    MF_ITEMS(blk) {
         const long r0 = (long)blk * MF_BN_BLOCK, r1 = r0 + MF_BN_BLOCK < P ? r0 + MF_BN_BLOCK : P;
         for (long r = r0; r < r1; r++)
             for (int c = 0; c < C; c += 8) {

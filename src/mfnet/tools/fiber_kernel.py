@@ -149,28 +149,26 @@ def load() -> ctypes.CDLL | None:
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 13
-    lib.mf_pack.restype = None
-    lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 15
+    _LONG, _DOUBLE = ctypes.c_long, ctypes.c_double
+    items = [_PTR, _INT, _INT]  # mf_sched *, item0, item1 (see _parallel)
+    lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 11 + items
+    lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 13 + items
     lib.mf_mux_pack.restype = _INT
-    lib.mf_set_avx512.argtypes = [_INT]
-    lib.mf_set_avx512.restype = None
-    lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + [_INT] * 2
-    lib.mf_conv.restype = None
-    lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 19
-    lib.mf_conv_wgrad.restype = None
-    # BatchNorm + ReLU in training (mfnet.tools.train_bn): rows P as a C long, channels and items as ints
-    _LONG = ctypes.c_long
-    lib.mf_bn_stats.argtypes = [_PTR] * 4 + [_LONG, _INT, _INT, _INT]
-    lib.mf_bn_relu.argtypes = [_PTR] * 4 + [_LONG, _INT, _INT, _INT]
-    lib.mf_bn_relu_grad_sums.argtypes = [_PTR] * 7 + [_LONG, _INT, _INT, _INT]
-    lib.mf_bn_relu_grad_input.argtypes = [_PTR] * 9 + [_LONG, _INT, _INT, _INT]
-    _DOUBLE = ctypes.c_double
+    lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + items
+    lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 17 + items
+    # BatchNorm + ReLU in training (mfnet.tools.train_bn): rows P as a C long, channels as an int
+    lib.mf_bn_stats.argtypes = [_PTR] * 4 + [_LONG, _INT] + items
+    lib.mf_bn_relu.argtypes = [_PTR] * 4 + [_LONG, _INT] + items
+    lib.mf_bn_relu_grad_sums.argtypes = [_PTR] * 7 + [_LONG, _INT] + items
+    lib.mf_bn_relu_grad_input.argtypes = [_PTR] * 9 + [_LONG, _INT] + items
     lib.mf_bn_finalize.argtypes = [_PTR, _PTR, _INT] + [_PTR] * 5 + [_DOUBLE, _DOUBLE, _LONG, _INT] + [_PTR] * 4
     lib.mf_bn_grad_finalize.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _LONG, _INT] + [_PTR] * 5
-    bn_functions = (lib.mf_bn_stats, lib.mf_bn_relu, lib.mf_bn_relu_grad_sums, lib.mf_bn_relu_grad_input)
-    for fn in (*bn_functions, lib.mf_bn_finalize, lib.mf_bn_grad_finalize):
+    for fn in (lib.mf_pack, lib.mf_conv, lib.mf_conv_wgrad, lib.mf_bn_stats, lib.mf_bn_relu):
         fn.restype = None
+    for fn in (lib.mf_bn_relu_grad_sums, lib.mf_bn_relu_grad_input, lib.mf_bn_finalize, lib.mf_bn_grad_finalize):
+        fn.restype = None
+    lib.mf_set_avx512.argtypes = [_INT]
+    lib.mf_set_avx512.restype = None
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -182,16 +180,29 @@ def _pool() -> ThreadPoolExecutor:
     return pool  # type: ignore[return-value]
 
 
+class _Schedule(ctypes.Structure):
+    """``mf_sched`` of fiber_conv.c: the next unclaimed item and the number of threads holding one."""
+
+    _fields_ = [("next", ctypes.c_int), ("active", ctypes.c_int)]
+
+
 def _parallel(fn: ctypes._CFuncPtr, args: tuple, items: int) -> list:
-    """Calls ``fn(*args, item0, item1)`` on slices of ``range(items)``, one per thread (ctypes drops the GIL);
-    returns what the calls returned."""
+    """Runs ``fn(*args, sched, 0, items)`` on ``torch.get_num_threads()`` threads (ctypes drops the GIL) that claim
+    the items one at a time from a shared ``mf_sched``: this thread starts at once and does whatever the pool's
+    threads, woken meanwhile, do not take. Returns what the calls returned: this thread's only, unless it returned
+    non-zero (it could not run), in which case the others' too, after they have done all the items."""
     threads = min(max(1, torch.get_num_threads()), items)
-    bounds = [items * i // threads for i in range(threads + 1)]
     if threads == 1:
-        return [fn(*args, 0, items)]
-    futures = [_pool().submit(fn, *args, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    first = fn(*args, bounds[0], bounds[1])
-    return [first, *(future.result() for future in futures)]
+        return [fn(*args, None, 0, items)]
+    schedule = _Schedule(0, 0)
+    shared = ctypes.byref(schedule)  # kept alive by the pool's tasks: a late one reads it and finds no item
+    futures = [_pool().submit(fn, *args, shared, 0, items) for _ in range(threads - 1)]
+    first = fn(*args, shared, 0, items)
+    if first:
+        return [first, *(future.result() for future in futures)]
+    while schedule.active:  # a pool thread finishing its last item (at most one item's time)
+        pass
+    return [first]
 
 
 BN_BLOCK_ROWS = 256  # MF_BN_BLOCK of fiber_conv.c: rows (positions) per work item of the BatchNorm functions
@@ -442,7 +453,7 @@ class KernelMultiplexer(nn.Module):
         args = (_ptr(x), *map(_ptr, weights), self.weight_1.shape[1], _ptr(self.out_scale), _ptr(self.out_shift))
         rows = max(1, MUX_POSITIONS // w)  # rows per work item: each pass over the weights serves >= 28 positions
         args += (_ptr(buf), _ptr(out), n, t, h, w, groups, per_group, *dims, *padding, rows)
-        if any(_parallel(_library().mf_mux_pack, args, -(-n * t * h // rows))):
+        if all(_parallel(_library().mf_mux_pack, args, -(-n * t * h // rows))):  # no thread could run
             raise MemoryError("the fiber kernel could not allocate its scratch rows")
         return out
 

@@ -108,12 +108,19 @@ def _multiplexer(c: int, m: int, g: torch.Generator) -> tuple[KernelMultiplexer,
         (48, 72, (1, 1, 1, 1)),  # one position
     ],
 )
-def test_multiplexer_matches_pytorch(c: int, m: int, size: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("avx512", [False, True])  # 8 x 48 AVX-512 tiles where the columns allow, else 4 x 24 AVX2
+def test_multiplexer_matches_pytorch(c: int, m: int, size: tuple[int, ...], avx512: bool) -> None:
+    if avx512 and "avx512f" not in fiber_kernel._cpu_flags():
+        pytest.skip("no AVX-512 on this CPU")
     g = torch.Generator().manual_seed(0)
     mux, reference = _multiplexer(c, m, g)
     n, t, h, w = size
     x = torch.randn(n, c, t, h, w, generator=g).contiguous(memory_format=CL3D)
-    got = mux(x)
+    try:
+        fiber_kernel.set_avx512(avx512)
+        got = mux(x)
+    finally:
+        fiber_kernel.set_avx512()
     assert got.is_contiguous(memory_format=CL3D)
     torch.testing.assert_close(got, reference(x), rtol=1e-4, atol=1e-4)
 

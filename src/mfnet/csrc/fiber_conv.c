@@ -42,6 +42,14 @@ static inline int mf_claim(mf_sched *s, int *state, int item1) {
 #define MF_ITEMS(item) \
     for (int mf_state_ = sched ? 0 : item0, item; (item = mf_claim(sched, &mf_state_, item1)) < item1;)
 
+/* 1 where the CPU has AVX-512F (set once by the loader, mf_set_avx512): mf_conv then computes 32 positions per
+ * tile where a row has room for them, and the multiplexer's matrix products use 8 x 48 tiles. Zen 4 runs a 512-bit
+ * FMA as two 256-bit halves, so the arithmetic is the same; the gain is fewer loads, broadcasts and instructions
+ * per multiply-add. */
+static int mf_avx512 = 0;
+
+void mf_set_avx512(int on) { mf_avx512 = on; }
+
 /* Output rows per work item of a convolution into channels-last output: the group loop runs outside the row loop
  * of a block, so a group's input rows stay in L1 across the rows that read them. */
 #ifndef MF_ROWS
@@ -169,6 +177,48 @@ static inline void gemm_4x24(const float *a, int lda, const float *b, int ldb, i
     c[6] = c6; c[7] = c7; c[8] = c8; c[9] = c9; c[10] = c10; c[11] = c11;
 }
 
+/* c[P x NC] += a[P x K] @ b[K x NC] with AVX-512 (row strides lda, ldb, ldc), 8 rows x 48 columns per register
+ * tile (24 accumulators; 3 loads of b and 8 broadcasts of a per 24 multiply-adds). P % 8 == 0, NC % 48 == 0. */
+__attribute__((target("avx512f"))) static void gemm_block512(const float *a, int lda, const float *b, int ldb,
+                                                               float *c, int ldc, int P, int K, int NC) {
+    for (int n = 0; n < NC; n += 48)
+        for (int p = 0; p < P; p += 8) {
+            __m512 acc[24];
+            for (int r = 0; r < 8; r++)
+                for (int j = 0; j < 3; j++) acc[3 * r + j] = _mm512_loadu_ps(c + (ptrdiff_t)(p + r) * ldc + n + 16 * j);
+            const float *ap = a + (ptrdiff_t)p * lda;
+            for (int k = 0; k < K; k++) {
+                const float *bk = b + (ptrdiff_t)k * ldb + n;
+                const __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16), b2 = _mm512_loadu_ps(bk + 32);
+                for (int r = 0; r < 8; r++) {
+                    const __m512 v = _mm512_set1_ps(ap[(ptrdiff_t)r * lda + k]);
+                    acc[3 * r] = _mm512_fmadd_ps(v, b0, acc[3 * r]);
+                    acc[3 * r + 1] = _mm512_fmadd_ps(v, b1, acc[3 * r + 1]);
+                    acc[3 * r + 2] = _mm512_fmadd_ps(v, b2, acc[3 * r + 2]);
+                }
+            }
+            for (int r = 0; r < 8; r++)
+                for (int j = 0; j < 3; j++) _mm512_storeu_ps(c + (ptrdiff_t)(p + r) * ldc + n + 16 * j, acc[3 * r + j]);
+        }
+}
+
+/* c[P x NC] += a[P x K] @ b[K x NC] (row strides lda, ldb, ldc); P % 8 == 0, NC % 24 == 0. */
+static void gemm_block(const float *a, int lda, const float *b, int ldb, float *c, int ldc, int P, int K, int NC) {
+    if (mf_avx512 && NC % 48 == 0) {
+        gemm_block512(a, lda, b, ldb, c, ldc, P, K, NC);
+        return;
+    }
+    for (int n = 0; n < NC; n += 24) /* a 24-column slice of b stays in cache over the block's positions */
+        for (int p = 0; p < P; p += 4) {
+            __m256 acc[12];
+            for (int r = 0; r < 4; r++)
+                for (int j = 0; j < 3; j++) acc[3 * r + j] = _mm256_loadu_ps(c + (ptrdiff_t)(p + r) * ldc + n + 8 * j);
+            gemm_4x24(a + (ptrdiff_t)p * lda, lda, b + n, ldb, K, acc);
+            for (int r = 0; r < 4; r++)
+                for (int j = 0; j < 3; j++) _mm256_storeu_ps(c + (ptrdiff_t)(p + r) * ldc + n + 8 * j, acc[3 * r + j]);
+        }
+}
+
 /* The multiplexer of a multi-fiber unit and the BN-ReLU of conv_m1's input, R rows of positions at a time
  * (everything between the two stays in a scratch in L1/L2; R rows share each pass over the weights):
  *     a = relu(x * s_i + t_i);  h = relu(a @ w1 + b1);  x_in = h @ w2 + b2 + x;  y = relu(x_in * s_m + t_m)
@@ -181,7 +231,7 @@ int mf_mux_pack(const float *x, const float *s_i, const float *t_i, const float 
                 const float *w2, const float *b2, int M, const float *s_m, const float *t_m, float *buf, float *out,
                 int N, int D, int H, int W, int G, int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int R,
                 mf_sched *sched, int item0, int item1) {
-    const int C = G * CI, Pr = (R * W + 3) / 4 * 4;
+    const int C = G * CI, Pr = (R * W + 7) / 8 * 8;
     const long rows = (long)N * D * H;
     const __m256 zero8 = _mm256_setzero_ps();
     float *a = (float *)malloc(sizeof(float) * (size_t)Pr * (2 * C + M));
@@ -190,54 +240,41 @@ int mf_mux_pack(const float *x, const float *s_i, const float *t_i, const float 
     MF_ITEMS(item) {
         const long row0 = (long)item * R; /* flat (n, d, h) row index */
         const int nrows = (int)(row0 + R <= rows ? R : rows - row0);
-        const int P = nrows * W, P4 = (P + 3) / 4 * 4;
+        const int P = nrows * W, P8 = (P + 7) / 8 * 8; /* positions past P: computed, never stored */
         const float *blk = x + row0 * W * C;
-        for (int p = 0; p < P; p++)
+        for (int p = 0; p < P8; p++)
             for (int c = 0; c < C; c += 8) {
-                const __m256 v = _mm256_loadu_ps(blk + (ptrdiff_t)p * C + c);
-                const __m256 y = _mm256_fmadd_ps(v, _mm256_loadu_ps(s_i + c), _mm256_loadu_ps(t_i + c));
+                const __m256 y = p < P ? _mm256_fmadd_ps(_mm256_loadu_ps(blk + (ptrdiff_t)p * C + c),
+                                                         _mm256_loadu_ps(s_i + c), _mm256_loadu_ps(t_i + c))
+                                       : zero8;
                 _mm256_storeu_ps(a + (ptrdiff_t)p * C + c, _mm256_max_ps(zero8, y));
             }
-        for (int i = P * C; i < P4 * C; i++) a[i] = 0.f; /* positions past P: computed, never stored */
-        __m256 acc[12];
-        for (int m = 0; m < M; m += 24) /* a 24-column slice of w1 stays in cache over the block's positions */
-            for (int p = 0; p < P4; p += 4) {
-                for (int r = 0; r < 4; r++)
-                    for (int j = 0; j < 3; j++) acc[3 * r + j] = _mm256_loadu_ps(b1 + m + 8 * j);
-                gemm_4x24(a + (ptrdiff_t)p * C, C, w1 + m, M, C, acc);
-                for (int r = 0; r < 4; r++)
-                    for (int j = 0; j < 3; j++)
-                        _mm256_storeu_ps(hid + (ptrdiff_t)(p + r) * M + m + 8 * j,
-                                         _mm256_max_ps(zero8, acc[3 * r + j]));
+        for (int p = 0; p < P8; p++)
+            for (int m = 0; m < M; m += 8) _mm256_storeu_ps(hid + (ptrdiff_t)p * M + m, _mm256_loadu_ps(b1 + m));
+        gemm_block(a, C, w1, M, hid, M, P8, C, M);
+        for (ptrdiff_t i = 0; i < (ptrdiff_t)P8 * M; i += 8)
+            _mm256_storeu_ps(hid + i, _mm256_max_ps(zero8, _mm256_loadu_ps(hid + i)));
+        for (int p = 0; p < P8; p++)
+            for (int c = 0; c < C; c += 8) {
+                __m256 v = _mm256_loadu_ps(b2 + c);
+                if (p < P) v = _mm256_add_ps(v, _mm256_loadu_ps(blk + (ptrdiff_t)p * C + c));
+                _mm256_storeu_ps(xin + (ptrdiff_t)p * C + c, v);
             }
-        for (int c = 0; c < C; c += 24)
-            for (int p = 0; p < P4; p += 4) {
-                for (int r = 0; r < 4; r++)
-                    for (int j = 0; j < 3; j++) {
-                        __m256 v = _mm256_loadu_ps(b2 + c + 8 * j);
-                        if (p + r < P)
-                            v = _mm256_add_ps(v, _mm256_loadu_ps(blk + (ptrdiff_t)(p + r) * C + c + 8 * j));
-                        acc[3 * r + j] = v;
-                    }
-                gemm_4x24(hid + (ptrdiff_t)p * M, M, w2 + c, C, M, acc);
-                for (int r = 0; r < 4; r++)
-                    for (int j = 0; j < 3; j++) {
-                        if (buf) {
-                            _mm256_storeu_ps(xin + (ptrdiff_t)(p + r) * C + c + 8 * j, acc[3 * r + j]);
-                        } else if (p + r < P) {
-                            const int k = c + 8 * j;
-                            const __m256 y =
-                                _mm256_fmadd_ps(acc[3 * r + j], _mm256_loadu_ps(s_m + k), _mm256_loadu_ps(t_m + k));
-                            _mm256_storeu_ps(out + (row0 * W + p + r) * C + k, _mm256_max_ps(zero8, y));
-                        }
-                    }
-            }
-        if (buf)
+        gemm_block(hid, M, w2, C, xin, C, P8, M, C);
+        if (buf) {
             for (int r = 0; r < nrows; r++) {
                 const long row = row0 + r;
                 const int n = (int)(row / (D * H)), d = (int)(row / H % D), h = (int)(row % H);
                 pack_row(xin + (ptrdiff_t)r * W * C, s_m, t_m, buf, n, d, h, D, H, W, G, CI, Dp, Hp, Wp, pd, ph, pw);
             }
+        } else {
+            for (int p = 0; p < P; p++)
+                for (int c = 0; c < C; c += 8) {
+                    const __m256 y = _mm256_fmadd_ps(_mm256_loadu_ps(xin + (ptrdiff_t)p * C + c),
+                                                     _mm256_loadu_ps(s_m + c), _mm256_loadu_ps(t_m + c));
+                    _mm256_storeu_ps(out + (row0 * W + p) * C + c, _mm256_max_ps(zero8, y));
+                }
+        }
     }
     free(a);
     return 0;
@@ -268,13 +305,6 @@ static inline void tile(const float *in, const float *w, const float *bias, int 
     acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; acc[4] = a4; acc[5] = a5;
     acc[6] = a6; acc[7] = a7; acc[8] = a8; acc[9] = a9; acc[10] = a10; acc[11] = a11;
 }
-
-/* 1 where the CPU has AVX-512F (set once by the loader, mf_set_avx512): mf_conv then computes 32 positions per
- * tile where a row has room for them. Zen 4 runs a 512-bit FMA as two 256-bit halves, so the arithmetic is the
- * same; the gain is half the loads, broadcasts and instructions per multiply-add. */
-static int mf_avx512 = 0;
-
-void mf_set_avx512(int on) { mf_avx512 = on; }
 
 /* The 6 x 16 tile of tile(), 32 positions wide, with AVX-512: out[32 * j + p] is channel j at position p. */
 __attribute__((target("avx512f"))) static void tile32(const float *in, const float *w, const float *bias, int CI,
@@ -482,7 +512,8 @@ static inline void store_sums(double *s1, double *s2, __m256 a1, __m256 a2) {
 
 /* Per block b: s1[b, c] = sum (x - k[c]), s2[b, c] = sum (x - k[c])^2 over its rows (k: a shift per channel
  * against cancellation, e.g. the first row). items: blocks of MF_BN_BLOCK rows. */
-void mf_bn_stats(const float *x, const float *k, double *s1, double *s2, long P, int C, mf_sched *sched, int item0, int item1) {
+void mf_bn_stats(const float *x, const float *k, double *s1, double *s2, long P, int C, mf_sched *sched, int item0,
+                 int item1) {
     MF_ITEMS(b) {
         const long r0 = (long)b * MF_BN_BLOCK, r1 = r0 + MF_BN_BLOCK < P ? r0 + MF_BN_BLOCK : P;
         for (int c = 0; c < C; c += 8) {
@@ -499,8 +530,8 @@ void mf_bn_stats(const float *x, const float *k, double *s1, double *s2, long P,
 }
 
 /* y = relu(x * scale + shift). items: blocks of MF_BN_BLOCK rows. */
-void mf_bn_relu(const float *x, const float *scale, const float *shift, float *y, long P, int C, mf_sched *sched, int item0,
-                int item1) {
+void mf_bn_relu(const float *x, const float *scale, const float *shift, float *y, long P, int C, mf_sched *sched,
+                int item0, int item1) {
     const __m256 zero = _mm256_setzero_ps();
     MF_ITEMS(b) {
         const long r0 = (long)b * MF_BN_BLOCK, r1 = r0 + MF_BN_BLOCK < P ? r0 + MF_BN_BLOCK : P;
@@ -515,7 +546,8 @@ void mf_bn_relu(const float *x, const float *scale, const float *shift, float *y
 
 /* Per block: s1[b, c] = sum dz, s2[b, c] = sum dz * (x - mean), with dz = dy where x * scale + shift > 0. */
 void mf_bn_relu_grad_sums(const float *x, const float *dy, const float *scale, const float *shift,
-                          const float *mean, double *s1, double *s2, long P, int C, mf_sched *sched, int item0, int item1) {
+                          const float *mean, double *s1, double *s2, long P, int C, mf_sched *sched, int item0,
+                          int item1) {
     const __m256 zero = _mm256_setzero_ps();
     MF_ITEMS(b) {
         const long r0 = (long)b * MF_BN_BLOCK, r1 = r0 + MF_BN_BLOCK < P ? r0 + MF_BN_BLOCK : P;

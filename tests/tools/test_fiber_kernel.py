@@ -155,7 +155,7 @@ def test_nan_propagates_through_the_multiplexer() -> None:
 
 @needs_kernel
 @pytest.mark.parametrize("avx512", [False, True])
-@pytest.mark.parametrize("width", [40, 56, 13])  # 32 + 16 positions; 2 x 32; one partial 16-wide tile
+@pytest.mark.parametrize("width", [40, 56, 100, 13])  # tiles of 32 + 16; 64; 64 + 32 + 16; one partial 16
 def test_avx2_and_avx512_tiles_match_pytorch(avx512: bool, width: int) -> None:
     if avx512 and "avx512f" not in fiber_kernel._cpu_flags():
         pytest.skip("no AVX-512 on this CPU")

@@ -70,16 +70,28 @@ def test_readable_through_the_dataset_pipeline(dataset):
     assert item["label"] == test[1].label and not item["substituted"]
 
 
+def _pictures(path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(float)
+
+
 def test_deterministic_for_a_seed_and_different_across_seeds(dataset, tmp_path):
     again = make_motion_dataset(tmp_path / "again", SPEC, progress=False)
     for name in ("move_left", "rotate_clockwise"):
-        a = (dataset.root / name / f"{name}_0002.mp4").read_bytes()
-        b = (again.root / name / f"{name}_0002.mp4").read_bytes()
-        assert a == b
+        a = _pictures(dataset.root / name / f"{name}_0002.mp4")
+        b = _pictures(again.root / name / f"{name}_0002.mp4")
+        other = _pictures(dataset.root / name / f"{name}_0003.mp4")
+        # The rendered frames are the same for a seed (exactly: render_motion below); libx264's bytes are not
+        # reproducible from run to run here (even single-threaded: 2-9 of 48 files differed, decoded mean
+        # differences up to 3 levels), so the files are compared as pictures: another video differs by 17-21.
+        assert a.shape == b.shape and np.abs(a - b).mean() < 6 < np.abs(a - other).mean()
     for name in ("classInd.txt", "trainlist01.txt", "testlist01.txt"):
         assert (dataset.root / name).read_text() == (again.root / name).read_text()
     one = render_motion(1, np.random.default_rng([3, 1, 0]), num_frames=8, size=32)
     two = render_motion(1, np.random.default_rng([4, 1, 0]), num_frames=8, size=32)
+    assert np.array_equal(one, render_motion(1, np.random.default_rng([3, 1, 0]), num_frames=8, size=32))
     assert np.abs(one.astype(int) - two.astype(int)).mean() > 10
 
 

@@ -21,8 +21,9 @@ On disk (``root`` is the folder given to ``make_motion_dataset``)::
     root/motion.json               the generation settings (a second call with the same settings reuses the files)
 
 Load it with ``mfnet.data.annotations.load_annotations("ucf101", root, root, split=1)``. Video ``i`` of every class
-is rendered from the random stream ``(seed, pair, i)`` alone, so the files do not depend on the order or number of
-videos generated and a seed gives the same dataset everywhere.
+is rendered from the random stream ``(seed, pair, i)`` alone, so the videos do not depend on the order or number of
+videos generated and a seed gives the same rendered frames everywhere (libx264's encoding of them is not
+byte-reproducible from run to run: a few files differ slightly).
 """
 
 from __future__ import annotations

@@ -134,12 +134,11 @@ def test_whole_unit_with_the_multiplexer_matches_pytorch(size: tuple[int, ...]) 
     w1 = torch.randn(96, 6, 3, 3, 3, generator=g) * 0.2
     b1, w2 = torch.randn(96, generator=g), torch.randn(96, 6, 1, 3, 3, generator=g) * 0.2
     tail = KernelFiberTail(mux.out_scale, mux.out_shift, w1, b1, w2, None, 16)
-    tail.set_multiplexer(mux)
     x = torch.randn(size[0], 96, *size[1:], generator=g).contiguous(memory_format=CL3D)
     h = torch.relu(F.conv3d(mux_reference(x), w1, b1, padding=1, groups=16))
     expected = F.conv3d(h, w2, None, padding=(0, 1, 1), groups=16) + x
     for _ in range(2):  # the buffers are reused: their padding must stay zero
-        torch.testing.assert_close(tail.forward_unit(x), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(tail.forward_unit(x, mux), expected, rtol=1e-4, atol=1e-4)
 
 
 @needs_kernel
@@ -227,7 +226,8 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
     assert fast.fastpath_info.kernel_units == 2  # second units; first ones have a dense conv_m2 or a spatial stride
     assert isinstance(fast.conv2.B01.kernel_m1, KernelFiberConv)  # conv2's first conv_m1 (16 -> 96, stride 2 in time)
     assert fast.conv3.B01.kernel_m1 is None  # spatial stride
-    assert fast.conv2.B02.kernel_tail.has_multiplexer  # the whole unit in one kernel pipeline
+    assert isinstance(fast.conv2.B02.kernel_mux, KernelMultiplexer)  # with its tail: the whole unit on the kernels
+    assert isinstance(fast.conv2.B02.kernel_tail, KernelFiberTail)
     assert isinstance(fast.conv3.B01.kernel_mux, KernelMultiplexer)  # the multiplexer only: conv_m1 has a stride
     assert fast.conv2.B01.kernel_mux is None  # 16 input channels: not a multiple of 24
     assert fast.fastpath_info.max_rel_diff < 1e-4

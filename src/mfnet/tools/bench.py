@@ -355,20 +355,18 @@ def _measure_memory(
         return float("nan")
 
 
+def prepare_from_spec(spec: dict) -> _Prepared:
+    """Builds a candidate on the CPU from a JSON-decoded spec (``Candidate`` fields under ``"candidate"``, and
+    ``mode``, ``batch``, ``threads``, ``num_classes``, ``seed``), in a process of its own, with its thread count."""
+    fields = dict(spec["candidate"], clip_size=tuple(spec["candidate"]["clip_size"]))
+    torch.set_num_threads(spec["threads"])
+    settings = {k: spec[k] for k in ("mode", "batch", "threads", "num_classes", "seed")}
+    return _prepare(Candidate(**fields), device="cpu", **settings)
+
+
 def _child_peak_memory(spec: str) -> None:
     """In a fresh process: builds one candidate, runs its first step and prints its peak memory in MiB."""
-    args = json.loads(spec)
-    args["candidate"]["clip_size"] = tuple(args["candidate"]["clip_size"])
-    torch.set_num_threads(args["threads"])
-    prepared = _prepare(
-        Candidate(**args["candidate"]),
-        mode=args["mode"],
-        batch=args["batch"],
-        device="cpu",
-        threads=args["threads"],
-        num_classes=args["num_classes"],
-        seed=args["seed"],
-    )
+    prepared = prepare_from_spec(json.loads(spec))
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before, _ = _rss_mb()
     prepared.step()

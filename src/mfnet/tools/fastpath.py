@@ -453,14 +453,12 @@ class FusedFiberUnit(nn.Module):
         self.kernel_mux = None
         if use_kernel and self.multiplexer and self.kernel_m1 is None:
             self.kernel_mux = _kernel_multiplexer(unit, self.conv_i1, self.conv_i2)
-        if self.kernel_mux is not None and self.kernel_tail is not None and not self.projection:
-            self.kernel_tail.set_multiplexer(self.kernel_mux)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_channels_last(x)
         if self.kernel_mux is not None and _kernel_can_run(x):
-            if self.kernel_tail is not None and self.kernel_tail.has_multiplexer and fiber_kernel.worth_it(x):
-                return self.kernel_tail.forward_unit(x)  # the whole unit: multiplexer, pack, conv_m1, conv_m2 + x
+            if self.kernel_tail is not None and not self.projection and fiber_kernel.worth_it(x):
+                return self.kernel_tail.forward_unit(x, self.kernel_mux)  # multiplexer, pack, conv_m1, conv_m2 + x
             shortcut = self.conv_w1(self.act_w(x)) if self.projection else x
             return self.conv_m2(self.conv_m1(self.kernel_mux(x)), add=shortcut, add_in_place=self.projection)
         x_in = self.conv_i2(self.conv_i1(self.act_i(x)), add=x) if self.multiplexer else x

@@ -337,27 +337,19 @@ class KernelFiberTail(nn.Module):
             self._buffers_cache[key] = cached
         return cached
 
-    def set_multiplexer(self, multiplexer: KernelMultiplexer) -> None:
-        """Runs ``multiplexer`` (whose BN after ``x_in`` must be this tail's) in the same pass as the pack, in
-        ``forward_unit``."""
-        self.multiplexer = multiplexer
-
-    @property
-    def has_multiplexer(self) -> bool:
-        """Whether ``set_multiplexer`` was called (``forward_unit`` runs the whole unit)."""
-        return isinstance(getattr(self, "multiplexer", None), KernelMultiplexer)
-
     @torch.no_grad()
-    def forward_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """The whole unit, multiplexer included, for a unit whose shortcut is its input ``x`` (channels-last
-        ``(N, C, T, H, W)``)."""
-        return self._run(x, x, with_multiplexer=True)
+    def forward_unit(self, x: torch.Tensor, multiplexer: KernelMultiplexer) -> torch.Tensor:
+        """The whole unit, for a unit whose shortcut is its input ``x`` (channels-last ``(N, C, T, H, W)``):
+        ``multiplexer`` (whose BN after ``x_in`` is this tail's) writes straight into the packed buffer."""
+        return self._run(x, x, multiplexer=multiplexer)
 
     @torch.no_grad()
     def forward(self, x_in: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        return self._run(x_in, shortcut, with_multiplexer=False)
+        return self._run(x_in, shortcut)
 
-    def _run(self, x_in: torch.Tensor, shortcut: torch.Tensor, *, with_multiplexer: bool) -> torch.Tensor:
+    def _run(
+        self, x_in: torch.Tensor, shortcut: torch.Tensor, *, multiplexer: KernelMultiplexer | None = None
+    ) -> torch.Tensor:
         n, _, t, h, w = x_in.shape
         g = self.groups
         x_in = x_in.contiguous(memory_format=torch.channels_last_3d)
@@ -369,8 +361,8 @@ class KernelFiberTail(nn.Module):
         lib = _library()
         dims_1 = (buf_1.shape[2], buf_1.shape[3], buf_1.shape[5])  # padded T, H and row length
         dims_2 = (buf_2.shape[2], buf_2.shape[3], buf_2.shape[5])
-        if with_multiplexer:
-            self.multiplexer.run(x_in, buf=buf_1, padding=(pd1, ph1, pw1))
+        if multiplexer is not None:
+            multiplexer.run(x_in, buf=buf_1, padding=(pd1, ph1, pw1))
         else:
             _pack_into(buf_1, x_in, (pd1, ph1, pw1), lib, self.scale, self.shift)
         t_out = self._out_length(t)

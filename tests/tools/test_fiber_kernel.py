@@ -236,6 +236,24 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
         torch.testing.assert_close(copied(x), fast(x), rtol=0, atol=0)
 
 
+@needs_kernel
+def test_conv4_units_run_whole_on_the_kernels_and_match_the_model() -> None:
+    """24 channels per fiber on 14-wide frames (mfnet3d's conv4 at 224): multiplexer and tail on the kernels."""
+    torch.manual_seed(1)
+    model = mfnet.create_model("mfnet3d", num_classes=5, widths=(96, 192, 384, 96), depths=(1, 1, 2, 1)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    fast = optimize_for_inference(model, torch.randn(1, 3, 4, 224, 224), check=True)
+    unit = fast.conv4.B02
+    assert isinstance(unit.kernel_tail, KernelFiberTail) and isinstance(unit.kernel_mux, KernelMultiplexer)
+    assert unit.kernel_tail.weight_1.shape[-2:] == (24, 24)  # (G, kt, kh, kw, C_in/G, C_out/G)
+    assert fast.fastpath_info.max_rel_diff < 1e-4
+
+
 def test_turned_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(fiber_kernel.ENV_VAR, "0")
     monkeypatch.setattr(fiber_kernel, "_state", {})

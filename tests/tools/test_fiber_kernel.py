@@ -210,17 +210,22 @@ def test_work_is_shared_and_never_waits_for_a_late_thread() -> None:
         torch.set_num_threads(threads)
 
 
-@needs_kernel
-@pytest.mark.parametrize("shape", [(1, 3, 4, 48, 224), (2, 3, 4, 32, 112)])  # conv2 and conv3 28+ wide; conv3 14
-def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...]) -> None:
-    torch.manual_seed(0)
-    model = mfnet.create_model("mfnet3d", num_classes=7, widths=(96, 192, 96, 96), depths=(2, 2, 1, 1)).eval()
+def _randomise_bn(model: torch.nn.Module) -> None:
+    """BN statistics and scales away from their defaults, so that folding them is tested."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm3d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(1, 3, 4, 48, 224), (2, 3, 4, 32, 112)])  # conv2 and conv3 28+ wide; conv3 14
+def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    model = mfnet.create_model("mfnet3d", num_classes=7, widths=(96, 192, 96, 96), depths=(2, 2, 1, 1)).eval()
+    _randomise_bn(model)
     x = torch.randn(shape)
     fast = optimize_for_inference(model, x, check=True)
     assert fast.fastpath_info.kernel_units == 2  # second units; first ones have a dense conv_m2 or a spatial stride
@@ -241,12 +246,7 @@ def test_conv4_units_run_whole_on_the_kernels_and_match_the_model() -> None:
     """24 channels per fiber on 14-wide frames (mfnet3d's conv4 at 224): multiplexer and tail on the kernels."""
     torch.manual_seed(1)
     model = mfnet.create_model("mfnet3d", num_classes=5, widths=(96, 192, 384, 96), depths=(1, 1, 2, 1)).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm3d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
+    _randomise_bn(model)
     fast = optimize_for_inference(model, torch.randn(1, 3, 4, 224, 224), check=True)
     unit = fast.conv4.B02
     assert isinstance(unit.kernel_tail, KernelFiberTail) and isinstance(unit.kernel_mux, KernelMultiplexer)

@@ -42,8 +42,8 @@ static inline int mf_claim(mf_sched *s, int *state, int item1) {
 #define MF_ITEMS(item) \
     for (int mf_state_ = sched ? 0 : item0, item; (item = mf_claim(sched, &mf_state_, item1)) < item1;)
 
-/* 1 where the CPU has AVX-512F (set once by the loader, mf_set_avx512): mf_conv then computes 32 positions per
- * tile where a row has room for them, and the multiplexer's matrix products use 8 x 48 tiles. Zen 4 runs a 512-bit
+/* 1 where the CPU has AVX-512F (set once by the loader, mf_set_avx512): mf_conv then computes 64 or 32 positions
+ * per tile where a row has room for them, and the multiplexer's matrix products use 8 x 48 tiles. Zen 4 runs a 512-bit
  * FMA as two 256-bit halves, so the arithmetic is the same; the gain is fewer loads, broadcasts and instructions
  * per multiply-add. */
 static int mf_avx512 = 0;

@@ -355,6 +355,11 @@ def _measure_memory(
         return float("nan")
 
 
+def cannot_run(candidate: Candidate, batch: int, err: Exception) -> str:
+    """The one-line message for a candidate whose model fails on its input."""
+    return f"{candidate.label} cannot run on batch {batch} ({err})"
+
+
 def prepare_from_spec(spec: dict) -> _Prepared:
     """Builds a candidate on the CPU from a JSON-decoded spec (``Candidate`` fields under ``"candidate"``, and
     ``mode``, ``batch``, ``threads``, ``num_classes``, ``seed``), in a process of its own, with its thread count."""
@@ -492,9 +497,7 @@ def _prepare_here(candidate: Candidate, settings: dict, warmup: int, *, device: 
         for _ in range(warmup):
             item.step()
     except (RuntimeError, ValueError) as err:
-        raise MfnetError(
-            f"{candidate.label} cannot run on batch {settings['batch']} ({err}); pick another --input"
-        ) from None
+        raise MfnetError(f"{cannot_run(candidate, settings['batch'], err)}; pick another --input") from None
     return item
 
 

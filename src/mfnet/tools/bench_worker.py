@@ -110,19 +110,19 @@ def serve(stdin: IO[str] | None = None) -> None:
     """The worker side: reads the spec, prepares the candidate, then times a step per ``"step"`` line."""
     import time
 
-    from mfnet.tools.bench import Candidate, prepare_from_spec
+    from mfnet.tools.bench import Candidate, cannot_run, prepare_from_spec
 
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of libraries go to stderr, not into the protocol
     stdin = stdin or sys.stdin
     spec = json.loads(stdin.readline())
-    label = Candidate(**dict(spec["candidate"], clip_size=tuple(spec["candidate"]["clip_size"]))).label
     try:
         item = prepare_from_spec(spec)
         for _ in range(spec["warmup"]):
             item.step()
     except (RuntimeError, ValueError) as err:
-        reply.write(json.dumps({"error": f"{label} cannot run on batch {spec['batch']} ({err})"}) + "\n")
+        candidate = Candidate(**dict(spec["candidate"], clip_size=tuple(spec["candidate"]["clip_size"])))
+        reply.write(json.dumps({"error": cannot_run(candidate, spec["batch"], err)}) + "\n")
         return
     info = {"params": item.params, "macs_per_clip": item.macs_per_clip, "state_bytes": item.state_bytes}
     reply.write(json.dumps({"ready": info | {"setup_s": item.setup_s}}) + "\n")

@@ -97,7 +97,6 @@ def set_avx512(on: bool | None = None) -> bool:
         on = os.environ.get(AVX512_ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
     on = bool(on) and "avx512f" in _cpu_flags()
     lib.mf_set_avx512(int(on))
-    _state["avx512"] = on
     return on
 
 
@@ -163,12 +162,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_bn_relu_grad_input.argtypes = [_PTR] * 9 + [_LONG, _INT] + items
     lib.mf_bn_finalize.argtypes = [_PTR, _PTR, _INT] + [_PTR] * 5 + [_DOUBLE, _DOUBLE, _LONG, _INT] + [_PTR] * 4
     lib.mf_bn_grad_finalize.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _LONG, _INT] + [_PTR] * 5
-    for fn in (lib.mf_pack, lib.mf_conv, lib.mf_conv_wgrad, lib.mf_bn_stats, lib.mf_bn_relu):
-        fn.restype = None
-    for fn in (lib.mf_bn_relu_grad_sums, lib.mf_bn_relu_grad_input, lib.mf_bn_finalize, lib.mf_bn_grad_finalize):
-        fn.restype = None
     lib.mf_set_avx512.argtypes = [_INT]
-    lib.mf_set_avx512.restype = None
+    bn = (lib.mf_bn_stats, lib.mf_bn_relu, lib.mf_bn_relu_grad_sums, lib.mf_bn_relu_grad_input, lib.mf_bn_finalize)
+    for fn in (lib.mf_pack, lib.mf_conv, lib.mf_conv_wgrad, *bn, lib.mf_bn_grad_finalize, lib.mf_set_avx512):
+        fn.restype = None
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -265,10 +262,10 @@ def supports(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding
     )
 
 
-def _register_bn(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
-    """A BatchNorm's ``scale`` and ``shift`` ``(C,)`` as float32 buffers of ``module``."""
-    module.register_buffer("scale", scale.detach().float().contiguous().clone())
-    module.register_buffer("shift", shift.detach().float().contiguous().clone())
+def _register_bn(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor, prefix: str = "") -> None:
+    """A BatchNorm's ``scale`` and ``shift`` ``(C,)`` as float32 buffers ``<prefix>scale``, ``<prefix>shift``."""
+    module.register_buffer(f"{prefix}scale", scale.detach().float().contiguous().clone())
+    module.register_buffer(f"{prefix}shift", shift.detach().float().contiguous().clone())
 
 
 def _bias(bias: torch.Tensor | None, channels: int) -> torch.Tensor:
@@ -419,8 +416,7 @@ class KernelMultiplexer(nn.Module):
         self.register_buffer("bias_1", _bias(bias_1, m))
         self.register_buffer("weight_2", weight_2.detach().float().reshape(c, m).t().contiguous())  # (M, C)
         self.register_buffer("bias_2", _bias(bias_2, c))
-        self.register_buffer("out_scale", out_scale.detach().float().contiguous().clone())
-        self.register_buffer("out_shift", out_shift.detach().float().contiguous().clone())
+        _register_bn(self, out_scale, out_shift, prefix="out_")
 
     @staticmethod
     def supported(channels: int, hidden: int) -> bool:

@@ -150,8 +150,8 @@ def load() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     _LONG, _DOUBLE = ctypes.c_long, ctypes.c_double
     items = [_PTR, _INT, _INT]  # mf_sched *, item0, item1 (see _parallel)
-    lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 11 + items
-    lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 13 + items
+    lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 12 + items
+    lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 14 + items
     lib.mf_mux_pack.restype = _INT
     lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + items
     lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 17 + items
@@ -359,9 +359,9 @@ class KernelFiberTail(nn.Module):
         dims_1 = (buf_1.shape[2], buf_1.shape[3], buf_1.shape[5])  # padded T, H and row length
         dims_2 = (buf_2.shape[2], buf_2.shape[3], buf_2.shape[5])
         if multiplexer is not None:
-            multiplexer.run(x_in, buf=buf_1, padding=(pd1, ph1, pw1))
+            multiplexer.run(x_in, buf=buf_1, padding=(pd1, ph1, pw1), padding_zeroed=True)
         else:
-            _pack_into(buf_1, x_in, (pd1, ph1, pw1), lib, self.scale, self.shift)
+            _pack_into(buf_1, x_in, (pd1, ph1, pw1), lib, self.scale, self.shift, zero_padding=False)
         t_out = self._out_length(t)
         if shortcut.shape != (n, c_out, t_out, h, w):
             raise ValueError(f"shortcut of shape {tuple(shortcut.shape)} cannot be added to {(n, c_out, t_out, h, w)}")
@@ -428,10 +428,16 @@ class KernelMultiplexer(nn.Module):
         return self.run(x)
 
     def run(
-        self, x: torch.Tensor, *, buf: torch.Tensor | None = None, padding: tuple[int, int, int] = (0, 0, 0)
+        self,
+        x: torch.Tensor,
+        *,
+        buf: torch.Tensor | None = None,
+        padding: tuple[int, int, int] = (0, 0, 0),
+        padding_zeroed: bool = False,
     ) -> torch.Tensor | None:
         """``out`` channels-last (returned), or, with ``buf``, packed into that padded group-major buffer
-        ``(N, G, T + 2pd, H + 2ph, C/G, row)`` with ``padding`` ``(pd, ph, pw)`` (returns ``None``)."""
+        ``(N, G, T + 2pd, H + 2ph, C/G, row)`` with ``padding`` ``(pd, ph, pw)`` (returns ``None``); its padding is
+        written with zeros unless ``padding_zeroed`` says it holds them already."""
         n, c, t, h, w = x.shape
         x = x.contiguous(memory_format=CL3D)
         out = None if buf is not None else torch.empty_like(x, memory_format=CL3D)
@@ -440,7 +446,7 @@ class KernelMultiplexer(nn.Module):
         weights = (self.scale, self.shift, self.weight_1, self.bias_1, self.weight_2, self.bias_2)
         args = (_ptr(x), *map(_ptr, weights), self.weight_1.shape[1], _ptr(self.out_scale), _ptr(self.out_shift))
         rows = max(1, MUX_POSITIONS // w)  # rows per work item: each pass over the weights serves >= 28 positions
-        args += (_ptr(buf), _ptr(out), n, t, h, w, groups, per_group, *dims, *padding, rows)
+        args += (_ptr(buf), _ptr(out), n, t, h, w, groups, per_group, *dims, *padding, rows, int(not padding_zeroed))
         if all(_parallel(_library().mf_mux_pack, args, -(-n * t * h // rows))):  # no thread could run
             raise MemoryError("the fiber kernel could not allocate its scratch rows")
         return out
@@ -541,12 +547,15 @@ def _pack_into(
     lib: ctypes.CDLL,
     scale: torch.Tensor | None = None,
     shift: torch.Tensor | None = None,
+    *,
+    zero_padding: bool = True,
 ) -> None:
     """Writes channels-last ``x`` ``(N, C, T, H, W)`` (``relu(x * scale + shift)`` with a BN) into the interior of
-    the padded group-major ``buf`` ``(N, G, T + 2pd, H + 2ph, C/G, row)``, and zeros into its padding."""
+    the padded group-major ``buf`` ``(N, G, T + 2pd, H + 2ph, C/G, row)``, and zeros into its padding unless
+    ``zero_padding`` is false (a kept buffer whose padding holds zeros already)."""
     n, c, t, h, w = x.shape
     groups = buf.shape[1]
-    dims = (buf.shape[2], buf.shape[3], buf.shape[5], *padding)
+    dims = (buf.shape[2], buf.shape[3], buf.shape[5], *padding, int(zero_padding))
     args = (_ptr(x), _ptr(scale), _ptr(shift), _ptr(buf), t, h, w, groups, c // groups, *dims)
     _parallel(lib.mf_pack, args, n * t * h)
 

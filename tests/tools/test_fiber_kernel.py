@@ -126,6 +126,29 @@ def test_multiplexer_matches_pytorch(c: int, m: int, size: tuple[int, ...], avx5
 
 
 @needs_kernel
+@pytest.mark.parametrize(("size", "stride"), [((1, 2, 6, 56), (1, 2, 2)), ((2, 3, 5, 13), (2, 2, 2))])
+def test_multiplexer_writes_the_projection_input(size: tuple[int, ...], stride: tuple[int, ...]) -> None:
+    """A first unit's multiplexer also writes relu(bn_w(x)) where the strided 1x1x1 projection reads it."""
+    g = torch.Generator().manual_seed(2)
+    mux, reference = _multiplexer(96, 48, g)
+    s_w, t_w = _bn(96, g)
+    both = KernelMultiplexer(
+        mux.scale, mux.shift, mux.weight_1.t().reshape(48, 96, 1, 1, 1), mux.bias_1,
+        mux.weight_2.t().reshape(96, 48, 1, 1, 1), mux.bias_2, mux.out_scale, mux.out_shift,
+        proj_scale=s_w, proj_shift=t_w, proj_stride=stride,
+    )  # fmt: skip
+    x = torch.randn(size[0], 96, *size[1:], generator=g).contiguous(memory_format=CL3D)
+    out, proj = both.forward_with_projection(x)
+    expected = torch.relu(x * s_w.view(1, -1, 1, 1, 1) + t_w.view(1, -1, 1, 1, 1))
+    st, sh, sw = stride
+    torch.testing.assert_close(out, reference(x), rtol=1e-4, atol=1e-4)
+    assert proj.is_contiguous(memory_format=CL3D)
+    torch.testing.assert_close(proj, expected[:, :, ::st, ::sh, ::sw], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="projection"):
+        mux.forward_with_projection(x)
+
+
+@needs_kernel
 @pytest.mark.parametrize("size", [(1, 2, 3, 56), (2, 3, 4, 13)])
 def test_whole_unit_with_the_multiplexer_matches_pytorch(size: tuple[int, ...]) -> None:
     """``KernelFiberTail.forward_unit``: the multiplexer writes straight into the packed buffer of ``conv_m1``."""
@@ -234,6 +257,8 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
     assert isinstance(fast.conv2.B02.kernel_mux, KernelMultiplexer)  # with its tail: the whole unit on the kernels
     assert isinstance(fast.conv2.B02.kernel_tail, KernelFiberTail)
     assert isinstance(fast.conv3.B01.kernel_mux, KernelMultiplexer)  # the multiplexer only: conv_m1 has a stride
+    assert fast.conv3.B01.kernel_mux.has_projection  # ... and the projection's BN-ReLU, subsampled
+    assert fast.conv3.B01.conv_w1_compact is not None and fast.conv3.B01.conv_w1_compact.stride == [1, 1, 1]
     assert fast.conv2.B01.kernel_mux is None  # 16 input channels: not a multiple of 24
     assert fast.fastpath_info.max_rel_diff < 1e-4
     copied = copy.deepcopy(fast)

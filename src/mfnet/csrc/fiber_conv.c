@@ -228,12 +228,16 @@ static void gemm_block(const float *a, int lda, const float *b, int ldb, float *
  * x: channels-last (N, D, H, W, C) with C = G*CI; w1: (C, M); w2: (M, C); C and M multiples of 24.
  * buf != NULL: y into the padded group-major buffer, padding included unless zero_pad == 0 (as mf_pack);
  * else:        y into channels-last out (N, D, H, W, C).
+ * proj != NULL: also relu(x * s_w + t_w) at the positions a 1x1x1 convolution with strides (SD, SH, SW) reads, into
+ *               channels-last proj (N, Do, Ho, Wo, C): the BN-ReLU before a first unit's projection shortcut, on
+ *               rows that are in cache already instead of in a pass of its own over the whole input.
  * Returns 1 if its scratch could not be allocated (nothing written), else 0.
  * items: blocks of R consecutive (n, d, h) rows (the last may be shorter). */
 int mf_mux_pack(const float *x, const float *s_i, const float *t_i, const float *w1, const float *b1,
                 const float *w2, const float *b2, int M, const float *s_m, const float *t_m, float *buf, float *out,
                 int N, int D, int H, int W, int G, int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int R,
-                int zero_pad, mf_sched *sched, int item0, int item1) {
+                int zero_pad, const float *s_w, const float *t_w, float *proj, int SD, int SH, int SW,
+                mf_sched *sched, int item0, int item1) {
     const int C = G * CI, Pr = (R * W + 7) / 8 * 8;
     const long rows = (long)N * D * H;
     const __m256 zero8 = _mm256_setzero_ps();
@@ -245,6 +249,19 @@ int mf_mux_pack(const float *x, const float *s_i, const float *t_i, const float 
         const int nrows = (int)(row0 + R <= rows ? R : rows - row0);
         const int P = nrows * W, P8 = (P + 7) / 8 * 8; /* positions past P: computed, never stored */
         const float *blk = x + row0 * W * C;
+        for (int r = 0; r < nrows && proj; r++) {
+            const long row = row0 + r;
+            const int n = (int)(row / (D * H)), d = (int)(row / H % D), h = (int)(row % H);
+            if (d % SD || h % SH) continue;
+            const int Do = (D - 1) / SD + 1, Ho = (H - 1) / SH + 1, Wo = (W - 1) / SW + 1;
+            float *o = proj + (((ptrdiff_t)n * Do + d / SD) * Ho + h / SH) * Wo * C;
+            for (int w = 0; w < W; w += SW, o += C)
+                for (int c = 0; c < C; c += 8) {
+                    const __m256 v = _mm256_loadu_ps(blk + ((ptrdiff_t)r * W + w) * C + c);
+                    _mm256_storeu_ps(o + c, _mm256_max_ps(zero8, _mm256_fmadd_ps(v, _mm256_loadu_ps(s_w + c),
+                                                                                 _mm256_loadu_ps(t_w + c))));
+                }
+        }
         for (int p = 0; p < P8; p++)
             for (int c = 0; c < C; c += 8) {
                 const __m256 y = p < P ? _mm256_fmadd_ps(_mm256_loadu_ps(blk + (ptrdiff_t)p * C + c),

@@ -453,12 +453,24 @@ class FusedFiberUnit(nn.Module):
         self.kernel_mux = None
         if use_kernel and self.multiplexer and self.kernel_m1 is None:
             self.kernel_mux = _kernel_multiplexer(unit, self.conv_i1, self.conv_i2)
+        # where the multiplexer's pass also writes the projection's BN-ReLU (subsampled), the projection runs at
+        # stride 1 on that, and no pass of its own reads the whole input: first units of conv3/conv4/conv5 at 224
+        # 12.67/10.83/9.44 -> 12.39/10.67/9.18 ms (medians of 50 interleaved runs)
+        self.conv_w1_compact = None
+        if self.kernel_mux is not None and self.kernel_mux.has_projection:
+            w1 = self.conv_w1
+            self.conv_w1_compact = FusedConv(
+                w1.weight, w1.bias, padding=[0] * 3, stride=[1] * 3, dilation=[1] * 3, groups=1
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_channels_last(x)
         if self.kernel_mux is not None and _kernel_can_run(x):
             if self.kernel_tail is not None and not self.projection and fiber_kernel.worth_it(x):
                 return self.kernel_tail.forward_unit(x, self.kernel_mux)  # multiplexer, pack, conv_m1, conv_m2 + x
+            if self.conv_w1_compact is not None:
+                y, proj = self.kernel_mux.forward_with_projection(x)
+                return self.conv_m2(self.conv_m1(y), add=self.conv_w1_compact(proj), add_in_place=True)
             shortcut = self.conv_w1(self.act_w(x)) if self.projection else x
             return self.conv_m2(self.conv_m1(self.kernel_mux(x)), add=shortcut, add_in_place=self.projection)
         x_in = self.conv_i2(self.conv_i1(self.act_i(x)), add=x) if self.multiplexer else x
@@ -513,8 +525,24 @@ def _kernel_multiplexer(unit: MultiFiberUnit, conv_i1: FusedConv, conv_i2: Fused
         return None
     scale, shift = bn_affine(bn_i)
     out_scale, out_shift = bn_affine(bn_m)
+    projection = {}
+    w1 = getattr(unit, "conv_w1", None)
+    if w1 is not None and isinstance(w1.bn, _BatchNorm) and _plain_1x1(w1.conv):
+        proj_scale, proj_shift = bn_affine(w1.bn)
+        projection = dict(proj_scale=proj_scale, proj_shift=proj_shift, proj_stride=tuple(w1.conv.stride))
     return KernelMultiplexer(
-        scale, shift, conv_i1.weight, conv_i1.bias, conv_i2.weight, conv_i2.bias, out_scale, out_shift
+        scale, shift, conv_i1.weight, conv_i1.bias, conv_i2.weight, conv_i2.bias, out_scale, out_shift, **projection
+    )
+
+
+def _plain_1x1(conv: nn.Module) -> bool:
+    """A dense 1x1x1 convolution without padding or dilation (any stride)."""
+    return (
+        isinstance(conv, nn.Conv3d)
+        and conv.groups == 1
+        and tuple(conv.kernel_size) == (1, 1, 1)
+        and tuple(conv.padding) == (0, 0, 0)
+        and tuple(conv.dilation) == (1, 1, 1)
     )
 
 

@@ -151,7 +151,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     _LONG, _DOUBLE = ctypes.c_long, ctypes.c_double
     items = [_PTR, _INT, _INT]  # mf_sched *, item0, item1 (see _parallel)
     lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 12 + items
-    lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 14 + items
+    lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 14 + [_PTR] * 3 + [_INT] * 3 + items
     lib.mf_mux_pack.restype = _INT
     lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + items
     lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 17 + items
@@ -391,11 +391,18 @@ class KernelMultiplexer(nn.Module):
     whose ``conv_m1`` runs on oneDNN (``out`` is its input), and inside ``KernelFiberTail`` (``run(buf=...)`` packs
     ``out`` for the kernel's ``conv_m1``). Not for training.
 
+    With ``proj_scale``/``proj_shift`` (a stage's first unit), the same pass also writes the BN-ReLU before the
+    projection shortcut, ``relu(x * proj_scale + proj_shift)``, at the positions its 1x1x1 convolution with
+    ``proj_stride`` reads (``forward_with_projection``): the projection then runs as a stride-1 convolution on
+    that smaller tensor, and no pass of its own reads the whole input for it.
+
     Args:
         scale, shift: The BN before ``conv_i1``, ``(C,)``.
         weight_1, bias_1: ``conv_i1`` (1x1x1, dense) with ``conv_i2``'s BN folded in, ``(M, C, 1, 1, 1)``, ``(M,)``.
         weight_2, bias_2: ``conv_i2``, ``(C, M, 1, 1, 1)``; ``bias_2`` may be ``None``.
         out_scale, out_shift: The BN before ``conv_m1``, ``(C,)``.
+        proj_scale, proj_shift: The BN before the projection shortcut, ``(C,)``, or ``None``.
+        proj_stride: The projection's stride ``(st, sh, sw)``.
     """
 
     def __init__(
@@ -408,6 +415,10 @@ class KernelMultiplexer(nn.Module):
         bias_2: torch.Tensor | None,
         out_scale: torch.Tensor,
         out_shift: torch.Tensor,
+        *,
+        proj_scale: torch.Tensor | None = None,
+        proj_shift: torch.Tensor | None = None,
+        proj_stride: tuple[int, int, int] = (1, 1, 1),
     ) -> None:
         super().__init__()
         m, c = weight_1.shape[:2]
@@ -417,6 +428,10 @@ class KernelMultiplexer(nn.Module):
         self.register_buffer("weight_2", weight_2.detach().float().reshape(c, m).t().contiguous())  # (M, C)
         self.register_buffer("bias_2", _bias(bias_2, c))
         _register_bn(self, out_scale, out_shift, prefix="out_")
+        self.has_projection = proj_scale is not None and proj_shift is not None
+        if self.has_projection:
+            _register_bn(self, proj_scale, proj_shift, prefix="proj_")
+        self.proj_stride = tuple(int(s) for s in proj_stride)
 
     @staticmethod
     def supported(channels: int, hidden: int) -> bool:
@@ -425,7 +440,15 @@ class KernelMultiplexer(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x)
+        return self.run(x)[0]
+
+    @torch.no_grad()
+    def forward_with_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(out, p)``: ``out`` as ``forward``, and ``p = relu(x * proj_scale + proj_shift)`` subsampled by
+        ``proj_stride``, ``(N, C, T', H', W')`` channels-last (needs the projection's BN)."""
+        if not self.has_projection:
+            raise ValueError("this multiplexer was built without the projection's BatchNorm")
+        return self.run(x, projection=True)  # type: ignore[return-value]
 
     def run(
         self,
@@ -434,26 +457,35 @@ class KernelMultiplexer(nn.Module):
         buf: torch.Tensor | None = None,
         padding: tuple[int, int, int] = (0, 0, 0),
         padding_zeroed: bool = False,
-    ) -> torch.Tensor | None:
-        """``out`` channels-last (returned), or, with ``buf``, packed into that padded group-major buffer
-        ``(N, G, T + 2pd, H + 2ph, C/G, row)`` with ``padding`` ``(pd, ph, pw)`` (returns ``None``); its padding is
-        written with zeros unless ``padding_zeroed`` says it holds them already."""
+        projection: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(out, p)``: ``out`` channels-last, or, with ``buf``, ``None`` and ``out`` packed into that padded
+        group-major buffer ``(N, G, T + 2pd, H + 2ph, C/G, row)`` with ``padding`` ``(pd, ph, pw)`` (its padding
+        written with zeros unless ``padding_zeroed`` says it holds them already); ``p`` the projection's input
+        with ``projection`` (see ``forward_with_projection``), else ``None``."""
         n, c, t, h, w = x.shape
         x = x.contiguous(memory_format=CL3D)
         out = None if buf is not None else torch.empty_like(x, memory_format=CL3D)
+        proj = None
+        if projection:
+            size = [(s - 1) // st + 1 for s, st in zip((t, h, w), self.proj_stride, strict=True)]
+            proj = torch.empty((n, c, *size), memory_format=CL3D)
         groups, per_group = (buf.shape[1], buf.shape[4]) if buf is not None else (1, c)
         dims = (buf.shape[2], buf.shape[3], buf.shape[5]) if buf is not None else (t, h, w)
         weights = (self.scale, self.shift, self.weight_1, self.bias_1, self.weight_2, self.bias_2)
         args = (_ptr(x), *map(_ptr, weights), self.weight_1.shape[1], _ptr(self.out_scale), _ptr(self.out_shift))
         rows = max(1, MUX_POSITIONS // w)  # rows per work item: each pass over the weights serves >= 28 positions
         args += (_ptr(buf), _ptr(out), n, t, h, w, groups, per_group, *dims, *padding, rows, int(not padding_zeroed))
+        proj_bn = (self.proj_scale, self.proj_shift) if proj is not None else (None, None)
+        args += (*map(_ptr, proj_bn), _ptr(proj), *self.proj_stride)
         if all(_parallel(_library().mf_mux_pack, args, -(-n * t * h // rows))):  # no thread could run
             raise MemoryError("the fiber kernel could not allocate its scratch rows")
-        return out
+        return out, proj
 
     def extra_repr(self) -> str:
         c, m = self.weight_1.shape
-        return f"{c} -> {m} -> {c}, fiber_conv.c"
+        projection = f", projection BN-ReLU at stride {self.proj_stride}" if self.has_projection else ""
+        return f"{c} -> {m} -> {c}{projection}, fiber_conv.c"
 
 
 class KernelFiberConv(nn.Module):

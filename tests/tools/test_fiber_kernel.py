@@ -110,7 +110,7 @@ def _multiplexer(c: int, m: int, g: torch.Generator) -> tuple[KernelMultiplexer,
 )
 @pytest.mark.parametrize("avx512", [False, True])  # 8 x 48 AVX-512 tiles where the columns allow, else 4 x 24 AVX2
 def test_multiplexer_matches_pytorch(c: int, m: int, size: tuple[int, ...], avx512: bool) -> None:
-    if avx512 and "avx512f" not in fiber_kernel._cpu_flags():
+    if avx512 and not fiber_kernel.avx512_available():
         pytest.skip("no AVX-512 on this CPU")
     g = torch.Generator().manual_seed(0)
     mux, reference = _multiplexer(c, m, g)
@@ -177,9 +177,10 @@ def test_nan_propagates_through_the_multiplexer() -> None:
 
 @needs_kernel
 @pytest.mark.parametrize("avx512", [False, True])
-@pytest.mark.parametrize("width", [40, 56, 100, 13])  # tiles of 32 + 16; 64; 64 + 32 + 16; one partial 16
+# AVX-512 tiles: 32 + 16; 56; 56 on 50; 64; 64 + 56; 64 + 32 + 16; one partial 16
+@pytest.mark.parametrize("width", [40, 56, 50, 64, 120, 100, 13])
 def test_avx2_and_avx512_tiles_match_pytorch(avx512: bool, width: int) -> None:
-    if avx512 and "avx512f" not in fiber_kernel._cpu_flags():
+    if avx512 and not fiber_kernel.avx512_available():
         pytest.skip("no AVX-512 on this CPU")
     g = torch.Generator().manual_seed(2)
     scale, shift = _bn(96, g)
@@ -202,7 +203,7 @@ def test_avx512_tiles_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None
     try:
         assert fiber_kernel.set_avx512() is False
         monkeypatch.delenv(fiber_kernel.AVX512_ENV_VAR)
-        assert fiber_kernel.set_avx512() is ("avx512f" in fiber_kernel._cpu_flags())
+        assert fiber_kernel.set_avx512() is fiber_kernel.avx512_available()
     finally:
         fiber_kernel.set_avx512()
 

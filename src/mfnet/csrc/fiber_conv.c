@@ -371,6 +371,46 @@ __attribute__((target("avx512f"), always_inline)) static inline void tile512(
 MF_TILE512(tile6x32, 6, 2)
 MF_TILE512(tile6x64, 6, 4)
 
+/* 6 output channels x 56 positions (a row of conv2 at 224) with AVX-512: three 16-wide and one 8-wide vector per
+ * channel (24 accumulators, the 8-wide ones in ymm16-31), so that no multiply-add is spent on the 8 positions
+ * past the row that a 6 x 64 tile computes. out[56 * j + p] is channel j at position p. */
+__attribute__((target("avx512f,avx512vl"))) static void tile6x56(const float *in, const float *w, const float *bias,
+                                                                  int CI, int CO, int KT, int KH, int KW,
+                                                                  ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sc,
+                                                                  float *out) {
+    __m512 acc[18];
+    __m256 acc8[6];
+#pragma GCC unroll 6
+    for (int j = 0; j < 6; j++) {
+        acc[3 * j] = acc[3 * j + 1] = acc[3 * j + 2] = _mm512_set1_ps(bias[j]);
+        acc8[j] = _mm256_set1_ps(bias[j]);
+    }
+    for (int kd = 0; kd < KT; kd++)
+        for (int kh = 0; kh < KH; kh++)
+            for (int kw = 0; kw < KW; kw++) {
+                const float *ip = in + kd * sd + kh * sh + kw;
+                const float *wp = w + (ptrdiff_t)((kd * KH + kh) * KW + kw) * CI * CO;
+                for (int i = 0; i < CI; i++, ip += sc, wp += CO) {
+                    const __m512 x0 = _mm512_loadu_ps(ip), x1 = _mm512_loadu_ps(ip + 16);
+                    const __m512 x2 = _mm512_loadu_ps(ip + 32);
+                    const __m256 x3 = _mm256_loadu_ps(ip + 48);
+#pragma GCC unroll 6
+                    for (int j = 0; j < 6; j++) {
+                        const __m512 b = _mm512_set1_ps(wp[j]);
+                        acc[3 * j] = _mm512_fmadd_ps(b, x0, acc[3 * j]);
+                        acc[3 * j + 1] = _mm512_fmadd_ps(b, x1, acc[3 * j + 1]);
+                        acc[3 * j + 2] = _mm512_fmadd_ps(b, x2, acc[3 * j + 2]);
+                        acc8[j] = _mm256_fmadd_ps(_mm512_castps512_ps256(b), x3, acc8[j]);
+                    }
+                }
+            }
+#pragma GCC unroll 6
+    for (int j = 0; j < 6; j++) {
+        for (int v = 0; v < 3; v++) _mm512_storeu_ps(out + 56 * j + 16 * v, acc[3 * j + v]);
+        _mm256_storeu_ps(out + 56 * j + 48, acc8[j]);
+    }
+}
+
 /* relu? of a 6 x 16 tile (acc[2j], acc[2j+1]: channel j, positions 0-7 and 8-15), its first `valid` positions
  * into 6 group-major rows o, o + stride, ... Full stores where possible: masked ones are slow on AMD. */
 static inline void emit_rows(__m256 acc[12], int relu, int valid, float *o, ptrdiff_t stride) {
@@ -438,10 +478,17 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
             const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h * sh;
             for (int oc = 0; oc < CO; oc += 6)
                 for (int x = 0; x < W;) {
-                    /* the widest tile within the row's 16-rounded span: 6 x 64 or 6 x 32 (AVX-512), else 6 x 16 */
-                    const int npos = !mf_avx512 ? 16 : x + 64 <= W16 ? 64 : x + 32 <= W16 ? 32 : 16;
+                    /* the widest tile within the row's 16-rounded span: 6 x 64 or 6 x 32 (AVX-512), else 6 x 16;
+                     * 6 x 56 for the last 49-56 positions of a row */
+                    const int rest = W - x;
+                    const int npos = !mf_avx512                ? 16
+                                     : rest > 48 && rest <= 56 ? 56
+                                     : x + 64 <= W16           ? 64
+                                     : x + 32 <= W16           ? 32
+                                                               : 16;
                     float t[6 * 64];
                     const float *wo = wg + oc, *bo = bias + g * CO + oc;
+                    if (npos == 56) tile6x56(row + x, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, t);
                     if (npos == 64) tile6x64(row + x, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, t);
                     if (npos == 32) tile6x32(row + x, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, t);
                     for (int x16 = x; x16 < x + npos && x16 < W; x16 += 16) {

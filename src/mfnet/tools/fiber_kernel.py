@@ -89,13 +89,18 @@ def _cpu_has_avx2_fma() -> bool:
     return {"avx2", "fma"} <= _cpu_flags()
 
 
+def avx512_available() -> bool:
+    """Whether the CPU has what the AVX-512 tiles use: AVX-512F, and VL for the 8-wide vectors of the 6 x 56 tile."""
+    return {"avx512f", "avx512vl"} <= _cpu_flags()
+
+
 def set_avx512(on: bool | None = None) -> bool:
     """Turns the AVX-512 tiles of the convolution kernel on or off (``None``: on where the CPU has AVX-512F, unless
     ``MFNET_KERNEL_AVX512=0``); returns whether they are on. The AVX2 tiles compute the same numbers."""
     lib = _library()
     if on is None:
         on = os.environ.get(AVX512_ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
-    on = bool(on) and "avx512f" in _cpu_flags()
+    on = bool(on) and avx512_available()
     lib.mf_set_avx512(int(on))
     return on
 

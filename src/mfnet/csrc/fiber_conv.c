@@ -180,15 +180,24 @@ static inline void gemm_4x24(const float *a, int lda, const float *b, int ldb, i
     c[6] = c6; c[7] = c7; c[8] = c8; c[9] = c9; c[10] = c10; c[11] = c11;
 }
 
-/* c[P x NC] += a[P x K] @ b[K x NC] with AVX-512 (row strides lda, ldb, ldc), 8 rows x 48 columns per register
- * tile (24 accumulators; 3 loads of b and 8 broadcasts of a per 24 multiply-adds). P % 8 == 0, NC % 48 == 0. */
+/* c[P x NC] = relu?(bias + add + a[P x K] @ b[K x NC]) with AVX-512 (row strides lda, ldb, ldc, ld_add; bias: NC
+ * values; add: P x NC or NULL), 8 rows x 48 columns per register tile (24 accumulators; 3 loads of b and 8
+ * broadcasts of a per 24 multiply-adds). P % 8 == 0, NC % 48 == 0. */
 __attribute__((target("avx512f"))) static void gemm_block512(const float *a, int lda, const float *b, int ldb,
-                                                               float *c, int ldc, int P, int K, int NC) {
+                                                               float *c, int ldc, int P, int K, int NC,
+                                                               const float *bias, const float *add, int ld_add,
+                                                               int relu) {
+    const __m512 zero = _mm512_setzero_ps();
     for (int n = 0; n < NC; n += 48)
         for (int p = 0; p < P; p += 8) {
             __m512 acc[24];
             for (int r = 0; r < 8; r++)
-                for (int j = 0; j < 3; j++) acc[3 * r + j] = _mm512_loadu_ps(c + (ptrdiff_t)(p + r) * ldc + n + 16 * j);
+                for (int j = 0; j < 3; j++) {
+                    acc[3 * r + j] = _mm512_loadu_ps(bias + n + 16 * j);
+                    if (add)
+                        acc[3 * r + j] = _mm512_add_ps(acc[3 * r + j],
+                                                       _mm512_loadu_ps(add + (ptrdiff_t)(p + r) * ld_add + n + 16 * j));
+                }
             const float *ap = a + (ptrdiff_t)p * lda;
             for (int k = 0; k < K; k++) {
                 const float *bk = b + (ptrdiff_t)k * ldb + n;
@@ -201,24 +210,37 @@ __attribute__((target("avx512f"))) static void gemm_block512(const float *a, int
                 }
             }
             for (int r = 0; r < 8; r++)
-                for (int j = 0; j < 3; j++) _mm512_storeu_ps(c + (ptrdiff_t)(p + r) * ldc + n + 16 * j, acc[3 * r + j]);
+                for (int j = 0; j < 3; j++)
+                    _mm512_storeu_ps(c + (ptrdiff_t)(p + r) * ldc + n + 16 * j,
+                                     relu ? _mm512_max_ps(zero, acc[3 * r + j]) : acc[3 * r + j]);
         }
 }
 
-/* c[P x NC] += a[P x K] @ b[K x NC] (row strides lda, ldb, ldc); P % 8 == 0, NC % 24 == 0. */
-static void gemm_block(const float *a, int lda, const float *b, int ldb, float *c, int ldc, int P, int K, int NC) {
+/* c[P x NC] = relu?(bias + add + a[P x K] @ b[K x NC]) (row strides lda, ldb, ldc, ld_add; bias: NC values; add:
+ * P x NC or NULL): the bias, the sum and the ReLU are applied in registers, not in passes of their own.
+ * P % 8 == 0, NC % 24 == 0. */
+static void gemm_block(const float *a, int lda, const float *b, int ldb, float *c, int ldc, int P, int K, int NC,
+                       const float *bias, const float *add, int ld_add, int relu) {
     if (mf_avx512 && NC % 48 == 0) {
-        gemm_block512(a, lda, b, ldb, c, ldc, P, K, NC);
+        gemm_block512(a, lda, b, ldb, c, ldc, P, K, NC, bias, add, ld_add, relu);
         return;
     }
+    const __m256 zero = _mm256_setzero_ps();
     for (int n = 0; n < NC; n += 24) /* a 24-column slice of b stays in cache over the block's positions */
         for (int p = 0; p < P; p += 4) {
             __m256 acc[12];
             for (int r = 0; r < 4; r++)
-                for (int j = 0; j < 3; j++) acc[3 * r + j] = _mm256_loadu_ps(c + (ptrdiff_t)(p + r) * ldc + n + 8 * j);
+                for (int j = 0; j < 3; j++) {
+                    acc[3 * r + j] = _mm256_loadu_ps(bias + n + 8 * j);
+                    if (add)
+                        acc[3 * r + j] = _mm256_add_ps(acc[3 * r + j],
+                                                       _mm256_loadu_ps(add + (ptrdiff_t)(p + r) * ld_add + n + 8 * j));
+                }
             gemm_4x24(a + (ptrdiff_t)p * lda, lda, b + n, ldb, K, acc);
             for (int r = 0; r < 4; r++)
-                for (int j = 0; j < 3; j++) _mm256_storeu_ps(c + (ptrdiff_t)(p + r) * ldc + n + 8 * j, acc[3 * r + j]);
+                for (int j = 0; j < 3; j++)
+                    _mm256_storeu_ps(c + (ptrdiff_t)(p + r) * ldc + n + 8 * j,
+                                     relu ? _mm256_max_ps(zero, acc[3 * r + j]) : acc[3 * r + j]);
         }
 }
 
@@ -241,9 +263,9 @@ int mf_mux_pack(const float *x, const float *s_i, const float *t_i, const float 
     const int C = G * CI, Pr = (R * W + 7) / 8 * 8;
     const long rows = (long)N * D * H;
     const __m256 zero8 = _mm256_setzero_ps();
-    float *a = (float *)malloc(sizeof(float) * (size_t)Pr * (2 * C + M));
+    float *a = (float *)malloc(sizeof(float) * ((size_t)Pr * (2 * C + M) + 8 * (size_t)C));
     if (a == NULL) return 1;
-    float *hid = a + (ptrdiff_t)Pr * C, *xin = hid + (ptrdiff_t)Pr * M;
+    float *hid = a + (ptrdiff_t)Pr * C, *xin = hid + (ptrdiff_t)Pr * M, *tail = xin + (ptrdiff_t)Pr * C;
     MF_ITEMS(item) {
         const long row0 = (long)item * R; /* flat (n, d, h) row index */
         const int nrows = (int)(row0 + R <= rows ? R : rows - row0);
@@ -269,18 +291,18 @@ int mf_mux_pack(const float *x, const float *s_i, const float *t_i, const float 
                                        : zero8;
                 _mm256_storeu_ps(a + (ptrdiff_t)p * C + c, _mm256_max_ps(zero8, y));
             }
-        for (int p = 0; p < P8; p++)
-            for (int m = 0; m < M; m += 8) _mm256_storeu_ps(hid + (ptrdiff_t)p * M + m, _mm256_loadu_ps(b1 + m));
-        gemm_block(a, C, w1, M, hid, M, P8, C, M);
-        for (ptrdiff_t i = 0; i < (ptrdiff_t)P8 * M; i += 8)
-            _mm256_storeu_ps(hid + i, _mm256_max_ps(zero8, _mm256_loadu_ps(hid + i)));
-        for (int p = 0; p < P8; p++)
-            for (int c = 0; c < C; c += 8) {
-                __m256 v = _mm256_loadu_ps(b2 + c);
-                if (p < P) v = _mm256_add_ps(v, _mm256_loadu_ps(blk + (ptrdiff_t)p * C + c));
-                _mm256_storeu_ps(xin + (ptrdiff_t)p * C + c, v);
-            }
-        gemm_block(hid, M, w2, C, xin, C, P8, M, C);
+        gemm_block(a, C, w1, M, hid, M, P8, C, M, b1, NULL, 0, 1);
+        /* xin = hid @ w2 + b2 + x: x is read where it exists, the last 8 positions from a copy when P is not a
+         * multiple of 8 (x may end at P) */
+        const int whole = P == P8 ? P8 : P8 - 8;
+        if (whole > 0) gemm_block(hid, M, w2, C, xin, C, whole, M, C, b2, blk, C, 0);
+        if (whole < P8) {
+            for (int p = whole; p < P8; p++)
+                for (int c = 0; c < C; c += 8)
+                    _mm256_storeu_ps(tail + (ptrdiff_t)(p - whole) * C + c,
+                                     p < P ? _mm256_loadu_ps(blk + (ptrdiff_t)p * C + c) : zero8);
+            gemm_block(hid + (ptrdiff_t)whole * M, M, w2, C, xin + (ptrdiff_t)whole * C, C, 8, M, C, b2, tail, C, 0);
+        }
         if (buf) {
             for (int r = 0; r < nrows; r++) {
                 const long row = row0 + r;

@@ -654,6 +654,32 @@ void mf_bn_relu(const float *x, const float *scale, const float *shift, float *y
     }
 }
 
+/* Max pooling over frames (kernel 1 x KH x KW, strides 1 x SH x SW, padding 0 x PH x PW, padding never chosen) of
+ * channels-last x (N, D, H, W, C) into y (N, D, Ho, Wo, C), C a multiple of 8; a NaN in a window gives NaN, as in
+ * PyTorch. items: output rows (n, d, ho). */
+void mf_max_pool(const float *x, float *y, int N, int D, int H, int W, int C, int KH, int KW, int SH, int SW, int PH,
+                 int PW, int Ho, int Wo, mf_sched *sched, int item0, int item1) {
+    MF_ITEMS(item) {
+        const int nd = item / Ho, ho = item % Ho;
+        const int h0 = ho * SH - PH > 0 ? ho * SH - PH : 0, h1 = ho * SH - PH + KH < H ? ho * SH - PH + KH : H;
+        const float *plane = x + (ptrdiff_t)nd * H * W * C;
+        float *out = y + ((ptrdiff_t)nd * Ho + ho) * Wo * C;
+        for (int wo = 0; wo < Wo; wo++) {
+            const int w0 = wo * SW - PW > 0 ? wo * SW - PW : 0, w1 = wo * SW - PW + KW < W ? wo * SW - PW + KW : W;
+            for (int c = 0; c < C; c += 8) {
+                __m256 m = _mm256_set1_ps(-__builtin_inff()), nan = _mm256_setzero_ps();
+                for (int h = h0; h < h1; h++)
+                    for (int w = w0; w < w1; w++) {
+                        const __m256 v = _mm256_loadu_ps(plane + ((ptrdiff_t)h * W + w) * C + c);
+                        m = _mm256_max_ps(m, v);
+                        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                    }
+                _mm256_storeu_ps(out + (ptrdiff_t)wo * C + c, _mm256_or_ps(m, nan)); /* all-ones bits: a NaN */
+            }
+        }
+    }
+}
+
 /* Per block: s1[b, c] = sum dz, s2[b, c] = sum dz * (x - mean), with dz = dy where x * scale + shift > 0. */
 void mf_bn_relu_grad_sums(const float *x, const float *dy, const float *scale, const float *shift,
                           const float *mean, double *s1, double *s2, long P, int C, mf_sched *sched, int item0,

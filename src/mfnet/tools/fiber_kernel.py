@@ -168,6 +168,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_bn_finalize.argtypes = [_PTR, _PTR, _INT] + [_PTR] * 5 + [_DOUBLE, _DOUBLE, _LONG, _INT] + [_PTR] * 4
     lib.mf_bn_grad_finalize.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _LONG, _INT] + [_PTR] * 5
     lib.mf_set_avx512.argtypes = [_INT]
+    lib.mf_max_pool.argtypes = [_PTR, _PTR] + [_INT] * 13 + items
+    lib.mf_max_pool.restype = None
     bn = (lib.mf_bn_stats, lib.mf_bn_relu, lib.mf_bn_relu_grad_sums, lib.mf_bn_relu_grad_input, lib.mf_bn_finalize)
     for fn in (lib.mf_pack, lib.mf_conv, lib.mf_conv_wgrad, *bn, lib.mf_bn_grad_finalize, lib.mf_set_avx512):
         fn.restype = None

@@ -521,13 +521,29 @@ class KernelFiberConv(nn.Module):
         _register_bn(self, scale, shift)
         self.register_buffer("weight", _kernel_weight(weight.float(), groups))
         self.register_buffer("bias", _bias(bias, weight.shape[0]))
+        self._buffers_cache: dict[tuple, torch.Tensor] = {}
+
+    def _buffer(self, n: int, c: int, t: int, h: int, w: int) -> torch.Tensor:
+        """The zero-padded group-major input buffer, kept per input shape and thread: its padding is never written,
+        so it stays zero and packing skips it."""
+        key = (n, c, t, h, w, threading.get_ident())
+        buf = self._buffers_cache.get(key)
+        if buf is None:
+            if len(self._buffers_cache) >= 4:
+                self._buffers_cache.clear()
+            pd, ph, pw = (k // 2 for k in self.kernel)
+            buf = torch.zeros(n, self.groups, t + 2 * pd, h + 2 * ph, c // self.groups, _row_length(w + 2 * pw))
+            self._buffers_cache[key] = buf
+        return buf
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, t, h, w = x.shape
         padding = tuple(k // 2 for k in self.kernel)
         lib = _library()
-        buf = _packed(x, self.groups, padding, lib, self.scale, self.shift)
+        buf = self._buffer(*x.shape)
+        x = x.contiguous(memory_format=CL3D)
+        _pack_into(buf, x, padding, lib, self.scale, self.shift, zero_padding=False)
         t_out = (t + 2 * padding[0] - self.kernel[0]) // self.temporal_stride + 1
         out_shape = (n, self.out_channels, t_out, h, w)
         return _conv(buf, self.weight, out_shape, lib, bias=self.bias, relu=True, temporal_stride=self.temporal_stride)

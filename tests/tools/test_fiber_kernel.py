@@ -106,6 +106,8 @@ def _multiplexer(c: int, m: int, g: torch.Generator) -> tuple[KernelMultiplexer,
         (192, 48, (2, 3, 5, 13)),  # widths that are not multiples of 4; 2 rows per item, a partial last item
         (384, 96, (1, 4, 3, 7)),  # conv5-like rows, 4 per item; 12 rows
         (48, 72, (1, 1, 1, 1)),  # one position
+        (16, 24, (1, 2, 3, 56)),  # conv2's first unit: 16 channels, not a multiple of 24
+        (40, 24, (2, 1, 3, 5)),
     ],
 )
 @pytest.mark.parametrize("avx512", [False, True])  # 8 x 48 AVX-512 tiles where the columns allow, else 4 x 24 AVX2
@@ -260,7 +262,7 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
     assert isinstance(fast.conv3.B01.kernel_mux, KernelMultiplexer)  # the multiplexer only: conv_m1 has a stride
     assert fast.conv3.B01.kernel_mux.has_projection  # ... and the projection's BN-ReLU, subsampled
     assert fast.conv3.B01.conv_w1_compact is not None and fast.conv3.B01.conv_w1_compact.stride == [1, 1, 1]
-    assert fast.conv2.B01.kernel_mux is None  # 16 input channels: not a multiple of 24
+    assert fast.conv2.B01.kernel_mux.has_projection  # 16 channels; it packs conv_m1's buffer and the projection's
     assert fast.fastpath_info.max_rel_diff < 1e-4
     copied = copy.deepcopy(fast)
     with torch.inference_mode():

@@ -216,13 +216,38 @@ __attribute__((target("avx512f"))) static void gemm_block512(const float *a, int
         }
 }
 
+/* gemm_block for NC % 24 != 0 (the 16 channels of conv2's first unit): 4 rows x 8 columns at a time. */
+static void gemm_block_narrow(const float *a, int lda, const float *b, int ldb, float *c, int ldc, int P, int K,
+                              int NC, const float *bias, const float *add, int ld_add, int relu) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int n = 0; n < NC; n += 8)
+        for (int p = 0; p < P; p += 4) {
+            __m256 acc[4];
+            for (int r = 0; r < 4; r++) {
+                acc[r] = _mm256_loadu_ps(bias + n);
+                if (add) acc[r] = _mm256_add_ps(acc[r], _mm256_loadu_ps(add + (ptrdiff_t)(p + r) * ld_add + n));
+            }
+            for (int k = 0; k < K; k++) {
+                const __m256 bk = _mm256_loadu_ps(b + (ptrdiff_t)k * ldb + n);
+                for (int r = 0; r < 4; r++)
+                    acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + (ptrdiff_t)(p + r) * lda + k), bk, acc[r]);
+            }
+            for (int r = 0; r < 4; r++)
+                _mm256_storeu_ps(c + (ptrdiff_t)(p + r) * ldc + n, relu ? _mm256_max_ps(zero, acc[r]) : acc[r]);
+        }
+}
+
 /* c[P x NC] = relu?(bias + add + a[P x K] @ b[K x NC]) (row strides lda, ldb, ldc, ld_add; bias: NC values; add:
  * P x NC or NULL): the bias, the sum and the ReLU are applied in registers, not in passes of their own.
- * P % 8 == 0, NC % 24 == 0. */
+ * P % 8 == 0, NC % 8 == 0. */
 static void gemm_block(const float *a, int lda, const float *b, int ldb, float *c, int ldc, int P, int K, int NC,
                        const float *bias, const float *add, int ld_add, int relu) {
     if (mf_avx512 && NC % 48 == 0) {
         gemm_block512(a, lda, b, ldb, c, ldc, P, K, NC, bias, add, ld_add, relu);
+        return;
+    }
+    if (NC % 24) {
+        gemm_block_narrow(a, lda, b, ldb, c, ldc, P, K, NC, bias, add, ld_add, relu);
         return;
     }
     const __m256 zero = _mm256_setzero_ps();
@@ -247,7 +272,7 @@ static void gemm_block(const float *a, int lda, const float *b, int ldb, float *
 /* The multiplexer of a multi-fiber unit and the BN-ReLU of conv_m1's input, R rows of positions at a time
  * (everything between the two stays in a scratch in L1/L2; R rows share each pass over the weights):
  *     a = relu(x * s_i + t_i);  h = relu(a @ w1 + b1);  x_in = h @ w2 + b2 + x;  y = relu(x_in * s_m + t_m)
- * x: channels-last (N, D, H, W, C) with C = G*CI; w1: (C, M); w2: (M, C); C and M multiples of 24.
+ * x: channels-last (N, D, H, W, C) with C = G*CI; w1: (C, M); w2: (M, C); C a multiple of 8, M of 24.
  * buf != NULL: y into the padded group-major buffer, padding included unless zero_pad == 0 (as mf_pack);
  * else:        y into channels-last out (N, D, H, W, C).
  * proj != NULL: also relu(x * s_w + t_w) at the positions a 1x1x1 convolution with strides (SD, SH, SW) reads, into

@@ -455,7 +455,7 @@ class FusedFiberUnit(nn.Module):
         self.kernel_tail = _kernel_tail(unit, self.conv_m1, self.conv_m2) if use_kernel else None
         self.kernel_m1 = _kernel_m1(unit, self.conv_m1) if use_kernel and self.kernel_tail is None else None
         self.kernel_mux = None
-        if use_kernel and self.multiplexer and self.kernel_m1 is None:
+        if use_kernel and self.multiplexer:
             self.kernel_mux = _kernel_multiplexer(unit, self.conv_i1, self.conv_i2)
         # where the multiplexer's pass also writes the projection's BN-ReLU (subsampled), the projection runs at
         # stride 1 on that, and no pass of its own reads the whole input: first units of conv3/conv4/conv5 at 224
@@ -472,6 +472,9 @@ class FusedFiberUnit(nn.Module):
         if self.kernel_mux is not None and _kernel_can_run(x):
             if self.kernel_tail is not None and not self.projection and fiber_kernel.worth_it(x):
                 return self.kernel_tail.forward_unit(x, self.kernel_mux)  # multiplexer, pack, conv_m1, conv_m2 + x
+            if self.kernel_m1 is not None and self.conv_w1_compact is not None and fiber_kernel.worth_it(x):
+                y, proj = self.kernel_m1.forward_unit(x, self.kernel_mux)  # conv2's first unit: multiplexer, conv_m1
+                return self.conv_m2(y, add=self.conv_w1_compact(proj), add_in_place=True)
             if self.conv_w1_compact is not None:
                 y, proj = self.kernel_mux.forward_with_projection(x)
                 return self.conv_m2(self.conv_m1(y), add=self.conv_w1_compact(proj), add_in_place=True)

@@ -51,7 +51,7 @@ MIN_WIDTH = 14
 MAX_GROUP_CHANNELS_TRAINING = 12  # training (mfnet.tools.train_convs): measured for 6 and 12 channels per group
 MIN_WIDTH_TRAINING = 24
 MIN_WIDTH_3X3X3_TRAINING = 14  # forward + backward of a 3x3x3 at 14 wide: 48.6 ms against 52.9 (1x3x3: 22.3 / 20.2)
-MUX_CHANNELS = 24  # the multiplexer's channel counts must be multiples of this (mf_mux_pack's 4 x 24 tiles)
+MUX_CHANNELS = 24  # the multiplexer's hidden channels must be a multiple of this (mf_mux_pack's 4 x 24 tiles)
 MUX_POSITIONS = 28  # positions per work item of the multiplexer (whole rows): conv4/conv5 rows are 14 / 7 wide
 
 
@@ -442,8 +442,9 @@ class KernelMultiplexer(nn.Module):
 
     @staticmethod
     def supported(channels: int, hidden: int) -> bool:
-        """Whether the kernel runs a multiplexer ``channels -> hidden -> channels`` (multiples of 24)."""
-        return channels % MUX_CHANNELS == 0 and hidden % MUX_CHANNELS == 0
+        """Whether the kernel runs a multiplexer ``channels -> hidden -> channels``: ``hidden`` a multiple of 24,
+        ``channels`` of 8 (24 or 48 for the fastest tiles; conv2's first unit has 16)."""
+        return channels % 8 == 0 and hidden % MUX_CHANNELS == 0
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -537,13 +538,29 @@ class KernelFiberConv(nn.Module):
         return buf
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, t, h, w = x.shape
+    def forward_unit(self, x: torch.Tensor, multiplexer: KernelMultiplexer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(out, p)`` for a first unit: ``multiplexer`` (whose BN after ``x_in`` is this one's) packs straight into
+        the convolution's buffer, and writes ``p``, the projection's input, if it has the projection's BN
+        (``forward_with_projection``; else ``p`` is ``None``)."""
         padding = tuple(k // 2 for k in self.kernel)
-        lib = _library()
+        buf = self._buffer(*x.shape)
+        _, proj = multiplexer.run(
+            x, buf=buf, padding=padding, padding_zeroed=True, projection=multiplexer.has_projection
+        )
+        return self._conv(buf, x.shape), proj
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding = tuple(k // 2 for k in self.kernel)
         buf = self._buffer(*x.shape)
         x = x.contiguous(memory_format=CL3D)
-        _pack_into(buf, x, padding, lib, self.scale, self.shift, zero_padding=False)
+        _pack_into(buf, x, padding, _library(), self.scale, self.shift, zero_padding=False)
+        return self._conv(buf, x.shape)
+
+    def _conv(self, buf: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:
+        n, _, t, h, w = in_shape
+        padding = tuple(k // 2 for k in self.kernel)
+        lib = _library()
         t_out = (t + 2 * padding[0] - self.kernel[0]) // self.temporal_stride + 1
         out_shape = (n, self.out_channels, t_out, h, w)
         return _conv(buf, self.weight, out_shape, lib, bias=self.bias, relu=True, temporal_stride=self.temporal_stride)

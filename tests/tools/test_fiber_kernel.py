@@ -103,8 +103,8 @@ def _multiplexer(c: int, m: int, g: torch.Generator) -> tuple[KernelMultiplexer,
     ("c", "m", "size"),
     [
         (96, 24, (1, 2, 3, 56)),  # conv2 at 224: one row per work item
-        (192, 48, (2, 3, 5, 13)),  # widths that are not multiples of 4; 2 rows per item, a partial last item
-        (384, 96, (1, 4, 3, 7)),  # conv5-like rows, 4 per item; 12 rows
+        (192, 48, (2, 3, 5, 13)),  # widths that are not multiples of 4; 8 rows (104 positions) per item, 30 rows
+        (384, 96, (1, 4, 3, 7)),  # conv5-like rows, 8 per item (56 positions); 12 rows: a partial last item
         (48, 72, (1, 1, 1, 1)),  # one position
         (16, 24, (1, 2, 3, 56)),  # conv2's first unit: 16 channels, not a multiple of 24
         (40, 24, (2, 1, 3, 5)),

@@ -52,7 +52,7 @@ MAX_GROUP_CHANNELS_TRAINING = 12  # training (mfnet.tools.train_convs): measured
 MIN_WIDTH_TRAINING = 24
 MIN_WIDTH_3X3X3_TRAINING = 14  # forward + backward of a 3x3x3 at 14 wide: 48.6 ms against 52.9 (1x3x3: 22.3 / 20.2)
 MUX_CHANNELS = 24  # the multiplexer's hidden channels must be a multiple of this (mf_mux_pack's 4 x 24 tiles)
-MUX_POSITIONS = 28  # positions per work item of the multiplexer (whole rows): conv4/conv5 rows are 14 / 7 wide
+MUX_POSITIONS = 28  # least positions per work item of the multiplexer (whole rows; see _mux_rows)
 
 
 def worth_it(x: torch.Tensor, kernel_size: tuple[int, ...] | None = None, *, training: bool = False) -> bool:
@@ -388,6 +388,16 @@ class KernelFiberTail(nn.Module):
         )
 
 
+def _mux_rows(width: int) -> int:
+    """Rows of positions per work item of the multiplexer: at least ``MUX_POSITIONS`` positions, so that each pass
+    over the weights serves that many, and a multiple of 8 positions, the rows of its register tiles (28 positions
+    had computed 32: the multiplexers of mfnet3d at 224 took 35.3 ms per clip, with 56 positions 32.7 ms)."""
+    rows = max(1, -(-MUX_POSITIONS // width))
+    while rows * width % 8:
+        rows += 1
+    return rows
+
+
 class KernelMultiplexer(nn.Module):
     """A multi-fiber unit's multiplexer and the BN-ReLU after it, in one pass over the input (``mf_mux_pack``)::
 
@@ -482,7 +492,7 @@ class KernelMultiplexer(nn.Module):
         dims = (buf.shape[2], buf.shape[3], buf.shape[5]) if buf is not None else (t, h, w)
         weights = (self.scale, self.shift, self.weight_1, self.bias_1, self.weight_2, self.bias_2)
         args = (_ptr(x), *map(_ptr, weights), self.weight_1.shape[1], _ptr(self.out_scale), _ptr(self.out_shift))
-        rows = max(1, MUX_POSITIONS // w)  # rows per work item: each pass over the weights serves >= 28 positions
+        rows = _mux_rows(w)
         args += (_ptr(buf), _ptr(out), n, t, h, w, groups, per_group, *dims, *padding, rows, int(not padding_zeroed))
         proj_bn = (self.proj_scale, self.proj_shift) if proj is not None else (None, None)
         args += (*map(_ptr, proj_bn), _ptr(proj), *self.proj_stride)

@@ -95,8 +95,8 @@ def avx512_available() -> bool:
 
 
 def set_avx512(on: bool | None = None) -> bool:
-    """Turns the AVX-512 tiles of the convolution kernel on or off (``None``: on where the CPU has AVX-512F, unless
-    ``MFNET_KERNEL_AVX512=0``); returns whether they are on. The AVX2 tiles compute the same numbers."""
+    """Turns the AVX-512 tiles of the convolution kernel on or off (``None``: on where the CPU has AVX-512F and VL,
+    unless ``MFNET_KERNEL_AVX512=0``); returns whether they are on. The AVX2 tiles compute the same numbers."""
     lib = _library()
     if on is None:
         on = os.environ.get(AVX512_ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
@@ -269,6 +269,18 @@ def supports(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding
     )
 
 
+def _kept(cache: dict[tuple, tuple[torch.Tensor, ...]], *shapes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """Zeroed tensors of these shapes, kept in ``cache`` per shapes and thread (at most 4 entries) and reused: the
+    kernels' padded buffers, whose padding is never written, so it stays zero and packing skips it."""
+    key = (*shapes, threading.get_ident())
+    kept = cache.get(key)
+    if kept is None:
+        if len(cache) >= 4:
+            cache.clear()
+        kept = cache[key] = tuple(torch.zeros(shape) for shape in shapes)
+    return kept
+
+
 def _register_bn(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor, prefix: str = "") -> None:
     """A BatchNorm's ``scale`` and ``shift`` ``(C,)`` as float32 buffers ``<prefix>scale``, ``<prefix>shift``."""
     module.register_buffer(f"{prefix}scale", scale.detach().float().contiguous().clone())
@@ -316,30 +328,20 @@ class KernelFiberTail(nn.Module):
         self.register_buffer("bias_2", _bias(bias_2, weight_2.shape[0]))
         self.kernel_1 = tuple(weight_1.shape[2:])
         self.kernel_2 = tuple(weight_2.shape[2:])
-        self._buffers_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._buffers_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     def _out_length(self, t: int) -> int:
         kt = self.kernel_1[0]
         return (t + 2 * (kt // 2) - kt) // self.temporal_stride + 1
 
     def _padded_buffers(self, n: int, t: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero-padded group-major buffers for ``conv_m1``'s and ``conv_m2``'s inputs, kept per input shape and
-        thread (their padding is never written, so it stays zero)."""
-        key = (n, t, h, w, threading.get_ident())
-        cached = self._buffers_cache.get(key)
-        if cached is None:
-            if len(self._buffers_cache) >= 4:
-                self._buffers_cache.clear()
-            g = self.groups
-            c1, c2 = self.weight_1.shape[4], self.weight_2.shape[4]
-            (pd1, ph1, pw1), (pd2, ph2, pw2) = ((k // 2 for k in ks) for ks in (self.kernel_1, self.kernel_2))
-            row = _row_length(w + 2 * max(pw1, pw2))
-            cached = (
-                torch.zeros(n, g, t + 2 * pd1, h + 2 * ph1, c1, row),
-                torch.zeros(n, g, self._out_length(t) + 2 * pd2, h + 2 * ph2, c2, row),
-            )
-            self._buffers_cache[key] = cached
-        return cached
+        """Zero-padded group-major buffers for ``conv_m1``'s and ``conv_m2``'s inputs (see ``_kept``)."""
+        g = self.groups
+        c1, c2 = self.weight_1.shape[4], self.weight_2.shape[4]
+        (pd1, ph1, pw1), (pd2, ph2, pw2) = ((k // 2 for k in ks) for ks in (self.kernel_1, self.kernel_2))
+        row = _row_length(w + 2 * max(pw1, pw2))
+        shape_1 = (n, g, t + 2 * pd1, h + 2 * ph1, c1, row)
+        return _kept(self._buffers_cache, shape_1, (n, g, self._out_length(t) + 2 * pd2, h + 2 * ph2, c2, row))
 
     @torch.no_grad()
     def forward_unit(self, x: torch.Tensor, multiplexer: KernelMultiplexer) -> torch.Tensor:
@@ -532,20 +534,13 @@ class KernelFiberConv(nn.Module):
         _register_bn(self, scale, shift)
         self.register_buffer("weight", _kernel_weight(weight.float(), groups))
         self.register_buffer("bias", _bias(bias, weight.shape[0]))
-        self._buffers_cache: dict[tuple, torch.Tensor] = {}
+        self._buffers_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     def _buffer(self, n: int, c: int, t: int, h: int, w: int) -> torch.Tensor:
-        """The zero-padded group-major input buffer, kept per input shape and thread: its padding is never written,
-        so it stays zero and packing skips it."""
-        key = (n, c, t, h, w, threading.get_ident())
-        buf = self._buffers_cache.get(key)
-        if buf is None:
-            if len(self._buffers_cache) >= 4:
-                self._buffers_cache.clear()
-            pd, ph, pw = (k // 2 for k in self.kernel)
-            buf = torch.zeros(n, self.groups, t + 2 * pd, h + 2 * ph, c // self.groups, _row_length(w + 2 * pw))
-            self._buffers_cache[key] = buf
-        return buf
+        """The zero-padded group-major input buffer (see ``_kept``)."""
+        pd, ph, pw = (k // 2 for k in self.kernel)
+        shape = (n, self.groups, t + 2 * pd, h + 2 * ph, c // self.groups, _row_length(w + 2 * pw))
+        return _kept(self._buffers_cache, shape)[0]
 
     @torch.no_grad()
     def forward_unit(self, x: torch.Tensor, multiplexer: KernelMultiplexer) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -1,7 +1,8 @@
 """Max pooling over frames on the kernel library, for channels-last clips (``mf_max_pool`` in ``csrc/fiber_conv.c``).
 
 MF-Net's stem is followed by a ``1x3x3`` max pool with stride ``1x2x2``: PyTorch's channels-last CPU kernel took
-1.55 ms for it at 16x224x224 on the 2-core test machine, about as long as a 231 M multiply-add convolution.
+1.5-2.1 ms for it at 16x224x224 on the 2-core test machine (about as long as a 231 M multiply-add convolution),
+``mf_max_pool`` 0.8 ms.
 """
 
 from __future__ import annotations

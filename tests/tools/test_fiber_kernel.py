@@ -151,6 +151,30 @@ def test_multiplexer_writes_the_projection_input(size: tuple[int, ...], stride: 
 
 
 @needs_kernel
+@pytest.mark.parametrize("size", [(1, 4, 9, 56), (2, 5, 5, 13)])  # 8-row blocks; blocks of 65 positions: 64 + 1
+def test_conv_then_dense_matches_pytorch(size: tuple[int, ...]) -> None:
+    """conv2's first unit: the kernel's conv_m1 (16 -> 96, one channel per fiber, temporal stride 2), then the dense
+    1x1x1 conv_m2 and the projection's sum, block by block (mf_conv_dense)."""
+    g = torch.Generator().manual_seed(3)
+    scale, shift = _bn(16, g)
+    w1, b1 = torch.randn(96, 1, 3, 3, 3, generator=g) * 0.3, torch.randn(96, generator=g)
+    w2, b2 = torch.randn(96, 96, 1, 1, 1, generator=g) * 0.1, torch.randn(96, generator=g)
+    conv = KernelFiberConv(scale, shift, w1, b1, 16, temporal_stride=2, dense_weight=w2, dense_bias=b2)
+    n, t, h, w = size
+    x = torch.randn(n, 16, t, h, w, generator=g).contiguous(memory_format=CL3D)
+    shortcut = torch.randn(n, 96, (t - 1) // 2 + 1, h, w, generator=g)
+    a = torch.relu(x * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1))
+    y = torch.relu(F.conv3d(a, w1, b1, stride=(2, 1, 1), padding=1, groups=16))
+    torch.testing.assert_close(conv(x), y, rtol=1e-4, atol=1e-4)  # forward: the grouped convolution alone
+    got = conv.conv(x.shape, add=shortcut)  # the buffer forward packed
+    assert got.is_contiguous(memory_format=CL3D)
+    torch.testing.assert_close(got, F.conv3d(y, w2, b2) + shortcut, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conv.conv(x.shape), F.conv3d(y, w2, b2), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="dense"):
+        conv.conv(x.shape, add=shortcut, dense=False)
+
+
+@needs_kernel
 @pytest.mark.parametrize("size", [(1, 2, 3, 56), (2, 3, 4, 13)])
 def test_whole_unit_with_the_multiplexer_matches_pytorch(size: tuple[int, ...]) -> None:
     """``KernelFiberTail.forward_unit``: the multiplexer writes straight into the packed buffer of ``conv_m1``."""

@@ -495,6 +495,51 @@ static inline void emit_channels_last(__m256 acc[12], int relu, int valid, float
     }
 }
 
+/* One output row of the grouped convolution below, for one group: the row's first input row `row` (group g's
+ * buffer at the row's first tap), the group's weights wg and biases bg. Into a group-major buffer: o_buf is the
+ * row's start (its channels oc_s apart); into channels-last: o_cl is the row's position 0 at the group's first
+ * channel (positions C apart), a_cl the same in the addend (or NULL). */
+static void conv_row(const float *row, const float *wg, const float *bg, int W, int CI, int CO, int KT, int KH, int KW,
+                     ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sc, int relu, float *o_buf, ptrdiff_t oc_s, float *o_cl,
+                     const float *a_cl, int C) {
+    const int W16 = (W + 15) / 16 * 16;
+    __m256 acc[12];
+    for (int oc = 0; oc < CO; oc += 6)
+        for (int x = 0; x < W;) {
+            /* the widest tile within the row's 16-rounded span: 6 x 64, 6 x 32 or 6 x 16 (AVX-512: one register
+             * per channel even at 16, conv4's 14-wide rows 4-5% faster than with two AVX2 ones), 6 x 56 for the
+             * last 49-56 positions of a row; 6 x 16 in AVX2 registers without AVX-512 */
+            const int rest = W - x;
+            const int npos = !mf_avx512                ? 16
+                             : rest > 48 && rest <= 56 ? 56
+                             : x + 64 <= W16           ? 64
+                             : x + 32 <= W16           ? 32
+                                                       : 16;
+            float t[6 * 64];
+            const float *wo = wg + oc, *bo = bg + oc;
+            if (npos == 56) tile6x56(row + x, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, t);
+            if (npos == 64) tile6x64(row + x, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, t);
+            if (npos == 32) tile6x32(row + x, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, t);
+            if (npos == 16 && mf_avx512) tile6x16(row + x, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, t);
+            for (int x16 = x; x16 < x + npos && x16 < W; x16 += 16) {
+                if (mf_avx512) /* 6 x 16 of the AVX-512 tile */
+                    for (int j = 0; j < 6; j++) {
+                        acc[2 * j] = _mm256_loadu_ps(t + npos * j + (x16 - x));
+                        acc[2 * j + 1] = _mm256_loadu_ps(t + npos * j + (x16 - x) + 8);
+                    }
+                else
+                    tile(row + x16, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, acc);
+                const int valid = W - x16 < 16 ? W - x16 : 16;
+                if (o_buf)
+                    emit_rows(acc, relu, valid, o_buf + (ptrdiff_t)oc * oc_s + x16, oc_s);
+                else
+                    emit_channels_last(acc, relu, valid, o_cl + (ptrdiff_t)x16 * C + oc,
+                                       a_cl ? a_cl + (ptrdiff_t)x16 * C + oc : NULL, C);
+            }
+            x += npos;
+        }
+}
+
 /* Grouped convolution of a padded group-major buffer (the buffer's padding is the convolution's), with
  * temporal stride ST and spatial stride 1; D, H, W are the output's sizes.  weight: (G, KT, KH, KW, CI, CO) with CO a multiple of 6; bias: (G*CO).
  * out_buf != NULL: relu? result into the interior of a padded group-major buffer (N, G, D+2qd, H+2qh, CO, Wq)
@@ -507,8 +552,7 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
     const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
     const ptrdiff_t oc_s = Wq, oh_s = (ptrdiff_t)CO * Wq, od_s = oh_s * (H + 2 * qh), og_s = od_s * (D + 2 * qd);
     const ptrdiff_t on_s = og_s * G;
-    const int C = G * CO, W16 = (W + 15) / 16 * 16;
-    __m256 acc[12];
+    const int C = G * CO;
     /* Into a group-major buffer, items are (n, g, d) and the rows of a group follow each other (its input rows
      * stay in L1). Into channels-last, items are output rows (n, d, h) with all groups at once, so that the output
      * row stays in cache while every group writes its channels into it. */
@@ -521,48 +565,63 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
         const int h0 = rows_first ? (item % HB) * MF_ROWS : 0;
         const int h1 = rows_first ? (h0 + MF_ROWS < H ? h0 + MF_ROWS : H) : H;
         for (int g = g0; g < g1; g++)
-        for (int h = h0; h < h1; h++) {
-            const float *wg = weight + (ptrdiff_t)g * KT * KH * KW * CI * CO;
-            const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h * sh;
-            for (int oc = 0; oc < CO; oc += 6)
-                for (int x = 0; x < W;) {
-                    /* the widest tile within the row's 16-rounded span: 6 x 64, 6 x 32 or 6 x 16 (AVX-512: one
-                     * register per channel even at 16, conv4's 14-wide rows 4-5% faster than with two AVX2 ones),
-                     * 6 x 56 for the last 49-56 positions of a row; 6 x 16 in AVX2 registers without AVX-512 */
-                    const int rest = W - x;
-                    const int npos = !mf_avx512                ? 16
-                                     : rest > 48 && rest <= 56 ? 56
-                                     : x + 64 <= W16           ? 64
-                                     : x + 32 <= W16           ? 32
-                                                               : 16;
-                    float t[6 * 64];
-                    const float *wo = wg + oc, *bo = bias + g * CO + oc;
-                    if (npos == 56) tile6x56(row + x, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, t);
-                    if (npos == 64) tile6x64(row + x, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, t);
-                    if (npos == 32) tile6x32(row + x, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, t);
-                    if (npos == 16 && mf_avx512) tile6x16(row + x, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, t);
-                    for (int x16 = x; x16 < x + npos && x16 < W; x16 += 16) {
-                        if (mf_avx512) /* 6 x 16 of the AVX-512 tile */
-                            for (int j = 0; j < 6; j++) {
-                                acc[2 * j] = _mm256_loadu_ps(t + npos * j + (x16 - x));
-                                acc[2 * j + 1] = _mm256_loadu_ps(t + npos * j + (x16 - x) + 8);
-                            }
-                        else
-                            tile(row + x16, wo, bo, CI, CO, KT, KH, KW, sd, sh, sc, acc);
-                        const int valid = W - x16 < 16 ? W - x16 : 16;
-                        if (out_buf) {
-                            float *o = out_buf + n * on_s + g * og_s + (d + qd) * od_s + (h + qh) * oh_s + qw + x16;
-                            emit_rows(acc, relu, valid, o + (ptrdiff_t)oc * oc_s, oc_s);
-                        } else {
-                            const ptrdiff_t pos = (((ptrdiff_t)n * D + d) * H + h) * W + x16;
-                            const float *a = add ? add + pos * C + g * CO + oc : NULL;
-                            emit_channels_last(acc, relu, valid, out_cl + pos * C + g * CO + oc, a, C);
-                        }
-                    }
-                    x += npos;
-                }
+            for (int h = h0; h < h1; h++) {
+                const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h * sh;
+                const float *wg = weight + (ptrdiff_t)g * KT * KH * KW * CI * CO;
+                const ptrdiff_t pos = (((ptrdiff_t)n * D + d) * H + h) * W;
+                float *o_buf = out_buf ? out_buf + n * on_s + g * og_s + (d + qd) * od_s + (h + qh) * oh_s + qw : NULL;
+                float *o_cl = out_cl ? out_cl + pos * C + g * CO : NULL;
+                const float *a_cl = add ? add + pos * C + g * CO : NULL;
+                conv_row(row, wg, bias + g * CO, W, CI, CO, KT, KH, KW, sd, sh, sc, relu, o_buf, oc_s, o_cl, a_cl, C);
+            }
+    }
+}
+
+/* mf_conv into channels-last, then a dense 1x1x1 convolution of its result, in blocks of MF_ROWS output rows that
+ * stay in cache (a first unit's dense conv_m2 after the kernel's conv_m1, conv2's at 224: 96 -> 96 channels):
+ *     out = relu?(conv(buf) + bias) @ w_post + b_post (+ add)
+ * w_post: (G*CO, C_post); b_post: (C_post); out, add: channels-last (N, D, H, W, C_post), C_post a multiple of 8.
+ * Returns 1 if its scratch could not be allocated (nothing written), else 0. items: as mf_conv's into out_cl. */
+int mf_conv_dense(const float *buf, const float *weight, const float *bias, int D, int H, int W, int G, int CI, int CO,
+                  int KT, int KH, int KW, int ST, int Dp, int Hp, int Wp, int relu, const float *w_post,
+                  const float *b_post, int C_post, float *out, const float *add, mf_sched *sched, int item0,
+                  int item1) {
+    const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
+    const int C = G * CO, HB = (H + MF_ROWS - 1) / MF_ROWS;
+    const ptrdiff_t rows_max = ((ptrdiff_t)MF_ROWS * W + 7) / 8 * 8;
+    float *scratch = (float *)malloc(sizeof(float) * ((size_t)rows_max * C + 24 * (size_t)C_post));
+    if (scratch == NULL) return 1;
+    float *tail_add = scratch + rows_max * C, *tail_out = tail_add + 8 * (ptrdiff_t)C_post;
+    for (ptrdiff_t i = 0; i < rows_max * C; i++) scratch[i] = 0.f; /* rows past a block's end: finite */
+    MF_ITEMS(item) {
+        const int n = item / (D * HB), d = (item / HB) % D;
+        const int h0 = (item % HB) * MF_ROWS, h1 = h0 + MF_ROWS < H ? h0 + MF_ROWS : H;
+        const ptrdiff_t pos0 = (((ptrdiff_t)n * D + d) * H + h0) * W;
+        for (int g = 0; g < G; g++)
+            for (int h = h0; h < h1; h++) {
+                const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h * sh;
+                const float *wg = weight + (ptrdiff_t)g * KT * KH * KW * CI * CO;
+                float *o_cl = scratch + (ptrdiff_t)(h - h0) * W * C + g * CO;
+                conv_row(row, wg, bias + g * CO, W, CI, CO, KT, KH, KW, sd, sh, sc, relu, NULL, 0, o_cl, NULL, C);
+            }
+        /* the dense convolution: whole blocks of 8 positions straight into out, the last few through a copy */
+        const int P = (h1 - h0) * W, whole = P / 8 * 8;
+        const float *a0 = add ? add + pos0 * C_post : NULL;
+        if (whole) gemm_block(scratch, C, w_post, C_post, out + pos0 * C_post, C_post, whole, C, C_post, b_post, a0,
+                              C_post, 0);
+        if (whole < P) {
+            for (int p = 0; p < 8; p++)
+                for (int c = 0; c < C_post; c++)
+                    tail_add[p * C_post + c] = a0 && whole + p < P ? a0[(ptrdiff_t)(whole + p) * C_post + c] : 0.f;
+            gemm_block(scratch + (ptrdiff_t)whole * C, C, w_post, C_post, tail_out, C_post, 8, C, C_post, b_post,
+                       tail_add, C_post, 0);
+            for (int p = whole; p < P; p++)
+                for (int c = 0; c < C_post; c++)
+                    out[(pos0 + p) * C_post + c] = tail_out[(ptrdiff_t)(p - whole) * C_post + c];
         }
     }
+    free(scratch);
+    return 0;
 }
 
 /* Weight gradient of the convolution above (temporal stride 1): dW[g, tap, i, o] = sum over output positions p

@@ -453,7 +453,9 @@ class FusedFiberUnit(nn.Module):
             self.act_w = FusedBnReLU(unit.conv_w1.bn)
             self.conv_w1 = FusedConv.from_conv(unit.conv_w1.conv)
         self.kernel_tail = _kernel_tail(unit, self.conv_m1, self.conv_m2) if use_kernel else None
-        self.kernel_m1 = _kernel_m1(unit, self.conv_m1) if use_kernel and self.kernel_tail is None else None
+        self.kernel_m1 = (
+            _kernel_m1(unit, self.conv_m1, self.conv_m2) if use_kernel and self.kernel_tail is None else None
+        )
         self.kernel_mux = None
         if use_kernel and self.multiplexer:
             self.kernel_mux = _kernel_multiplexer(unit, self.conv_i1, self.conv_i2)
@@ -473,8 +475,12 @@ class FusedFiberUnit(nn.Module):
             if self.kernel_tail is not None and not self.projection and fiber_kernel.worth_it(x):
                 return self.kernel_tail.forward_unit(x, self.kernel_mux)  # multiplexer, pack, conv_m1, conv_m2 + x
             if self.kernel_m1 is not None and self.conv_w1_compact is not None and fiber_kernel.worth_it(x):
-                y, proj = self.kernel_m1.forward_unit(x, self.kernel_mux)  # conv2's first unit: multiplexer, conv_m1
-                return self.conv_m2(y, add=self.conv_w1_compact(proj), add_in_place=True)
+                # conv2's first unit: the multiplexer packs conv_m1's buffer; conv_m1 and the dense conv_m2 with
+                # the projection's sum on the kernels
+                shortcut = self.conv_w1_compact(self.kernel_m1.pack_from(x, self.kernel_mux))
+                if self.kernel_m1.has_dense:
+                    return self.kernel_m1.conv(x.shape, add=shortcut)
+                return self.conv_m2(self.kernel_m1.conv(x.shape), add=shortcut, add_in_place=True)
             if self.conv_w1_compact is not None:
                 y, proj = self.kernel_mux.forward_with_projection(x)
                 return self.conv_m2(self.conv_m1(y), add=self.conv_w1_compact(proj), add_in_place=True)
@@ -497,8 +503,9 @@ def _kernel_runs(x: torch.Tensor) -> bool:
     return _kernel_can_run(x) and fiber_kernel.worth_it(x)
 
 
-def _kernel_m1(unit: MultiFiberUnit, conv_m1: FusedConv) -> KernelFiberConv | None:
-    """The unit's ``BN-ReLU -> conv_m1`` on the hand-written kernel, where it runs (``conv_m2`` stays on oneDNN)."""
+def _kernel_m1(unit: MultiFiberUnit, conv_m1: FusedConv, conv_m2: FusedConv) -> KernelFiberConv | None:
+    """The unit's ``BN-ReLU -> conv_m1`` on the hand-written kernel, where it runs, with ``conv_m2`` after it where
+    that is a dense 1x1x1 convolution (else ``conv_m2`` stays on oneDNN)."""
     bn = unit.conv_m1.bn
     if (
         not isinstance(bn, _BatchNorm)
@@ -510,8 +517,17 @@ def _kernel_m1(unit: MultiFiberUnit, conv_m1: FusedConv) -> KernelFiberConv | No
     ):
         return None
     scale, shift = bn_affine(bn)
+    dense = conv_m2.groups == 1 and conv_m2.attr == "none" and conv_m2.weight.shape[0] % 8 == 0
+    dense = dense and tuple(conv_m2.weight.shape[2:]) == (1, 1, 1) and tuple(conv_m2.stride) == (1, 1, 1)
     return KernelFiberConv(
-        scale, shift, conv_m1.weight, conv_m1.bias, conv_m1.groups, temporal_stride=conv_m1.stride[0]
+        scale,
+        shift,
+        conv_m1.weight,
+        conv_m1.bias,
+        conv_m1.groups,
+        temporal_stride=conv_m1.stride[0],
+        dense_weight=conv_m2.weight if dense else None,
+        dense_bias=conv_m2.bias if dense else None,
     )
 
 

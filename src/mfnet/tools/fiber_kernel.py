@@ -168,6 +168,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_bn_finalize.argtypes = [_PTR, _PTR, _INT] + [_PTR] * 5 + [_DOUBLE, _DOUBLE, _LONG, _INT] + [_PTR] * 4
     lib.mf_bn_grad_finalize.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _LONG, _INT] + [_PTR] * 5
     lib.mf_set_avx512.argtypes = [_INT]
+    lib.mf_conv_dense.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] * 2 + [_INT] + [_PTR] * 2 + items
+    lib.mf_conv_dense.restype = _INT
     lib.mf_max_pool.argtypes = [_PTR, _PTR] + [_INT] * 13 + items
     lib.mf_max_pool.restype = None
     bn = (lib.mf_bn_stats, lib.mf_bn_relu, lib.mf_bn_relu_grad_sums, lib.mf_bn_relu_grad_input, lib.mf_bn_finalize)
@@ -514,6 +516,10 @@ class KernelFiberConv(nn.Module):
     The ``conv_m1`` of a unit whose ``conv_m2`` cannot run on the kernel (the first unit of MF-Net's conv2: 16 ->
     96 channels with one input channel per fiber and a temporal stride, then a dense 1x1x1 ``conv_m2``). Input and
     output ``(N, C, T, H, W)`` channels-last-3d, float32, CPU; the spatial size is kept. Not for training.
+
+    With ``dense_weight`` (``(C_post, C_out, 1, 1, 1)``) and ``dense_bias``, ``conv`` also applies that dense 1x1x1
+    convolution (the unit's ``conv_m2``) and a residual sum, block by block while the convolution's output is in
+    cache (``mf_conv_dense``).
     """
 
     def __init__(
@@ -525,6 +531,8 @@ class KernelFiberConv(nn.Module):
         groups: int,
         *,
         temporal_stride: int = 1,
+        dense_weight: torch.Tensor | None = None,
+        dense_bias: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.groups = groups
@@ -534,6 +542,11 @@ class KernelFiberConv(nn.Module):
         _register_bn(self, scale, shift)
         self.register_buffer("weight", _kernel_weight(weight.float(), groups))
         self.register_buffer("bias", _bias(bias, weight.shape[0]))
+        self.has_dense = dense_weight is not None
+        if dense_weight is not None:
+            c_post = dense_weight.shape[0]
+            self.register_buffer("dense_weight", dense_weight.detach().float().reshape(c_post, -1).t().contiguous())
+            self.register_buffer("dense_bias", _bias(dense_bias, c_post))
         self._buffers_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     def _buffer(self, n: int, c: int, t: int, h: int, w: int) -> torch.Tensor:
@@ -543,35 +556,60 @@ class KernelFiberConv(nn.Module):
         return _kept(self._buffers_cache, shape)[0]
 
     @torch.no_grad()
-    def forward_unit(self, x: torch.Tensor, multiplexer: KernelMultiplexer) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(out, p)`` for a first unit: ``multiplexer`` (whose BN after ``x_in`` is this one's) packs straight into
-        the convolution's buffer, and writes ``p``, the projection's input, if it has the projection's BN
-        (``forward_with_projection``; else ``p`` is ``None``)."""
+    def pack_from(self, x: torch.Tensor, multiplexer: KernelMultiplexer) -> torch.Tensor | None:
+        """For a first unit: ``multiplexer`` (whose BN after ``x_in`` is this one's) packs straight into the
+        convolution's buffer; returns the projection's input it writes too, if it has the projection's BN
+        (``forward_with_projection``), else ``None``. ``conv(x.shape)`` then convolves."""
         padding = tuple(k // 2 for k in self.kernel)
         buf = self._buffer(*x.shape)
         _, proj = multiplexer.run(
             x, buf=buf, padding=padding, padding_zeroed=True, projection=multiplexer.has_projection
         )
-        return self._conv(buf, x.shape), proj
+        return proj
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution alone (without the dense one)."""
         padding = tuple(k // 2 for k in self.kernel)
         buf = self._buffer(*x.shape)
         x = x.contiguous(memory_format=CL3D)
         _pack_into(buf, x, padding, _library(), self.scale, self.shift, zero_padding=False)
-        return self._conv(buf, x.shape)
+        return self.conv(x.shape, dense=False)
 
-    def _conv(self, buf: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:
+    def conv(self, in_shape: torch.Size, *, add: torch.Tensor | None = None, dense: bool = True) -> torch.Tensor:
+        """The convolution of the packed buffer of an input of ``in_shape``; with the dense convolution (where
+        there is one and ``dense``), then ``+ add`` (channels-last, the output's shape)."""
         n, _, t, h, w = in_shape
         padding = tuple(k // 2 for k in self.kernel)
+        buf = self._buffer(*in_shape)
         lib = _library()
         t_out = (t + 2 * padding[0] - self.kernel[0]) // self.temporal_stride + 1
-        out_shape = (n, self.out_channels, t_out, h, w)
-        return _conv(buf, self.weight, out_shape, lib, bias=self.bias, relu=True, temporal_stride=self.temporal_stride)
+        if not (dense and self.has_dense):
+            if add is not None:
+                raise ValueError("a sum needs the dense convolution after this one")
+            out_shape = (n, self.out_channels, t_out, h, w)
+            return _conv(
+                buf, self.weight, out_shape, lib, bias=self.bias, relu=True, temporal_stride=self.temporal_stride
+            )
+        c_post = self.dense_weight.shape[1]
+        out = torch.empty((n, c_post, t_out, h, w), memory_format=CL3D)
+        if add is not None:
+            add = add.contiguous(memory_format=CL3D)
+            if add.shape != out.shape:
+                raise ValueError(f"cannot add a tensor of shape {tuple(add.shape)} to {tuple(out.shape)}")
+        _, kt, kh, kw, ci, co = self.weight.shape
+        args = (_ptr(buf), _ptr(self.weight), _ptr(self.bias), t_out, h, w, self.groups, ci, co, kt, kh, kw)
+        args += (self.temporal_stride, buf.shape[2], buf.shape[3], buf.shape[5], 1)
+        args += (_ptr(self.dense_weight), _ptr(self.dense_bias), c_post, _ptr(out), _ptr(add))
+        if all(_parallel(lib.mf_conv_dense, args, n * t_out * _row_blocks(h))):  # no thread could run
+            raise MemoryError("the fiber kernel could not allocate its scratch rows")
+        return out
 
     def extra_repr(self) -> str:
-        return f"groups={self.groups}, kernel={self.kernel}, temporal_stride={self.temporal_stride}, fiber_conv.c"
+        dense = f", then dense {tuple(self.dense_weight.shape)}" if self.has_dense else ""
+        return (
+            f"groups={self.groups}, kernel={self.kernel}, temporal_stride={self.temporal_stride}{dense}, fiber_conv.c"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -216,24 +216,30 @@ __attribute__((target("avx512f"))) static void gemm_block512(const float *a, int
         }
 }
 
+/* The start of 8 columns of a row of gemm_block's result: bias (+ the addend's row, when add != NULL). */
+static inline __m256 gemm_init8(const float *bias, const float *add) {
+    const __m256 b = _mm256_loadu_ps(bias);
+    return add ? _mm256_add_ps(b, _mm256_loadu_ps(add)) : b;
+}
+
+/* Stores 8 columns of a row of gemm_block's result, ReLU'd when asked. */
+static inline void gemm_store8(float *c, __m256 v, int relu) {
+    _mm256_storeu_ps(c, relu ? _mm256_max_ps(_mm256_setzero_ps(), v) : v);
+}
+
 /* gemm_block for NC % 24 != 0 (the 16 channels of conv2's first unit): 4 rows x 8 columns at a time. */
 static void gemm_block_narrow(const float *a, int lda, const float *b, int ldb, float *c, int ldc, int P, int K,
                               int NC, const float *bias, const float *add, int ld_add, int relu) {
-    const __m256 zero = _mm256_setzero_ps();
     for (int n = 0; n < NC; n += 8)
         for (int p = 0; p < P; p += 4) {
             __m256 acc[4];
-            for (int r = 0; r < 4; r++) {
-                acc[r] = _mm256_loadu_ps(bias + n);
-                if (add) acc[r] = _mm256_add_ps(acc[r], _mm256_loadu_ps(add + (ptrdiff_t)(p + r) * ld_add + n));
-            }
+            for (int r = 0; r < 4; r++) acc[r] = gemm_init8(bias + n, add ? add + (ptrdiff_t)(p + r) * ld_add + n : NULL);
             for (int k = 0; k < K; k++) {
                 const __m256 bk = _mm256_loadu_ps(b + (ptrdiff_t)k * ldb + n);
                 for (int r = 0; r < 4; r++)
                     acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + (ptrdiff_t)(p + r) * lda + k), bk, acc[r]);
             }
-            for (int r = 0; r < 4; r++)
-                _mm256_storeu_ps(c + (ptrdiff_t)(p + r) * ldc + n, relu ? _mm256_max_ps(zero, acc[r]) : acc[r]);
+            for (int r = 0; r < 4; r++) gemm_store8(c + (ptrdiff_t)(p + r) * ldc + n, acc[r], relu);
         }
 }
 
@@ -250,22 +256,16 @@ static void gemm_block(const float *a, int lda, const float *b, int ldb, float *
         gemm_block_narrow(a, lda, b, ldb, c, ldc, P, K, NC, bias, add, ld_add, relu);
         return;
     }
-    const __m256 zero = _mm256_setzero_ps();
     for (int n = 0; n < NC; n += 24) /* a 24-column slice of b stays in cache over the block's positions */
         for (int p = 0; p < P; p += 4) {
             __m256 acc[12];
             for (int r = 0; r < 4; r++)
-                for (int j = 0; j < 3; j++) {
-                    acc[3 * r + j] = _mm256_loadu_ps(bias + n + 8 * j);
-                    if (add)
-                        acc[3 * r + j] = _mm256_add_ps(acc[3 * r + j],
-                                                       _mm256_loadu_ps(add + (ptrdiff_t)(p + r) * ld_add + n + 8 * j));
-                }
+                for (int j = 0; j < 3; j++)
+                    acc[3 * r + j] =
+                        gemm_init8(bias + n + 8 * j, add ? add + (ptrdiff_t)(p + r) * ld_add + n + 8 * j : NULL);
             gemm_4x24(a + (ptrdiff_t)p * lda, lda, b + n, ldb, K, acc);
             for (int r = 0; r < 4; r++)
-                for (int j = 0; j < 3; j++)
-                    _mm256_storeu_ps(c + (ptrdiff_t)(p + r) * ldc + n + 8 * j,
-                                     relu ? _mm256_max_ps(zero, acc[3 * r + j]) : acc[3 * r + j]);
+                for (int j = 0; j < 3; j++) gemm_store8(c + (ptrdiff_t)(p + r) * ldc + n + 8 * j, acc[3 * r + j], relu);
         }
 }
 
@@ -273,7 +273,8 @@ static void gemm_block(const float *a, int lda, const float *b, int ldb, float *
  * (everything between the two stays in a scratch in L1/L2; R rows share each pass over the weights):
  *     a = relu(x * s_i + t_i);  h = relu(a @ w1 + b1);  x_in = h @ w2 + b2 + x;  y = relu(x_in * s_m + t_m)
  * x: channels-last (N, D, H, W, C) with C = G*CI; w1: (C, M); w2: (M, C); C a multiple of 8, M of 24.
- * buf != NULL: y into the padded group-major buffer, padding included unless zero_pad == 0 (as mf_pack);
+ * buf != NULL: y into the interior of the padded group-major buffer (as mf_pack with zero_pad == 0: the buffer
+ *              is kept, its padding zeroed once);
  * else:        y into channels-last out (N, D, H, W, C).
  * proj != NULL: also relu(x * s_w + t_w) at the positions a 1x1x1 convolution with strides (SD, SH, SW) reads, into
  *               channels-last proj (N, Do, Ho, Wo, C): the BN-ReLU before a first unit's projection shortcut, on
@@ -283,7 +284,7 @@ static void gemm_block(const float *a, int lda, const float *b, int ldb, float *
 int mf_mux_pack(const float *x, const float *s_i, const float *t_i, const float *w1, const float *b1,
                 const float *w2, const float *b2, int M, const float *s_m, const float *t_m, float *buf, float *out,
                 int N, int D, int H, int W, int G, int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int R,
-                int zero_pad, const float *s_w, const float *t_w, float *proj, int SD, int SH, int SW,
+                const float *s_w, const float *t_w, float *proj, int SD, int SH, int SW,
                 mf_sched *sched, int item0, int item1) {
     const int C = G * CI, Pr = (R * W + 7) / 8 * 8;
     const long rows = (long)N * D * H;
@@ -332,8 +333,7 @@ int mf_mux_pack(const float *x, const float *s_i, const float *t_i, const float 
             for (int r = 0; r < nrows; r++) {
                 const long row = row0 + r;
                 const int n = (int)(row / (D * H)), d = (int)(row / H % D), h = (int)(row % H);
-                pack_row(xin + (ptrdiff_t)r * W * C, s_m, t_m, buf, n, d, h, D, H, W, G, CI, Dp, Hp, Wp, pd, ph, pw,
-                         zero_pad);
+                pack_row(xin + (ptrdiff_t)r * W * C, s_m, t_m, buf, n, d, h, D, H, W, G, CI, Dp, Hp, Wp, pd, ph, pw, 0);
             }
         } else {
             for (int p = 0; p < P; p++)

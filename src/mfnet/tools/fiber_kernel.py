@@ -156,7 +156,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     _LONG, _DOUBLE = ctypes.c_long, ctypes.c_double
     items = [_PTR, _INT, _INT]  # mf_sched *, item0, item1 (see _parallel)
     lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 12 + items
-    lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 14 + [_PTR] * 3 + [_INT] * 3 + items
+    lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 13 + [_PTR] * 3 + [_INT] * 3 + items
     lib.mf_mux_pack.restype = _INT
     lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + items
     lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 17 + items
@@ -370,7 +370,7 @@ class KernelFiberTail(nn.Module):
         dims_1 = (buf_1.shape[2], buf_1.shape[3], buf_1.shape[5])  # padded T, H and row length
         dims_2 = (buf_2.shape[2], buf_2.shape[3], buf_2.shape[5])
         if multiplexer is not None:
-            multiplexer.run(x_in, buf=buf_1, padding=(pd1, ph1, pw1), padding_zeroed=True)
+            multiplexer.run(x_in, buf=buf_1, padding=(pd1, ph1, pw1))
         else:
             _pack_into(buf_1, x_in, (pd1, ph1, pw1), lib, self.scale, self.shift, zero_padding=False)
         t_out = self._out_length(t)
@@ -478,12 +478,11 @@ class KernelMultiplexer(nn.Module):
         *,
         buf: torch.Tensor | None = None,
         padding: tuple[int, int, int] = (0, 0, 0),
-        padding_zeroed: bool = False,
         projection: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(out, p)``: ``out`` channels-last, or, with ``buf``, ``None`` and ``out`` packed into that padded
-        group-major buffer ``(N, G, T + 2pd, H + 2ph, C/G, row)`` with ``padding`` ``(pd, ph, pw)`` (its padding
-        written with zeros unless ``padding_zeroed`` says it holds them already); ``p`` the projection's input
+        group-major buffer ``(N, G, T + 2pd, H + 2ph, C/G, row)`` with ``padding`` ``(pd, ph, pw)`` (only its interior
+        is written: keep the buffer and zero it once, as ``_kept`` does); ``p`` the projection's input
         with ``projection`` (see ``forward_with_projection``), else ``None``."""
         n, c, t, h, w = x.shape
         x = x.contiguous(memory_format=CL3D)
@@ -497,7 +496,7 @@ class KernelMultiplexer(nn.Module):
         weights = (self.scale, self.shift, self.weight_1, self.bias_1, self.weight_2, self.bias_2)
         args = (_ptr(x), *map(_ptr, weights), self.weight_1.shape[1], _ptr(self.out_scale), _ptr(self.out_shift))
         rows = _mux_rows(w)
-        args += (_ptr(buf), _ptr(out), n, t, h, w, groups, per_group, *dims, *padding, rows, int(not padding_zeroed))
+        args += (_ptr(buf), _ptr(out), n, t, h, w, groups, per_group, *dims, *padding, rows)
         proj_bn = (self.proj_scale, self.proj_shift) if proj is not None else (None, None)
         args += (*map(_ptr, proj_bn), _ptr(proj), *self.proj_stride)
         if all(_parallel(_library().mf_mux_pack, args, -(-n * t * h // rows))):  # no thread could run
@@ -562,9 +561,7 @@ class KernelFiberConv(nn.Module):
         (``forward_with_projection``), else ``None``. ``conv(x.shape)`` then convolves."""
         padding = tuple(k // 2 for k in self.kernel)
         buf = self._buffer(*x.shape)
-        _, proj = multiplexer.run(
-            x, buf=buf, padding=padding, padding_zeroed=True, projection=multiplexer.has_projection
-        )
+        _, proj = multiplexer.run(x, buf=buf, padding=padding, projection=multiplexer.has_projection)
         return proj
 
     @torch.no_grad()

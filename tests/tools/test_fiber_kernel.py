@@ -322,9 +322,24 @@ def test_turned_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         (96, (3, 3, 3), (2, 3, 5, 26)),  # conv2's conv_m1: 6 channels per group, a row of 16 + 10
         (96, (1, 3, 3), (1, 4, 3, 24)),  # conv2's conv_m2
         (192, (3, 3, 3), (2, 2, 3, 30)),  # 12 channels per group
+        (192, (3, 3, 3), (1, 3, 4, 14)),  # conv3 at 112: one 16-wide vector per row
+        (96, (1, 3, 3), (1, 2, 2, 37)),  # three 16-wide vectors, the last with 5 positions
     ],
 )
-def test_training_convolution_matches_pytorch(channels: int, kernel: tuple[int, ...], size: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("avx512", [False, True])  # the weight gradient's AVX-512 loop (KW == 3) or the AVX2 one
+def test_training_convolution_matches_pytorch(
+    channels: int, kernel: tuple[int, ...], size: tuple[int, ...], avx512: bool
+) -> None:
+    if avx512 and not fiber_kernel.avx512_available():
+        pytest.skip("this CPU has no AVX-512F/VL")
+    try:
+        assert fiber_kernel.set_avx512(avx512) == avx512
+        _check_training_convolution(channels, kernel, size)
+    finally:
+        fiber_kernel.set_avx512()
+
+
+def _check_training_convolution(channels: int, kernel: tuple[int, ...], size: tuple[int, ...]) -> None:
     g = torch.Generator().manual_seed(0)
     n, t, h, w = size
     padding = tuple(k // 2 for k in kernel)

@@ -624,12 +624,75 @@ int mf_conv_dense(const float *buf, const float *weight, const float *bias, int 
     return 0;
 }
 
+#ifndef MF_WGRAD_ROWS
+#define MF_WGRAD_ROWS 8
+#endif
+
+/* 18 sums of mf_conv_wgrad with AVX-512 (KW == 3): a[3j + kw] += g[o + j, p] * x[i, p + kw] over `rows` rows of NV
+ * 16-wide vectors each, 3 input and 6 gradient loads for 18 multiply-adds (AVX2 below: 8 loads for 12). Constant
+ * NV unrolls the row. */
+__attribute__((target("avx512f"), always_inline)) static inline void wgrad_pass512(const float *xrow, const float *grow,
+                                                                                  int rows, ptrdiff_t sh, ptrdiff_t tc,
+                                                                                  ptrdiff_t th, float *acc,
+                                                                                  const int NV) {
+    __m512 a[18];
+#pragma GCC unroll 18
+    for (int k = 0; k < 18; k++) a[k] = _mm512_loadu_ps(acc + 16 * k);
+    for (int h = 0; h < rows; h++, xrow += sh, grow += th)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            const __m512 x0 = _mm512_loadu_ps(xrow + 16 * v);
+            const __m512 x1 = _mm512_loadu_ps(xrow + 16 * v + 1);
+            const __m512 x2 = _mm512_loadu_ps(xrow + 16 * v + 2);
+#pragma GCC unroll 6
+            for (int j = 0; j < 6; j++) {
+                __m512 gv = _mm512_loadu_ps(grow + j * tc + 16 * v);
+                __asm__("" : "+v"(gv)); /* one load for three multiply-adds (GCC would fold one into each) */
+                a[3 * j] = _mm512_fmadd_ps(gv, x0, a[3 * j]);
+                a[3 * j + 1] = _mm512_fmadd_ps(gv, x1, a[3 * j + 1]);
+                a[3 * j + 2] = _mm512_fmadd_ps(gv, x2, a[3 * j + 2]);
+            }
+        }
+#pragma GCC unroll 18
+    for (int k = 0; k < 18; k++) _mm512_storeu_ps(acc + 16 * k, a[k]);
+}
+
+/* One group's part of mf_conv_wgrad for KW == 3 with AVX-512: frame by frame, in bands of MF_WGRAD_ROWS output rows
+ * whose gradient and input rows stay in L1 over all (kd, kh, input channel, 6 output channels) passes. sums:
+ * (KT, KH, CI, CO, 3, 16) partial sums, added to. */
+__attribute__((target("avx512f"))) static void wgrad_group512(const float *xg, const float *gg, float *sums, int N,
+                                                                  int D, int H, int W, int CI, int CO, int KT, int KH,
+                                                                  ptrdiff_t sc, ptrdiff_t sh, ptrdiff_t sd,
+                                                                  ptrdiff_t sn, ptrdiff_t tc, ptrdiff_t th,
+                                                                  ptrdiff_t td, ptrdiff_t tn) {
+    const int nv = (W + 15) / 16;
+    for (int n = 0; n < N; n++)
+        for (int d = 0; d < D; d++)
+            for (int h0 = 0; h0 < H; h0 += MF_WGRAD_ROWS) {
+                const int rows = H - h0 < MF_WGRAD_ROWS ? H - h0 : MF_WGRAD_ROWS;
+                for (int kd = 0; kd < KT; kd++)
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int i = 0; i < CI; i++)
+                            for (int o = 0; o < CO; o += 6) {
+                                const float *x = xg + n * sn + (d + kd) * sd + (h0 + kh) * sh + i * sc;
+                                const float *g = gg + n * tn + d * td + h0 * th + o * tc;
+                                float *acc = sums + ((((ptrdiff_t)kd * KH + kh) * CI + i) * CO + o) * 3 * 16;
+                                if (nv == 1) wgrad_pass512(x, g, rows, sh, tc, th, acc, 1);
+                                else if (nv == 2) wgrad_pass512(x, g, rows, sh, tc, th, acc, 2);
+                                else if (nv == 3) wgrad_pass512(x, g, rows, sh, tc, th, acc, 3);
+                                else
+                                    for (int v = 0; v < nv; v++)
+                                        wgrad_pass512(x + 16 * v, g + 16 * v, rows, sh, tc, th, acc, 1);
+                            }
+            }
+}
+
 /* Weight gradient of the convolution above (temporal stride 1): dW[g, tap, i, o] = sum over output positions p
  * of grad[p, g, o] * x[p + tap, g, i]. bx: the convolution's input as a padded group-major buffer (its padding is
  * the convolution's); bg: the output gradient as a group-major buffer (N, G, D + 2qd, H + 2qh, CO, Wq) whose data
  * starts at (qd, qh, qw) and whose every other entry is zero (so that 8-wide loads past W add nothing); D, H, W:
  * the output's sizes. dw: (G, KT, KH, KW, CI, CO), overwritten. CI must be even, CO a multiple of 6.
- * scratch: G*KT*KH*KW*CI*CO*8 floats. items: groups. */
+ * scratch: G*KT*KH*KW*CI*CO*16 floats. items: groups. With AVX-512 and KW == 3, wgrad_group512 runs each group. */
 void mf_conv_wgrad(const float *bx, const float *bg, float *dw, float *scratch, int N, int D, int H, int W, int G,
                    int CI, int CO, int KT, int KH, int KW, int Dp, int Hp, int Wp, int qd, int qh, int qw, int Wq,
                    mf_sched *sched, int item0, int item1) {
@@ -637,7 +700,24 @@ void mf_conv_wgrad(const float *bx, const float *bg, float *dw, float *scratch, 
     const ptrdiff_t tc = Wq, th = (ptrdiff_t)CO * Wq, td = th * (H + 2 * qh), tg = td * (D + 2 * qd), tn = tg * G;
     const int taps = KT * KH * KW, nv = (W + 7) / 8;
     MF_ITEMS(g) {
-        float *sums = scratch + (ptrdiff_t)g * taps * CI * CO * 8;
+        float *sums = scratch + (ptrdiff_t)g * taps * CI * CO * 16;
+        if (mf_avx512 && KW == 3) {
+            for (ptrdiff_t k = 0; k < (ptrdiff_t)taps * CI * CO * 16; k++) sums[k] = 0.f;
+            wgrad_group512(bx + g * sg, bg + g * tg + qd * td + qh * th + qw, sums, N, D, H, W, CI, CO, KT, KH, sc, sh,
+                           sd, sn, tc, th, td, tn);
+            /* sums (KT, KH, CI, CO, kw, 16) -> dw (KT, KH, kw, CI, CO) */
+            float *out = dw + (ptrdiff_t)g * taps * CI * CO;
+            for (int k = 0; k < KT * KH; k++)
+                for (int i = 0; i < CI; i++)
+                    for (int o = 0; o < CO; o++)
+                        for (int kw = 0; kw < 3; kw++) {
+                            const float *v = sums + ((((ptrdiff_t)k * CI + i) * CO + o) * 3 + kw) * 16;
+                            float s = 0.f;
+                            for (int l = 0; l < 16; l++) s += v[l];
+                            out[(((ptrdiff_t)k * 3 + kw) * CI + i) * CO + o] = s;
+                        }
+            continue;
+        }
         for (ptrdiff_t k = 0; k < (ptrdiff_t)taps * CI * CO * 8; k++) sums[k] = 0.f;
         /* the sums of one (tap, 6 outputs, 2 inputs) block stay in registers over all rows of a frame */
         for (int n = 0; n < N; n++)

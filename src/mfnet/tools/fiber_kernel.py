@@ -724,7 +724,7 @@ class _FiberConv3d(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             taps = kt * kh * kw
             dw = torch.empty(groups, kt, kh, kw, ci, co)
-            scratch = torch.empty(groups * taps * ci * co * 8)
+            scratch = torch.empty(groups * taps * ci * co * 16)
             pd, ph, pw = padding
             args = (_ptr(buf_x), _ptr(buf_g), _ptr(dw), _ptr(scratch), n, t, h, w, groups, ci, co, kt, kh, kw)
             args += (buf_x.shape[2], buf_x.shape[3], buf_x.shape[5], pd, ph, pw, buf_g.shape[5])

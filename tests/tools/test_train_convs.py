@@ -10,6 +10,7 @@ from torch import nn
 
 import mfnet
 from mfnet.models.layers import BnActConv
+from mfnet.tools import fiber_kernel
 from mfnet.tools.fastpath import prepare_for_training, to_channels_last
 from mfnet.tools.train_bn import FastBnActConv
 from mfnet.tools.train_convs import FastBackwardConv3d, conv3d_weight_grad, enable_fast_backward
@@ -65,6 +66,34 @@ def test_weight_grad_splits_per_tap_exactly_at_clip_edges() -> None:
     )[1]
     assert got[:, :, 0].abs().max() == 0  # nothing leaks in from the previous clip
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("avx512", [False, True])  # the fiber kernel's weight gradient, or the batched product
+def test_one_input_channel_per_group_on_the_kernel_and_without(avx512: bool) -> None:
+    """conv2's first conv_m1 (16 -> 96 channels, 16 groups, temporal stride 2) at 28-wide frames: its weight
+    gradient runs on the fiber kernel where the AVX-512 loop is on, else as an im2col matrix product; both give
+    PyTorch's gradients."""
+    if avx512 and not (fiber_kernel.load() is not None and fiber_kernel.avx512_available()):
+        pytest.skip("needs the fiber kernel and AVX-512F/VL")
+    torch.manual_seed(2)
+    plain = nn.Conv3d(16, 96, 3, (2, 1, 1), 1, groups=16, bias=False)
+    fast = copy.deepcopy(plain)
+    enable_fast_backward(fast)
+    x = torch.randn(2, 16, 6, 5, 28).contiguous(memory_format=CL3D)
+    try:
+        if fiber_kernel.load() is not None:
+            assert fiber_kernel.set_avx512(avx512) == avx512
+        assert fiber_kernel.weight_grad_applies(fast.weight, 16, (2, 1, 1), (1, 1, 1)) == avx512
+        x_plain, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y_plain, y_fast = plain(x_plain), fast(x_fast)
+        grad = torch.randn_like(y_plain)
+        y_plain.backward(grad)
+        y_fast.backward(grad)
+    finally:
+        if fiber_kernel.load() is not None:
+            fiber_kernel.set_avx512()
+    torch.testing.assert_close(x_fast.grad, x_plain.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-4)
 
 
 def test_forward_only_paths_are_untouched() -> None:

@@ -662,7 +662,7 @@ __attribute__((target("avx512f"), always_inline)) static inline void wgrad_pass5
  * (KT, KH, CI, CO, 3, 16) partial sums, added to. */
 __attribute__((target("avx512f"))) static void wgrad_group512(const float *xg, const float *gg, float *sums, int N,
                                                                   int D, int H, int W, int CI, int CO, int KT, int KH,
-                                                                  ptrdiff_t sc, ptrdiff_t sh, ptrdiff_t sd,
+                                                                  int ST, ptrdiff_t sc, ptrdiff_t sh, ptrdiff_t sd,
                                                                   ptrdiff_t sn, ptrdiff_t tc, ptrdiff_t th,
                                                                   ptrdiff_t td, ptrdiff_t tn) {
     const int nv = (W + 15) / 16;
@@ -674,7 +674,7 @@ __attribute__((target("avx512f"))) static void wgrad_group512(const float *xg, c
                     for (int kh = 0; kh < KH; kh++)
                         for (int i = 0; i < CI; i++)
                             for (int o = 0; o < CO; o += 6) {
-                                const float *x = xg + n * sn + (d + kd) * sd + (h0 + kh) * sh + i * sc;
+                                const float *x = xg + n * sn + (d * ST + kd) * sd + (h0 + kh) * sh + i * sc;
                                 const float *g = gg + n * tn + d * td + h0 * th + o * tc;
                                 float *acc = sums + ((((ptrdiff_t)kd * KH + kh) * CI + i) * CO + o) * 3 * 16;
                                 if (nv == 1) wgrad_pass512(x, g, rows, sh, tc, th, acc, 1);
@@ -687,15 +687,16 @@ __attribute__((target("avx512f"))) static void wgrad_group512(const float *xg, c
             }
 }
 
-/* Weight gradient of the convolution above (temporal stride 1): dW[g, tap, i, o] = sum over output positions p
- * of grad[p, g, o] * x[p + tap, g, i]. bx: the convolution's input as a padded group-major buffer (its padding is
- * the convolution's); bg: the output gradient as a group-major buffer (N, G, D + 2qd, H + 2qh, CO, Wq) whose data
- * starts at (qd, qh, qw) and whose every other entry is zero (so that 8-wide loads past W add nothing); D, H, W:
- * the output's sizes. dw: (G, KT, KH, KW, CI, CO), overwritten. CI must be even, CO a multiple of 6.
- * scratch: G*KT*KH*KW*CI*CO*16 floats. items: groups. With AVX-512 and KW == 3, wgrad_group512 runs each group. */
+/* Weight gradient of the convolution above (temporal stride ST, spatial stride 1): dW[g, tap, i, o] = sum over
+ * output positions p of grad[p, g, o] * x[p * (ST, 1, 1) + tap, g, i]. bx: the convolution's input as a padded
+ * group-major buffer (its padding is the convolution's); bg: the output gradient as a group-major buffer
+ * (N, G, D + 2qd, H + 2qh, CO, Wq) whose data starts at (qd, qh, qw) and whose every other entry is zero (so that
+ * vector loads past W add nothing); D, H, W: the output's sizes. dw: (G, KT, KH, KW, CI, CO), overwritten. CO a
+ * multiple of 6. scratch: G*KT*KH*KW*CI*CO*16 floats. items: groups. With AVX-512 and KW == 3, wgrad_group512
+ * runs each group (any CI); else CI must be even. */
 void mf_conv_wgrad(const float *bx, const float *bg, float *dw, float *scratch, int N, int D, int H, int W, int G,
-                   int CI, int CO, int KT, int KH, int KW, int Dp, int Hp, int Wp, int qd, int qh, int qw, int Wq,
-                   mf_sched *sched, int item0, int item1) {
+                   int CI, int CO, int KT, int KH, int KW, int ST, int Dp, int Hp, int Wp, int qd, int qh, int qw,
+                   int Wq, mf_sched *sched, int item0, int item1) {
     const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
     const ptrdiff_t tc = Wq, th = (ptrdiff_t)CO * Wq, td = th * (H + 2 * qh), tg = td * (D + 2 * qd), tn = tg * G;
     const int taps = KT * KH * KW, nv = (W + 7) / 8;
@@ -703,8 +704,8 @@ void mf_conv_wgrad(const float *bx, const float *bg, float *dw, float *scratch, 
         float *sums = scratch + (ptrdiff_t)g * taps * CI * CO * 16;
         if (mf_avx512 && KW == 3) {
             for (ptrdiff_t k = 0; k < (ptrdiff_t)taps * CI * CO * 16; k++) sums[k] = 0.f;
-            wgrad_group512(bx + g * sg, bg + g * tg + qd * td + qh * th + qw, sums, N, D, H, W, CI, CO, KT, KH, sc, sh,
-                           sd, sn, tc, th, td, tn);
+            wgrad_group512(bx + g * sg, bg + g * tg + qd * td + qh * th + qw, sums, N, D, H, W, CI, CO, KT, KH, ST, sc,
+                           sh, sd, sn, tc, th, td, tn);
             /* sums (KT, KH, CI, CO, kw, 16) -> dw (KT, KH, kw, CI, CO) */
             float *out = dw + (ptrdiff_t)g * taps * CI * CO;
             for (int k = 0; k < KT * KH; k++)
@@ -726,7 +727,7 @@ void mf_conv_wgrad(const float *bx, const float *bg, float *dw, float *scratch, 
                     for (int kh = 0; kh < KH; kh++)
                         for (int kw = 0; kw < KW; kw++) {
                             const int tap = (kd * KH + kh) * KW + kw;
-                            const float *xbase = bx + n * sn + g * sg + (d + kd) * sd + kh * sh + kw;
+                            const float *xbase = bx + n * sn + g * sg + (d * ST + kd) * sd + kh * sh + kw;
                             const float *gbase = bg + n * tn + g * tg + (d + qd) * td + qh * th + qw;
                             for (int o = 0; o < CO; o += 6)
                                 for (int i = 0; i < CI; i += 2) {

@@ -102,6 +102,7 @@ def set_avx512(on: bool | None = None) -> bool:
         on = os.environ.get(AVX512_ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
     on = bool(on) and avx512_available()
     lib.mf_set_avx512(int(on))
+    _state["avx512"] = on
     return on
 
 
@@ -159,7 +160,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 13 + [_PTR] * 3 + [_INT] * 3 + items
     lib.mf_mux_pack.restype = _INT
     lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + items
-    lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 17 + items
+    lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 18 + items
     # BatchNorm + ReLU in training (mfnet.tools.train_bn): rows P as a C long, channels as an int
     lib.mf_bn_stats.argtypes = [_PTR] * 4 + [_LONG, _INT] + items
     lib.mf_bn_relu.argtypes = [_PTR] * 4 + [_LONG, _INT] + items
@@ -713,7 +714,7 @@ class _FiberConv3d(torch.autograd.Function):
         buf_x, weight = ctx.saved_tensors
         x_shape, padding, groups = ctx.conf
         lib = _library()
-        n, c_in, t, h, w = x_shape
+        c_in = x_shape[1]
         c_out, ci, kt, kh, kw = weight.shape
         co = c_out // groups
         buf_g = _packed(grad, groups, padding, lib)
@@ -722,15 +723,66 @@ class _FiberConv3d(torch.autograd.Function):
             flipped = weight.detach().reshape(groups, co, ci, kt, kh, kw).transpose(1, 2).flip(3, 4, 5)
             grad_x = _conv(buf_g, _kernel_weight(flipped.reshape(c_in, co, kt, kh, kw), groups), x_shape, lib)
         if ctx.needs_input_grad[1]:
-            taps = kt * kh * kw
-            dw = torch.empty(groups, kt, kh, kw, ci, co)
-            scratch = torch.empty(groups * taps * ci * co * 16)
-            pd, ph, pw = padding
-            args = (_ptr(buf_x), _ptr(buf_g), _ptr(dw), _ptr(scratch), n, t, h, w, groups, ci, co, kt, kh, kw)
-            args += (buf_x.shape[2], buf_x.shape[3], buf_x.shape[5], pd, ph, pw, buf_g.shape[5])
-            _parallel(lib.mf_conv_wgrad, args, groups)
-            grad_w = dw.permute(0, 5, 4, 1, 2, 3).reshape(weight.shape).contiguous(memory_format=CL3D)
+            grad_w = _weight_grad(buf_x, buf_g, padding, tuple(grad.shape), tuple(weight.shape), groups, 1, lib)
+            grad_w = grad_w.contiguous(memory_format=CL3D)
         return grad_x, grad_w, None, None
+
+
+def _weight_grad(
+    buf_x: torch.Tensor,
+    buf_g: torch.Tensor,
+    offset: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    groups: int,
+    temporal_stride: int,
+    lib: ctypes.CDLL,
+) -> torch.Tensor:
+    """The weight gradient ``(C_out, C_in/G, kt, kh, kw)`` (plain layout) from the padded group-major input
+    ``buf_x`` and the output gradient ``buf_g``, a group-major buffer whose data starts at ``offset`` and whose
+    other entries are zero; ``out_shape``: the output's ``(N, C_out, T', H', W')``."""
+    n, _, t, h, w = out_shape
+    c_out, ci, kt, kh, kw = weight_shape
+    co = c_out // groups
+    dw = torch.empty(groups, kt, kh, kw, ci, co)
+    scratch = torch.empty(groups * kt * kh * kw * ci * co * 16)
+    args = (_ptr(buf_x), _ptr(buf_g), _ptr(dw), _ptr(scratch), n, t, h, w, groups, ci, co, kt, kh, kw, temporal_stride)
+    args += (buf_x.shape[2], buf_x.shape[3], buf_x.shape[5], *offset, buf_g.shape[5])
+    _parallel(lib.mf_conv_wgrad, args, groups)
+    return dw.permute(0, 5, 4, 1, 2, 3).reshape(weight_shape)
+
+
+def weight_grad_applies(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
+    """Whether ``conv3d_weight_grad`` can compute this convolution's weight gradient: as ``supports`` (any temporal
+    stride), ``kw == 3``, with the kernel loaded and its AVX-512 loop on (the AVX2 one needs an even number of input
+    channels per group and is not used here)."""
+    return (
+        supports(weight, groups, stride, padding)
+        and weight.shape[-1] == 3
+        and load() is not None
+        and bool(_state.get("avx512"))
+    )
+
+
+def conv3d_weight_grad(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    weight_shape: tuple[int, ...],
+    padding: tuple[int, ...],
+    groups: int,
+    temporal_stride: int,
+) -> torch.Tensor:
+    """``d loss / d weight`` of ``F.conv3d(x, weight, None, (temporal_stride, 1, 1), padding, 1, groups)`` on the
+    kernel, given ``grad``, its output's gradient. ``x (N, C_in, T, H, W)``, ``grad (N, C_out, T', H', W')``, float32 on
+    CPU, channels-last-3d for the fastest packing; returns the weight's shape in plain layout. Check
+    ``weight_grad_applies`` first.
+
+    Used for ``conv2``'s first ``conv_m1`` (one input channel per group, temporal stride 2), whose im2col matrix
+    oneDNN and a batched matrix product would build with 27 copies."""
+    lib = _library()
+    buf_x = _packed(x, groups, padding, lib)
+    buf_g = _packed(grad, groups, (0, 0, 0), lib)  # the weight gradient needs no padding around the gradient
+    return _weight_grad(buf_x, buf_g, (0, 0, 0), tuple(grad.shape), tuple(weight_shape), groups, temporal_stride, lib)
 
 
 def _library() -> ctypes.CDLL:

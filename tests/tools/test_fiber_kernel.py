@@ -58,10 +58,12 @@ def _reference(
         (48, 48, 96, 8, (2, 2, 3, 8), 1),  # 6 in, 12 out per group; a one-tile row
         (16, 96, 96, 16, (2, 8, 6, 20), 2),  # conv2's first unit: 1 input channel per group, temporal stride 2
         (16, 96, 96, 16, (1, 5, 4, 9), 2),  # ... on an odd length
+        (96, 96, 96, 16, (2, 3, 20, 30), 1),  # three bands of rows (8, 8, 4) in the one-pass tail
     ],
 )
+@pytest.mark.parametrize("fused", [True, False], ids=["one_pass", "two_passes"])
 def test_tail_matches_pytorch(
-    c_in: int, c_mid: int, c_out: int, groups: int, size: tuple[int, ...], stride: int
+    c_in: int, c_mid: int, c_out: int, groups: int, size: tuple[int, ...], stride: int, fused: bool
 ) -> None:
     g = torch.Generator().manual_seed(0)
     n, t, h, w = size
@@ -72,6 +74,7 @@ def test_tail_matches_pytorch(
     x_in = torch.randn(n, c_in, t, h, w, generator=g).contiguous(memory_format=CL3D)
     shortcut = torch.randn(n, c_out, (t - 1) // stride + 1, h, w, generator=g)
     tail = KernelFiberTail(scale, shift, w1, b1, w2, None, groups, temporal_stride=stride)
+    tail.fused = fused
     expected = _reference(x_in, shortcut, scale, shift, w1, b1, w2, None, groups, stride)
     for _ in range(2):  # the second call reuses the padded buffers: their padding must still be zero
         got = tail(x_in, shortcut)

@@ -624,6 +624,63 @@ int mf_conv_dense(const float *buf, const float *weight, const float *bias, int 
     return 0;
 }
 
+#ifndef MF_TAIL_ROWS
+#define MF_TAIL_ROWS 8
+#endif
+
+/* A unit's tail in one pass over whole frames: conv_m1 (temporal stride ST, + bias, ReLU) and then conv_m2 (1 x KH2
+ * x KW2, + bias + add) into channels-last out, band by band of MF_TAIL_ROWS output rows, so that conv_m1's result
+ * never leaves the cache (mf_conv twice writes it to a padded buffer of the whole clip and reads it back).
+ *     buf: conv_m1's padded group-major input (N, G, Dp, Hp, CI, Wp); w1 (G, KT1, KH1, KW1, CI, CM), b1 (G*CM);
+ *     w2 (G, 1, KH2, KW2, CM, CO), b2 (G*CO); out, add: channels-last (N, D, H, W, G*CO); D, H, W: the output's.
+ * Each thread keeps, per group, a window of conv_m1's rows h0 - KH2/2 .. h1 - 1 + KH2/2 (zero-padded like a
+ * buffer row of Wp floats; the rows that overlap the previous band are moved up, not recomputed).
+ * Returns 1 if its scratch could not be allocated (nothing written), else 0. items: frames (n, d). */
+int mf_tail(const float *buf, const float *w1, const float *b1, const float *w2, const float *b2, int D, int H, int W,
+            int G, int CI, int CM, int CO, int KT1, int KH1, int KW1, int ST, int KH2, int KW2, int Dp, int Hp,
+            int Wp, float *out, const float *add, mf_sched *sched, int item0, int item1) {
+    const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
+    const int ph2 = KH2 / 2, pw2 = KW2 / 2, rows = MF_TAIL_ROWS + 2 * ph2, C = G * CO;
+    const ptrdiff_t wr = (ptrdiff_t)CM * Wp, wg = wr * rows; /* a window row (CM channels), a group's window */
+    float *window = (float *)malloc(sizeof(float) * (size_t)(wg * G));
+    if (window == NULL) return 1;
+    for (ptrdiff_t k = 0; k < wg * G; k++) window[k] = 0.f;
+    MF_ITEMS(item) {
+        const int n = item / D, d = item % D;
+        for (int h0 = 0; h0 < H; h0 += MF_TAIL_ROWS) {
+            const int h1 = h0 + MF_TAIL_ROWS < H ? h0 + MF_TAIL_ROWS : H;
+            const ptrdiff_t pos0 = (((ptrdiff_t)n * D + d) * H + h0) * W;
+            for (int g = 0; g < G; g++) {
+                float *win = window + g * wg; /* row r: conv_m1's output row h0 - ph2 + r */
+                int r0 = 0;
+                if (h0 > 0) { /* the rows shared with the previous band */
+                    for (ptrdiff_t k = 0; k < 2 * ph2 * wr; k++) win[k] = win[MF_TAIL_ROWS * wr + k];
+                    r0 = 2 * ph2;
+                }
+                for (int r = r0; r < h1 - h0 + 2 * ph2; r++) {
+                    const int h = h0 - ph2 + r;
+                    float *o = win + r * wr + pw2;
+                    if (h < 0 || h >= H) {
+                        for (int c = 0; c < CM; c++) zero(o + (ptrdiff_t)c * Wp, W);
+                        continue;
+                    }
+                    const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h * sh;
+                    conv_row(row, w1 + (ptrdiff_t)g * KT1 * KH1 * KW1 * CI * CM, b1 + g * CM, W, CI, CM, KT1, KH1, KW1,
+                             sd, sh, sc, 1, o, Wp, NULL, NULL, 0);
+                }
+                for (int h = h0; h < h1; h++) {
+                    const ptrdiff_t pos = pos0 + (ptrdiff_t)(h - h0) * W;
+                    conv_row(win + (h - h0) * wr, w2 + (ptrdiff_t)g * KH2 * KW2 * CM * CO, b2 + g * CO, W, CM, CO, 1,
+                             KH2, KW2, 0, wr, Wp, 0, NULL, 0, out + pos * C + g * CO, add ? add + pos * C + g * CO : NULL,
+                             C);
+                }
+            }
+        }
+    }
+    free(window);
+    return 0;
+}
+
 #ifndef MF_WGRAD_ROWS
 #define MF_WGRAD_ROWS 8
 #endif

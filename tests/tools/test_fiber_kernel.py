@@ -59,6 +59,7 @@ def _reference(
         (16, 96, 96, 16, (2, 8, 6, 20), 2),  # conv2's first unit: 1 input channel per group, temporal stride 2
         (16, 96, 96, 16, (1, 5, 4, 9), 2),  # ... on an odd length
         (96, 96, 96, 16, (2, 3, 20, 30), 1),  # three bands of rows (8, 8, 4) in the one-pass tail
+        (192, 192, 192, 16, (1, 2, 11, 16), 1),  # rows of 16 or less: tiles of 4, 2 and 1 rows, two bands
     ],
 )
 @pytest.mark.parametrize("fused", [True, False], ids=["one_pass", "two_passes"])

@@ -386,25 +386,39 @@ def test_prepared_convolutions_use_the_kernel_on_wide_frames_only() -> None:
 
 @needs_kernel
 @pytest.mark.parametrize("padding", [(1, 1, 1), (0, 1, 1), (1, 0, 2)])
-def test_packing_writes_the_padding_zeros(padding) -> None:
-    """Training buffers start uninitialised: the pack itself must zero every padding entry (rows, planes, ends)."""
+def test_packing_writes_the_interior_only(padding) -> None:
+    """Buffers are zeroed once and kept (``_kept``, ``_take_buffer``): packing writes exactly the interior."""
     n, c, t, h, w, groups = 2, 96, 3, 5, 7, 16
     pd, ph, pw = padding
     x = torch.randn(n, c, t, h, w).contiguous(memory_format=CL3D)
     row = fiber_kernel._row_length(w + 2 * pw)
     buf = torch.full((n, groups, t + 2 * pd, h + 2 * ph, c // groups, row), float("nan"))
     fiber_kernel._pack_into(buf, x, padding, fiber_kernel.load())
-    expected = torch.zeros_like(buf)
     interior = x.reshape(n, groups, c // groups, t, h, w).permute(0, 1, 3, 4, 2, 5)
-    expected[:, :, pd : pd + t, ph : ph + h, :, pw : pw + w] = interior
-    assert torch.equal(buf, expected)
-
-    # a kept buffer (the inference tail's) is zeroed once: packing it again writes its interior only
-    buf.fill_(float("nan"))
-    fiber_kernel._pack_into(buf, x, padding, fiber_kernel.load(), zero_padding=False)
     written = ~torch.isnan(buf)
-    assert torch.equal(buf[written], interior.flatten())
     assert written.sum() == x.numel()
+    assert torch.equal(buf[:, :, pd : pd + t, ph : ph + h, :, pw : pw + w], interior)
+
+
+@needs_kernel
+def test_training_buffers_are_pooled_and_kept_for_a_retained_graph() -> None:
+    """The training convolution takes its padded buffers from a pool and hands them back after the backward; the
+    saved input only when the graph is not retained, so a second backward after another forward still sees it."""
+    fiber_kernel.release_buffers()
+    g = torch.Generator().manual_seed(3)
+    weight = (torch.randn(96, 6, 3, 3, 3, generator=g) * 0.1).requires_grad_()
+    x = torch.randn(1, 96, 3, 5, 28, generator=g).contiguous(memory_format=CL3D)
+    y = fiber_kernel.fiber_conv3d(x, weight, (1, 1, 1), 16)
+    y.sum().backward(retain_graph=True)
+    first = weight.grad.clone()
+    assert len(fiber_kernel._buffer_pool[(1, 16, 5, 7, 6, 40)]) == 1  # the gradient's buffer only
+    fiber_kernel.fiber_conv3d(x * 2, weight, (1, 1, 1), 16)  # takes that buffer and writes x * 2 into it
+    weight.grad = None
+    y.sum().backward()
+    torch.testing.assert_close(weight.grad, first)
+    assert len(fiber_kernel._buffer_pool[(1, 16, 5, 7, 6, 40)]) == 2  # now the input's too
+    fiber_kernel.release_buffers()
+    assert not fiber_kernel._buffer_pool
 
 
 @needs_kernel

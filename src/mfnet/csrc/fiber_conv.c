@@ -91,27 +91,14 @@ static inline void zero(float *p, ptrdiff_t count) {
 }
 
 /* relu(x * scale + shift) (or x when scale is NULL) of one channels-last row (W, G*CI) into row (n, d, h) of the
- * padded group-major buffer, and zeros into the padding next to it (the left and right ends of its rows, the
- * padding rows above the first and below the last row of a plane, and the padding planes before the first and after
- * the last plane), so that a buffer whose every row is packed may start uninitialised. With zero_pad == 0 the
- * padding is left alone: a buffer that is kept, zeroed once, and only ever packed (the inference tail's) needs no
- * zeros written again (mfnet3d at 224: 18 MB of padding planes and 0.9 M small memset calls per clip). */
+ * padded group-major buffer. Only the interior is written: every buffer is kept, zeroed once, and only ever packed
+ * (mfnet3d at 224: 18 MB of padding planes and 0.9 M small memset calls per clip if rewritten each time; training's
+ * conv2 3x3x3 input, 37 MB of buffer for 19 MB of data). */
 static void pack_row(const float *row, const float *scale, const float *shift, float *buf, int n, int d, int h,
-                     int D, int H, int W, int G, int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int zero_pad) {
+                     int W, int G, int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw) {
     const int C = G * CI;
     const ptrdiff_t sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
     float *base = buf + n * sn + (d + pd) * sd + (h + ph) * sh + pw;
-    for (int g = 0; g < G && zero_pad; g++) {
-        float *plane = buf + n * sn + g * sg;
-        for (int i = 0; i < CI; i++) {
-            zero(base + g * sg + (ptrdiff_t)i * Wp - pw, pw);
-            zero(base + g * sg + (ptrdiff_t)i * Wp + W, Wp - pw - W);
-        }
-        if (h == 0) zero(plane + (d + pd) * sd, ph * sh);
-        if (h == H - 1) zero(plane + (d + pd) * sd + (ph + H) * sh, (Hp - ph - H) * sh);
-        if (d == 0 && h == 0) zero(plane, pd * sd);
-        if (d == D - 1 && h == H - 1) zero(plane + (pd + D) * sd, (Dp - pd - D) * sd);
-    }
     int w0 = 0;
     if (C % 8 == 0) /* 8 positions x 8 channels at a time: BN-ReLU, transpose, 8 contiguous row stores */
         for (; w0 + 8 <= W; w0 += 8)
@@ -146,16 +133,15 @@ static void pack_row(const float *row, const float *scale, const float *shift, f
     }
 }
 
-/* relu(x * scale + shift) (or x when scale is NULL) of channels-last x (N, D, H, W, G*CI) into the padded
- * group-major buffer, padding included unless zero_pad == 0 (see pack_row). items: (n, d, h) rows. */
+/* relu(x * scale + shift) (or x when scale is NULL) of channels-last x (N, D, H, W, G*CI) into the interior of the
+ * padded group-major buffer (its padding: zeros, never written; see pack_row). items: (n, d, h) rows. */
 void mf_pack(const float *x, const float *scale, const float *shift, float *buf, int D, int H, int W, int G,
-             int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, int zero_pad, mf_sched *sched, int item0,
-             int item1) {
+             int CI, int Dp, int Hp, int Wp, int pd, int ph, int pw, mf_sched *sched, int item0, int item1) {
     const int C = G * CI;
     MF_ITEMS(item) {
         const int n = item / (D * H), d = (item / H) % D, h = item % H;
         const float *row = x + (((ptrdiff_t)n * D + d) * H + h) * (ptrdiff_t)W * C;
-        pack_row(row, scale, shift, buf, n, d, h, D, H, W, G, CI, Dp, Hp, Wp, pd, ph, pw, zero_pad);
+        pack_row(row, scale, shift, buf, n, d, h, W, G, CI, Dp, Hp, Wp, pd, ph, pw);
     }
 }
 
@@ -273,8 +259,8 @@ static void gemm_block(const float *a, int lda, const float *b, int ldb, float *
  * (everything between the two stays in a scratch in L1/L2; R rows share each pass over the weights):
  *     a = relu(x * s_i + t_i);  h = relu(a @ w1 + b1);  x_in = h @ w2 + b2 + x;  y = relu(x_in * s_m + t_m)
  * x: channels-last (N, D, H, W, C) with C = G*CI; w1: (C, M); w2: (M, C); C a multiple of 8, M of 24.
- * buf != NULL: y into the interior of the padded group-major buffer (as mf_pack with zero_pad == 0: the buffer
- *              is kept, its padding zeroed once);
+ * buf != NULL: y into the interior of the padded group-major buffer (as mf_pack: the buffer is kept, its
+ *              padding zeroed once);
  * else:        y into channels-last out (N, D, H, W, C).
  * proj != NULL: also relu(x * s_w + t_w) at the positions a 1x1x1 convolution with strides (SD, SH, SW) reads, into
  *               channels-last proj (N, Do, Ho, Wo, C): the BN-ReLU before a first unit's projection shortcut, on
@@ -333,7 +319,7 @@ int mf_mux_pack(const float *x, const float *s_i, const float *t_i, const float 
             for (int r = 0; r < nrows; r++) {
                 const long row = row0 + r;
                 const int n = (int)(row / (D * H)), d = (int)(row / H % D), h = (int)(row % H);
-                pack_row(xin + (ptrdiff_t)r * W * C, s_m, t_m, buf, n, d, h, D, H, W, G, CI, Dp, Hp, Wp, pd, ph, pw, 0);
+                pack_row(xin + (ptrdiff_t)r * W * C, s_m, t_m, buf, n, d, h, W, G, CI, Dp, Hp, Wp, pd, ph, pw);
             }
         } else {
             for (int p = 0; p < P; p++)

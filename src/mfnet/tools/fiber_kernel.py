@@ -13,9 +13,9 @@ flipped, transposed weights) and weight gradient (``mf_conv_wgrad``), used by ``
 ``KernelFiberTail`` runs the second half of a multi-fiber unit (``b = relu(bn(x_in))``, ``h = relu(conv_m1'(b))``,
 ``out = conv_m2(h) + shortcut``) in two passes: pack (with the BN-ReLU), then ``conv_m1`` and ``conv_m2`` (with the
 sum) band by band of rows, ``h`` never leaving the cache (``mf_tail``; a ``conv_m2`` with temporal taps takes a
-third pass); the work of each is split between ``torch.get_num_threads()`` threads. ``KernelMultiplexer`` runs the first half
-(``x_in = conv_i2(relu(conv_i1'(relu(bn(x))))) + x``) and the BN-ReLU of ``x_in`` in one pass over blocks of rows;
-with it, the tail's pack becomes that pass (``KernelFiberTail.forward_unit``: the whole unit).
+third pass); the work of each is split between ``torch.get_num_threads()`` threads. ``KernelMultiplexer`` runs the
+first half (``x_in = conv_i2(relu(conv_i1'(relu(bn(x))))) + x``) and the BN-ReLU of ``x_in`` in one pass over blocks
+of rows; with it, the tail's pack becomes that pass (``KernelFiberTail.forward_unit``: the whole unit).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def load() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     _LONG, _DOUBLE = ctypes.c_long, ctypes.c_double
     items = [_PTR, _INT, _INT]  # mf_sched *, item0, item1 (see _parallel)
-    lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 12 + items
+    lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 11 + items
     lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 13 + [_PTR] * 3 + [_INT] * 3 + items
     lib.mf_mux_pack.restype = _INT
     lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + items
@@ -383,7 +383,7 @@ class KernelFiberTail(nn.Module):
         if multiplexer is not None:
             multiplexer.run(x_in, buf=buf_1, padding=(pd1, ph1, pw1))
         else:
-            _pack_into(buf_1, x_in, (pd1, ph1, pw1), lib, self.scale, self.shift, zero_padding=False)
+            _pack_into(buf_1, x_in, (pd1, ph1, pw1), lib, self.scale, self.shift)
         t_out = self._out_length(t)
         if shortcut.shape != (n, c_out, t_out, h, w):
             raise ValueError(f"shortcut of shape {tuple(shortcut.shape)} cannot be added to {(n, c_out, t_out, h, w)}")
@@ -589,7 +589,7 @@ class KernelFiberConv(nn.Module):
         padding = tuple(k // 2 for k in self.kernel)
         buf = self._buffer(*x.shape)
         x = x.contiguous(memory_format=CL3D)
-        _pack_into(buf, x, padding, _library(), self.scale, self.shift, zero_padding=False)
+        _pack_into(buf, x, padding, _library(), self.scale, self.shift)
         return self.conv(x.shape, dense=False)
 
     def conv(self, in_shape: torch.Size, *, add: torch.Tensor | None = None, dense: bool = True) -> torch.Tensor:
@@ -653,24 +653,6 @@ def _kernel_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return weight.detach().reshape(groups, c_out // groups, c_in, kt, kh, kw).permute(0, 3, 4, 5, 2, 1).contiguous()
 
 
-def _packed(
-    x: torch.Tensor,
-    groups: int,
-    padding: tuple[int, ...],
-    lib: ctypes.CDLL,
-    scale: torch.Tensor | None = None,
-    shift: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``x`` ``(N, C, T, H, W)`` (``relu(x * scale + shift)`` with a BN) as a zero-padded group-major buffer
-    ``(N, G, T + 2pd, H + 2ph, C/G, row)``."""
-    n, c, t, h, w = x.shape
-    pd, ph, pw = padding
-    x = x.contiguous(memory_format=CL3D)
-    buf = torch.empty(n, groups, t + 2 * pd, h + 2 * ph, c // groups, _row_length(w + 2 * pw))
-    _pack_into(buf, x, padding, lib, scale, shift)  # writes the padding's zeros too
-    return buf
-
-
 def _pack_into(
     buf: torch.Tensor,
     x: torch.Tensor,
@@ -678,15 +660,13 @@ def _pack_into(
     lib: ctypes.CDLL,
     scale: torch.Tensor | None = None,
     shift: torch.Tensor | None = None,
-    *,
-    zero_padding: bool = True,
 ) -> None:
     """Writes channels-last ``x`` ``(N, C, T, H, W)`` (``relu(x * scale + shift)`` with a BN) into the interior of
-    the padded group-major ``buf`` ``(N, G, T + 2pd, H + 2ph, C/G, row)``, and zeros into its padding unless
-    ``zero_padding`` is false (a kept buffer whose padding holds zeros already)."""
+    the padded group-major ``buf`` ``(N, G, T + 2pd, H + 2ph, C/G, row)``. Its padding is never written: keep the
+    buffer, zeroed once (``_kept``, ``_take_buffer``)."""
     n, c, t, h, w = x.shape
     groups = buf.shape[1]
-    dims = (buf.shape[2], buf.shape[3], buf.shape[5], *padding, int(zero_padding))
+    dims = (buf.shape[2], buf.shape[3], buf.shape[5], *padding)
     args = (_ptr(x), _ptr(scale), _ptr(shift), _ptr(buf), t, h, w, groups, c // groups, *dims)
     _parallel(lib.mf_pack, args, n * t * h)
 
@@ -714,13 +694,67 @@ def _conv(
     return out
 
 
+_POOL_PER_SHAPE = 4  # zeroed buffers kept per shape: mfnet3d's conv3 has 3 convolutions of one shape on the kernel
+_pool_lock = threading.Lock()
+_buffer_pool: dict[tuple[int, ...], list[torch.Tensor]] = {}
+
+
+def _take_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """A padded group-major buffer of this shape whose padding holds zeros: one given back earlier, or a new one.
+
+    Training's buffers are pooled (``_give_buffer``) so that packing writes only their interior: a fresh buffer
+    must be written whole, its zeros included (``conv2``'s 3x3x3 input: 37 MB for 19 MB of data)."""
+    with _pool_lock:
+        kept = _buffer_pool.get(shape)
+        if kept:
+            return kept.pop()
+    return torch.zeros(shape)
+
+
+def _give_buffer(buf: torch.Tensor) -> None:
+    """Hands a buffer from ``_take_buffer`` back once nothing reads it any more; only its interior was written."""
+    with _pool_lock:
+        kept = _buffer_pool.setdefault(tuple(buf.shape), [])
+        if len(kept) < _POOL_PER_SHAPE:
+            kept.append(buf)
+
+
+def release_buffers() -> None:
+    """Frees the zeroed buffers that training with the kernel keeps for its next steps (a few hundred MB)."""
+    with _pool_lock:
+        _buffer_pool.clear()
+
+
+def _packed_into_kept(x: torch.Tensor, groups: int, padding: tuple[int, ...], lib: ctypes.CDLL) -> torch.Tensor:
+    """``_packed``, into a pooled buffer whose padding is zero already (give it back with ``_give_buffer``)."""
+    n, c, t, h, w = x.shape
+    pd, ph, pw = padding
+    buf = _take_buffer((n, groups, t + 2 * pd, h + 2 * ph, c // groups, _row_length(w + 2 * pw)))
+    _pack_into(buf, x.contiguous(memory_format=CL3D), padding, lib)
+    return buf
+
+
+def _graph_kept() -> bool:
+    """Whether the running backward keeps its graph (``retain_graph=True``): its saved buffers may be read again.
+    True where PyTorch cannot tell."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    try:
+        return True if keep_graph is None else bool(keep_graph())
+    except RuntimeError:
+        return True
+
+
 class _FiberConv3d(torch.autograd.Function):
-    """``F.conv3d(x, weight, None, 1, padding, 1, groups)`` with the kernel in both directions (CPU, float32)."""
+    """``F.conv3d(x, weight, None, 1, padding, 1, groups)`` with the kernel in both directions (CPU, float32).
+
+    The padded input saved for the backward and the gradient's padded copy come from a pool of zeroed buffers
+    (``_take_buffer``); the backward hands both back, the input's only where the graph is not kept for another
+    backward."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, ...], groups: int) -> torch.Tensor:
         lib = _library()
-        buf_x = _packed(x, groups, padding, lib)
+        buf_x = _packed_into_kept(x, groups, padding, lib)
         out = _conv(buf_x, _kernel_weight(weight, groups), (x.shape[0], weight.shape[0], *x.shape[2:]), lib)
         ctx.save_for_backward(buf_x, weight)
         ctx.conf = (tuple(x.shape), padding, groups)
@@ -735,7 +769,7 @@ class _FiberConv3d(torch.autograd.Function):
         c_in = x_shape[1]
         c_out, ci, kt, kh, kw = weight.shape
         co = c_out // groups
-        buf_g = _packed(grad, groups, padding, lib)
+        buf_g = _packed_into_kept(grad, groups, padding, lib)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:  # a convolution with the flipped, transposed kernels of each group
             flipped = weight.detach().reshape(groups, co, ci, kt, kh, kw).transpose(1, 2).flip(3, 4, 5)
@@ -743,6 +777,9 @@ class _FiberConv3d(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(buf_x, buf_g, padding, tuple(grad.shape), tuple(weight.shape), groups, 1, lib)
             grad_w = grad_w.contiguous(memory_format=CL3D)
+        _give_buffer(buf_g)
+        if not _graph_kept():
+            _give_buffer(buf_x)
         return grad_x, grad_w, None, None
 
 
@@ -798,9 +835,12 @@ def conv3d_weight_grad(
     Used for ``conv2``'s first ``conv_m1`` (one input channel per group, temporal stride 2), whose im2col matrix
     oneDNN and a batched matrix product would build with 27 copies."""
     lib = _library()
-    buf_x = _packed(x, groups, padding, lib)
-    buf_g = _packed(grad, groups, (0, 0, 0), lib)  # the weight gradient needs no padding around the gradient
-    return _weight_grad(buf_x, buf_g, (0, 0, 0), tuple(grad.shape), tuple(weight_shape), groups, temporal_stride, lib)
+    buf_x = _packed_into_kept(x, groups, padding, lib)
+    buf_g = _packed_into_kept(grad, groups, (0, 0, 0), lib)  # the weight gradient needs no padding around it
+    dw = _weight_grad(buf_x, buf_g, (0, 0, 0), tuple(grad.shape), tuple(weight_shape), groups, temporal_stride, lib)
+    _give_buffer(buf_x)
+    _give_buffer(buf_g)
+    return dw
 
 
 def _library() -> ctypes.CDLL:

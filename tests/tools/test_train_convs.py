@@ -96,6 +96,32 @@ def test_one_input_channel_per_group_on_the_kernel_and_without(avx512: bool) -> 
     torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("groups", "layout"),
+    [(1, "channels_last"), (1, "plain"), (4, "channels_last")],  # fused by oneDNN; or a sum of its own
+)
+def test_residual_sum_in_the_convolution(groups: int, layout: str) -> None:
+    torch.manual_seed(3)
+    plain = nn.Conv3d(8, 16, 1, groups=groups, bias=False)
+    fast = copy.deepcopy(plain)
+    enable_fast_backward(fast)
+    fmt = CL3D if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 8, 3, 5, 6).contiguous(memory_format=fmt)
+    add = torch.randn(2, 16, 3, 5, 6).contiguous(memory_format=fmt)
+    inputs = [(x.clone().requires_grad_(), add.clone().requires_grad_()) for _ in range(2)]
+    y_plain = plain(inputs[0][0]) + inputs[0][1]
+    y_fast = fast(inputs[1][0], add=inputs[1][1])
+    torch.testing.assert_close(y_fast, y_plain, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(y_plain)
+    y_plain.backward(grad)
+    y_fast.backward(grad)
+    for a, b in zip(inputs[0], inputs[1], strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-4)
+    bias = torch.randn(1, 16, 1, 1, 1)  # an addend of another shape is broadcast, by a sum of its own
+    torch.testing.assert_close(fast(x, add=bias), plain(x) + bias, rtol=1e-5, atol=1e-5)
+
+
 def test_forward_only_paths_are_untouched() -> None:
     conv = nn.Conv3d(4, 8, 3, padding=1)
     enable_fast_backward(conv)

@@ -55,6 +55,7 @@ from mfnet.tools.fiber_kernel import KernelFiberConv, KernelFiberTail, KernelMul
 from mfnet.tools.kernel_pool import KernelMaxPool, max_pool_supported
 from mfnet.tools.train_bn import enable_fused_bn_relu
 from mfnet.tools.train_convs import FastBackwardConv3d, enable_fast_backward
+from mfnet.tools.train_units import enable_fused_sums
 
 MODES = ("auto", "eager", "fused", "compile")
 MAX_PACKED_SHAPES = 4  # input shapes per convolution whose packed weights are kept
@@ -606,6 +607,8 @@ def prepare_for_training(model: nn.Module) -> nn.Module:
       (same forward; on GPUs the ordinary path runs);
     - every pre-activation ``BN -> ReLU`` runs as one fused function with fewer memory passes on CPU
       (``mfnet.tools.train_bn``);
+    - the residual sums of multi-fiber units are done by the convolutions that produce them
+      (``mfnet.tools.train_units``);
     - on CPU, freed memory is kept for the next step (``mfnet.tools.allocator``).
 
     The parameters keep their values, shapes and names (optimizers, checkpoints and ``state_dict`` are
@@ -616,6 +619,7 @@ def prepare_for_training(model: nn.Module) -> nn.Module:
     if ndim == 5:
         enable_fast_backward(model)
         enable_fused_bn_relu(model)
+        enable_fused_sums(model)
     if _on_cpu(model):
         keep_freed_memory()
     return model

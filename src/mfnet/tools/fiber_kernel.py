@@ -680,16 +680,21 @@ def _conv(
     bias: torch.Tensor | None = None,
     relu: bool = False,
     temporal_stride: int = 1,
+    add: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The convolution (spatial stride 1) of a padded group-major buffer with a weight in kernel layout (then
-    ``+ bias`` and ReLU if asked), channels-last out."""
+    ``+ bias`` and ReLU if asked, then ``+ add``, a tensor of the output's shape), channels-last out."""
     n, groups = buf.shape[:2]
     _, kt, kh, kw, ci, co = weight.shape
     _, _, t, h, w = out_shape
     out = torch.empty(out_shape, memory_format=CL3D)
     bias = torch.zeros(groups * co) if bias is None else bias
     conv = (_ptr(buf), _ptr(weight), _ptr(bias), t, h, w, groups, ci, co, kt, kh, kw, temporal_stride)
-    into_output = (int(relu), None, 0, 0, 0, 0, _ptr(out), None)
+    if add is not None:
+        if tuple(add.shape) != tuple(out_shape):
+            raise ValueError(f"cannot add a tensor of shape {tuple(add.shape)} to the output {tuple(out_shape)}")
+        add = add.contiguous(memory_format=CL3D)
+    into_output = (int(relu), None, 0, 0, 0, 0, _ptr(out), _ptr(add))
     _parallel(lib.mf_conv, (*conv, buf.shape[2], buf.shape[3], buf.shape[5], *into_output), n * t * _row_blocks(h))
     return out
 
@@ -752,10 +757,18 @@ class _FiberConv3d(torch.autograd.Function):
     backward."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, ...], groups: int) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        padding: tuple[int, ...],
+        groups: int,
+        add: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         lib = _library()
         buf_x = _packed_into_kept(x, groups, padding, lib)
-        out = _conv(buf_x, _kernel_weight(weight, groups), (x.shape[0], weight.shape[0], *x.shape[2:]), lib)
+        out_shape = (x.shape[0], weight.shape[0], *x.shape[2:])
+        out = _conv(buf_x, _kernel_weight(weight, groups), out_shape, lib, add=add)
         ctx.save_for_backward(buf_x, weight)
         ctx.conf = (tuple(x.shape), padding, groups)
         return out
@@ -780,7 +793,7 @@ class _FiberConv3d(torch.autograd.Function):
         _give_buffer(buf_g)
         if not _graph_kept():
             _give_buffer(buf_x)
-        return grad_x, grad_w, None, None
+        return grad_x, grad_w, None, None, grad if ctx.needs_input_grad[4] else None
 
 
 def _weight_grad(
@@ -850,10 +863,13 @@ def _library() -> ctypes.CDLL:
     return lib  # type: ignore[return-value]
 
 
-def fiber_conv3d(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, ...], groups: int) -> torch.Tensor:
-    """``F.conv3d(x, weight, None, 1, padding, 1, groups)`` on the kernel, differentiable in ``x`` and ``weight``.
+def fiber_conv3d(
+    x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, ...], groups: int, add: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``F.conv3d(x, weight, None, 1, padding, 1, groups) (+ add)`` on the kernel, differentiable in ``x``,
+    ``weight`` and ``add`` (added as the output is written, not in a pass of its own).
 
-    ``x`` ``(N, C_in, T, H, W)`` float32 on CPU (any layout; the output is channels-last-3d). Check
-    ``supports_training`` and ``load()`` first.
+    ``x`` ``(N, C_in, T, H, W)`` float32 on CPU (any layout; the output is channels-last-3d); ``add`` of the
+    output's shape. Check ``supports_training`` and ``load()`` first.
     """
-    return _FiberConv3d.apply(x, weight, tuple(padding), groups)
+    return _FiberConv3d.apply(x, weight, tuple(padding), groups, add)

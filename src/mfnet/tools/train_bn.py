@@ -32,18 +32,29 @@ from torch.autograd.function import once_differentiable
 
 from mfnet.models.layers import BnActConv
 from mfnet.tools import fiber_kernel
+from mfnet.tools.train_convs import FastBackwardConv3d
 
 BLOCK_ROWS = 256  # MF_BN_BLOCK of fiber_conv.c
 _CL3D = torch.channels_last_3d
 
 
 class FastBnActConv(BnActConv):
-    """``BnActConv`` whose ``BN -> ReLU`` runs as one fused function in CPU training; same parameters and outputs."""
+    """``BnActConv`` whose ``BN -> ReLU`` runs as one fused function in CPU training; same parameters and outputs.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    ``forward(x, add)`` returns ``conv(relu(bn(x))) + add``, the sum done by the convolution where it can (a
+    ``FastBackwardConv3d``: see ``mfnet.tools.train_convs``).
+    """
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
         if self.training and isinstance(self.relu, nn.ReLU) and applies(x, self.bn):
-            return self.conv(bn_relu(x, self.bn))
-        return super().forward(x)
+            y = bn_relu(x, self.bn)
+        else:
+            y = self.relu(self.bn(x))
+        if add is None:
+            return self.conv(y)
+        if isinstance(self.conv, FastBackwardConv3d):
+            return self.conv(y, add=add)
+        return self.conv(y) + add
 
 
 def enable_fused_bn_relu(model: nn.Module) -> int:

@@ -40,14 +40,30 @@ _CL2D = torch.channels_last
 
 
 class FastBackwardConv3d(nn.Conv3d):
-    """``nn.Conv3d`` with the faster CPU gradients of this module (see its docstring); same parameters and outputs."""
+    """``nn.Conv3d`` with the faster CPU gradients of this module (see its docstring); same parameters and outputs.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    ``forward(x, add)`` returns ``conv(x) + add`` (a residual sum), added where the convolution writes its output
+    when it can (on the fiber kernel, and by oneDNN for dense convolutions) instead of in a pass of its own.
+    """
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        if add is not None and (isinstance(self.padding, str) or tuple(add.shape) != self._out_shape(x)):
+            return self.forward(x) + add  # broadcast: a sum of its own
         if _applies(x, self.weight, self.padding_mode, self.dilation):
             if self.bias is None and self._on_kernel() and fiber_kernel.worth_it(x, self.kernel_size, training=True):
-                return fiber_kernel.fiber_conv3d(x, self.weight, self.padding, self.groups)
-            return _FastBackward.apply(x, self.weight, self.bias, self.stride, self.padding, self.groups)
-        return super().forward(x)
+                return fiber_kernel.fiber_conv3d(x, self.weight, self.padding, self.groups, add=add)
+            conv = (x, self.weight, self.bias, self.stride, self.padding, self.groups)
+            if add is not None and not _sum_fuses(x, add, self.groups):
+                return _FastBackward.apply(*conv, None) + add
+            return _FastBackward.apply(*conv, add)
+        out = super().forward(x)
+        return out if add is None else out + add
+
+    def _out_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        """The output's shape for input ``x`` ``(N, C, T, H, W)``."""
+        dims = zip(x.shape[2:], self.padding, self.dilation, self.kernel_size, self.stride, strict=True)
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in dims]
+        return (x.shape[0], self.out_channels, *size)
 
     def _on_kernel(self) -> bool:
         """Whether this convolution runs on the fiber kernel (6 or 12 channels per group, stride 1)."""
@@ -85,8 +101,14 @@ def _applies(x: torch.Tensor, weight: torch.Tensor, padding_mode: str, dilation:
     )
 
 
+def _sum_fuses(x: torch.Tensor, add: torch.Tensor, groups: int) -> bool:
+    """Whether oneDNN adds ``add`` while it writes a dense convolution's output (both channels-last)."""
+    return groups == 1 and x.is_contiguous(memory_format=_CL3D) and add.is_contiguous(memory_format=_CL3D)
+
+
 class _FastBackward(torch.autograd.Function):
-    """``F.conv3d`` forward; the backward described in the module docstring."""
+    """``F.conv3d`` forward (``+ add`` in the same oneDNN primitive, for a dense convolution); the backward
+    described in the module docstring."""
 
     @staticmethod
     def forward(
@@ -97,10 +119,14 @@ class _FastBackward(torch.autograd.Function):
         stride: Sequence[int],
         padding: Sequence[int],
         groups: int,
+        add: torch.Tensor | None,
     ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.conf = (tuple(stride), tuple(padding), groups, bias is not None)
-        return F.conv3d(x, weight, bias, stride, padding, 1, groups)
+        if add is None:
+            return F.conv3d(x, weight, bias, stride, padding, 1, groups)
+        conv = (list(padding), list(stride), [1, 1, 1], groups)
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, add, weight, bias, *conv, "add", 1.0, None, [], "")
 
     @staticmethod
     @once_differentiable
@@ -108,6 +134,7 @@ class _FastBackward(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding, groups, has_bias = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_add = grad if ctx.needs_input_grad[6] else None  # the residual sum's gradient passes through
         channels_last = x.is_contiguous(memory_format=_CL3D)
         grad_w = grad_x = grad_b = None
         one_channel = _one_channel_per_group(weight, groups)
@@ -126,7 +153,7 @@ class _FastBackward(torch.autograd.Function):
             grad_w = conv3d_weight_grad(grad, x, weight, stride, padding, groups)
         if has_bias and need_b:
             grad_b = grad.sum((0, 2, 3, 4))
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, grad_add
 
 
 def _native_backward(

@@ -53,7 +53,7 @@ class FastBackwardConv3d(nn.Conv3d):
             if self.bias is None and self._on_kernel() and fiber_kernel.worth_it(x, self.kernel_size, training=True):
                 return fiber_kernel.fiber_conv3d(x, self.weight, self.padding, self.groups, add=add)
             conv = (x, self.weight, self.bias, self.stride, self.padding, self.groups)
-            if add is not None and not _sum_fuses(x, add, self.groups):
+            if add is not None and not _sum_fuses(x, add):
                 return _FastBackward.apply(*conv, None) + add
             return _FastBackward.apply(*conv, add)
         out = super().forward(x)
@@ -101,14 +101,15 @@ def _applies(x: torch.Tensor, weight: torch.Tensor, padding_mode: str, dilation:
     )
 
 
-def _sum_fuses(x: torch.Tensor, add: torch.Tensor, groups: int) -> bool:
-    """Whether oneDNN adds ``add`` while it writes a dense convolution's output (both channels-last)."""
-    return groups == 1 and x.is_contiguous(memory_format=_CL3D) and add.is_contiguous(memory_format=_CL3D)
+def _sum_fuses(x: torch.Tensor, add: torch.Tensor) -> bool:
+    """Whether oneDNN adds ``add`` as it writes the convolution's output: both channels-last (grouped 1x3x3
+    convolutions of mfnet3d at batch 8, 192/384/768 channels: 10.7/7.1/4.2 -> 8.5/6.9/4.0 ms with the sum)."""
+    return x.is_contiguous(memory_format=_CL3D) and add.is_contiguous(memory_format=_CL3D)
 
 
 class _FastBackward(torch.autograd.Function):
-    """``F.conv3d`` forward (``+ add`` in the same oneDNN primitive, for a dense convolution); the backward
-    described in the module docstring."""
+    """``F.conv3d`` forward (``+ add`` in the same oneDNN primitive); the backward described in the module
+    docstring."""
 
     @staticmethod
     def forward(

@@ -4,8 +4,7 @@ A ``MultiFiberUnit`` adds twice: ``x_in = x + conv_i2(...)`` and ``out = conv_m2
 PyTorch runs each sum as an operator of its own, a pass that reads two activations and writes a third (about
 40 ms of an mfnet3d step at batch 8 on 2 cores). ``FastMultiFiberUnit`` hands each sum to the convolution that
 produces its left side (``FastBnActConv.forward(x, add)``): the fiber kernel adds as it writes its output, and
-oneDNN fuses the sum into dense convolutions (the multiplexer's ``conv_i2``, the first units' ``conv_m2``);
-grouped oneDNN convolutions still add in a pass of their own. The outputs and gradients are those of the unit as
+oneDNN fuses the sum into its convolution (a binary post-op). The outputs and gradients are those of the unit as
 built (the same two roundings).
 """
 

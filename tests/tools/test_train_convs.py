@@ -26,6 +26,9 @@ CASES = [
     (8, 8, 1, 1, 0, 1, False, 2, 2),  # multiplexer 1x1x1
     (8, 16, (3, 1, 1), 1, (1, 0, 0), 2, True, 1, 5),  # temporal only, one clip
     (8, 16, 5, 1, 2, 2, False, 2, 2),  # taps longer than the clip
+    (48, 48, 3, 1, 1, 2, False, 3, 4),  # 24 input channels per group: temporal taps folded into the channels
+    (48, 96, 3, (1, 2, 2), 1, 2, False, 2, 5),  # ... with a spatial stride (conv5's first conv_m1)
+    (48, 48, 5, 1, 2, 2, False, 2, 2),  # ... taps longer than the clip
     (3, 16, (3, 5, 5), (1, 2, 2), (1, 2, 2), 1, False, 2, 4),  # the stem
 ]
 

@@ -177,6 +177,17 @@ def test_conv_then_dense_matches_pytorch(size: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="dense"):
         conv.conv(x.shape, add=shortcut, dense=False)
 
+    # the projection shortcut folded into the dense product: its input joins conv_m1's output as 16 more channels
+    wp, bp = torch.randn(96, 16, 1, 1, 1, generator=g) * 0.2, torch.randn(96, generator=g)
+    p = torch.relu(torch.randn(n, 16, (t - 1) // 2 + 1, h, w, generator=g))
+    conv.fold_projection(wp, bp)
+    got = conv.conv(x.shape, extra=p)
+    torch.testing.assert_close(got, F.conv3d(y, w2, b2) + F.conv3d(p, wp, bp), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="extra"):
+        conv.conv(x.shape)
+    with pytest.raises(ValueError, match="once"):
+        conv.fold_projection(wp, bp)
+
 
 @needs_kernel
 @pytest.mark.parametrize("size", [(1, 2, 3, 56), (2, 3, 4, 13)])

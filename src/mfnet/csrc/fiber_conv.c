@@ -565,20 +565,22 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
 
 /* mf_conv into channels-last, then a dense 1x1x1 convolution of its result, in blocks of MF_ROWS output rows that
  * stay in cache (a first unit's dense conv_m2 after the kernel's conv_m1, conv2's at 224: 96 -> 96 channels):
- *     out = relu?(conv(buf) + bias) @ w_post + b_post (+ add)
- * w_post: (G*CO, C_post); b_post: (C_post); out, add: channels-last (N, D, H, W, C_post), C_post a multiple of 8.
- * Returns 1 if its scratch could not be allocated (nothing written), else 0. items: as mf_conv's into out_cl. */
+ *     out = [relu?(conv(buf) + bias), extra] @ w_post + b_post (+ add)
+ * extra: NULL, or channels-last (N, D, H, W, CX) inputs of a second 1x1x1 convolution whose weights are the last CX
+ * rows of w_post (the first unit's projection shortcut: one matrix product for both, and no pass of its own);
+ * w_post: (G*CO + CX, C_post); b_post: (C_post); out, add: channels-last (N, D, H, W, C_post), C_post a multiple
+ * of 8. Returns 1 if its scratch could not be allocated (nothing written), else 0. items: as mf_conv's into out_cl. */
 int mf_conv_dense(const float *buf, const float *weight, const float *bias, int D, int H, int W, int G, int CI, int CO,
                   int KT, int KH, int KW, int ST, int Dp, int Hp, int Wp, int relu, const float *w_post,
-                  const float *b_post, int C_post, float *out, const float *add, mf_sched *sched, int item0,
-                  int item1) {
+                  const float *b_post, int C_post, float *out, const float *add, const float *extra, int CX,
+                  mf_sched *sched, int item0, int item1) {
     const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
-    const int C = G * CO, HB = (H + MF_ROWS - 1) / MF_ROWS;
+    const int C = G * CO, CK = C + (extra ? CX : 0), HB = (H + MF_ROWS - 1) / MF_ROWS;
     const ptrdiff_t rows_max = ((ptrdiff_t)MF_ROWS * W + 7) / 8 * 8;
-    float *scratch = (float *)malloc(sizeof(float) * ((size_t)rows_max * C + 24 * (size_t)C_post));
+    float *scratch = (float *)malloc(sizeof(float) * ((size_t)rows_max * CK + 24 * (size_t)C_post));
     if (scratch == NULL) return 1;
-    float *tail_add = scratch + rows_max * C, *tail_out = tail_add + 8 * (ptrdiff_t)C_post;
-    for (ptrdiff_t i = 0; i < rows_max * C; i++) scratch[i] = 0.f; /* rows past a block's end: finite */
+    float *tail_add = scratch + rows_max * CK, *tail_out = tail_add + 8 * (ptrdiff_t)C_post;
+    for (ptrdiff_t i = 0; i < rows_max * CK; i++) scratch[i] = 0.f; /* rows past a block's end: finite */
     MF_ITEMS(item) {
         const int n = item / (D * HB), d = (item / HB) % D;
         const int h0 = (item % HB) * MF_ROWS, h1 = h0 + MF_ROWS < H ? h0 + MF_ROWS : H;
@@ -587,19 +589,21 @@ int mf_conv_dense(const float *buf, const float *weight, const float *bias, int 
             for (int h = h0; h < h1; h++) {
                 const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h * sh;
                 const float *wg = weight + (ptrdiff_t)g * KT * KH * KW * CI * CO;
-                float *o_cl = scratch + (ptrdiff_t)(h - h0) * W * C + g * CO;
-                conv_row(row, wg, bias + g * CO, W, CI, CO, KT, KH, KW, sd, sh, sc, relu, NULL, 0, o_cl, NULL, C);
+                float *o_cl = scratch + (ptrdiff_t)(h - h0) * W * CK + g * CO;
+                conv_row(row, wg, bias + g * CO, W, CI, CO, KT, KH, KW, sd, sh, sc, relu, NULL, 0, o_cl, NULL, CK);
             }
         /* the dense convolution: whole blocks of 8 positions straight into out, the last few through a copy */
         const int P = (h1 - h0) * W, whole = P / 8 * 8;
+        for (int p = 0; p < P && extra; p++)
+            for (int c = 0; c < CX; c++) scratch[(ptrdiff_t)p * CK + C + c] = extra[(pos0 + p) * CX + c];
         const float *a0 = add ? add + pos0 * C_post : NULL;
-        if (whole) gemm_block(scratch, C, w_post, C_post, out + pos0 * C_post, C_post, whole, C, C_post, b_post, a0,
+        if (whole) gemm_block(scratch, CK, w_post, C_post, out + pos0 * C_post, C_post, whole, CK, C_post, b_post, a0,
                               C_post, 0);
         if (whole < P) {
             for (int p = 0; p < 8; p++)
                 for (int c = 0; c < C_post; c++)
                     tail_add[p * C_post + c] = a0 && whole + p < P ? a0[(ptrdiff_t)(whole + p) * C_post + c] : 0.f;
-            gemm_block(scratch + (ptrdiff_t)whole * C, C, w_post, C_post, tail_out, C_post, 8, C, C_post, b_post,
+            gemm_block(scratch + (ptrdiff_t)whole * CK, CK, w_post, C_post, tail_out, C_post, 8, CK, C_post, b_post,
                        tail_add, C_post, 0);
             for (int p = whole; p < P; p++)
                 for (int c = 0; c < C_post; c++)

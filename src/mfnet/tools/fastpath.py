@@ -469,6 +469,9 @@ class FusedFiberUnit(nn.Module):
             self.conv_w1_compact = FusedConv(
                 w1.weight, w1.bias, padding=[0] * 3, stride=[1] * 3, dilation=[1] * 3, groups=1
             )
+            if self.kernel_m1 is not None and self.kernel_m1.has_dense:
+                # conv2's first unit: the projection joins the kernel's dense conv_m2 as 16 more input channels
+                self.kernel_m1.fold_projection(w1.weight, w1.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_channels_last(x)
@@ -478,7 +481,10 @@ class FusedFiberUnit(nn.Module):
             if self.kernel_m1 is not None and self.conv_w1_compact is not None and fiber_kernel.worth_it(x):
                 # conv2's first unit: the multiplexer packs conv_m1's buffer; conv_m1 and the dense conv_m2 with
                 # the projection's sum on the kernels
-                shortcut = self.conv_w1_compact(self.kernel_m1.pack_from(x, self.kernel_mux))
+                proj = self.kernel_m1.pack_from(x, self.kernel_mux)
+                if self.kernel_m1.projection_channels:
+                    return self.kernel_m1.conv(x.shape, extra=proj)  # conv_m1, then conv_m2 and the projection
+                shortcut = self.conv_w1_compact(proj)
                 if self.kernel_m1.has_dense:
                     return self.kernel_m1.conv(x.shape, add=shortcut)
                 return self.conv_m2(self.kernel_m1.conv(x.shape), add=shortcut, add_in_place=True)

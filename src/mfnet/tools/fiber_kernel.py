@@ -170,7 +170,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_bn_finalize.argtypes = [_PTR, _PTR, _INT] + [_PTR] * 5 + [_DOUBLE, _DOUBLE, _LONG, _INT] + [_PTR] * 4
     lib.mf_bn_grad_finalize.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _LONG, _INT] + [_PTR] * 5
     lib.mf_set_avx512.argtypes = [_INT]
-    lib.mf_conv_dense.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] * 2 + [_INT] + [_PTR] * 2 + items
+    lib.mf_conv_dense.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] * 2 + [_INT] + [_PTR] * 3 + [_INT] + items
     lib.mf_conv_dense.restype = _INT
     lib.mf_tail.argtypes = [_PTR] * 5 + [_INT] * 16 + [_PTR] * 2 + items
     lib.mf_tail.restype = _INT
@@ -537,7 +537,8 @@ class KernelFiberConv(nn.Module):
 
     With ``dense_weight`` (``(C_post, C_out, 1, 1, 1)``) and ``dense_bias``, ``conv`` also applies that dense 1x1x1
     convolution (the unit's ``conv_m2``) and a residual sum, block by block while the convolution's output is in
-    cache (``mf_conv_dense``).
+    cache (``mf_conv_dense``). ``fold_projection`` adds the unit's projection shortcut (a second dense 1x1x1
+    convolution, of the projection's input) to that matrix product.
     """
 
     def __init__(
@@ -565,7 +566,24 @@ class KernelFiberConv(nn.Module):
             c_post = dense_weight.shape[0]
             self.register_buffer("dense_weight", dense_weight.detach().float().reshape(c_post, -1).t().contiguous())
             self.register_buffer("dense_bias", _bias(dense_bias, c_post))
+        self.projection_channels = 0
         self._buffers_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    def fold_projection(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Makes ``conv(..., extra=p)`` add the 1x1x1 convolution ``(weight, bias)`` of ``p`` (the projection's input,
+        ``(N, C_x, T', H, W)``) in the dense convolution's matrix product: its weights become more input rows of
+        it (``conv2``'s first unit: the 16 -> 96 projection, 1.3 ms on oneDNN, costs 16 more of 112 rows there)."""
+        if not self.has_dense or self.projection_channels:
+            raise ValueError("a projection folds into the dense convolution, once")
+        c_post, c_x = weight.shape[:2]
+        if c_post != self.dense_weight.shape[1]:
+            raise ValueError(
+                f"a projection to {c_post} channels cannot join a dense convolution to {self.dense_weight.shape[1]}"
+            )
+        w = weight.detach().float().reshape(c_post, c_x).t()
+        self.dense_weight = torch.cat([self.dense_weight, w]).contiguous()
+        self.dense_bias = self.dense_bias + _bias(bias, c_post)
+        self.projection_channels = c_x
 
     def _buffer(self, n: int, c: int, t: int, h: int, w: int) -> torch.Tensor:
         """The zero-padded group-major input buffer (see ``_kept``)."""
@@ -592,16 +610,24 @@ class KernelFiberConv(nn.Module):
         _pack_into(buf, x, padding, _library(), self.scale, self.shift)
         return self.conv(x.shape, dense=False)
 
-    def conv(self, in_shape: torch.Size, *, add: torch.Tensor | None = None, dense: bool = True) -> torch.Tensor:
+    def conv(
+        self,
+        in_shape: torch.Size,
+        *,
+        add: torch.Tensor | None = None,
+        extra: torch.Tensor | None = None,
+        dense: bool = True,
+    ) -> torch.Tensor:
         """The convolution of the packed buffer of an input of ``in_shape``; with the dense convolution (where
-        there is one and ``dense``), then ``+ add`` (channels-last, the output's shape)."""
+        there is one and ``dense``), then ``+ add`` (channels-last, the output's shape); ``extra``: the folded
+        projection's input (``fold_projection``), needed once one is folded."""
         n, _, t, h, w = in_shape
         padding = tuple(k // 2 for k in self.kernel)
         buf = self._buffer(*in_shape)
         lib = _library()
         t_out = (t + 2 * padding[0] - self.kernel[0]) // self.temporal_stride + 1
         if not (dense and self.has_dense):
-            if add is not None:
+            if add is not None or extra is not None:
                 raise ValueError("a sum needs the dense convolution after this one")
             out_shape = (n, self.out_channels, t_out, h, w)
             return _conv(
@@ -613,10 +639,18 @@ class KernelFiberConv(nn.Module):
             add = add.contiguous(memory_format=CL3D)
             if add.shape != out.shape:
                 raise ValueError(f"cannot add a tensor of shape {tuple(add.shape)} to {tuple(out.shape)}")
+        if (extra is None) != (self.projection_channels == 0):
+            raise ValueError("the folded projection needs its input as extra=, and only then")
+        if extra is not None:
+            extra = extra.contiguous(memory_format=CL3D)
+            expected = (n, self.projection_channels, t_out, h, w)
+            if extra.shape != expected:
+                raise ValueError(f"the projection's input has shape {tuple(extra.shape)}, not {expected}")
         _, kt, kh, kw, ci, co = self.weight.shape
         args = (_ptr(buf), _ptr(self.weight), _ptr(self.bias), t_out, h, w, self.groups, ci, co, kt, kh, kw)
         args += (self.temporal_stride, buf.shape[2], buf.shape[3], buf.shape[5], 1)
         args += (_ptr(self.dense_weight), _ptr(self.dense_bias), c_post, _ptr(out), _ptr(add))
+        args += (_ptr(extra), self.projection_channels)
         if all(_parallel(lib.mf_conv_dense, args, n * t_out * _row_blocks(h))):  # no thread could run
             raise MemoryError("the fiber kernel could not allocate its scratch rows")
         return out

@@ -144,7 +144,8 @@ class _FastBackward(torch.autograd.Function):
             grad_w = fiber_kernel.conv3d_weight_grad(x, grad, weight.shape, padding, groups, stride[0])
             need_w = False
         if one_channel:  # the input gradient (and the weight gradient without the kernel) is computed in NCDHW
-            grad, x = grad.contiguous(), x.contiguous()
+            # the input gradient reads only x's shape and layout: without the weight gradient, no copy of x
+            grad, x = grad.contiguous(), x.contiguous() if need_w else x.new_empty(x.shape)
         elif channels_last:
             grad = grad.contiguous(memory_format=_CL3D)
         if need_x:

@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from mfnet.models.layers import BnActConv
 from mfnet.tools import fiber_kernel
-from mfnet.tools.train_convs import FastBackwardConv3d
+from mfnet.tools.train_convs import FastBackwardConv3d, replace_class
 
 BLOCK_ROWS = 256  # MF_BN_BLOCK of fiber_conv.c
 _CL3D = torch.channels_last_3d
@@ -62,12 +62,7 @@ def enable_fused_bn_relu(model: nn.Module) -> int:
 
     Parameters, buffers, names and ``state_dict`` keys stay as they are.
     """
-    count = 0
-    for module in model.modules():
-        if type(module) is BnActConv:
-            module.__class__ = FastBnActConv
-            count += 1
-    return count
+    return replace_class(model, BnActConv, FastBnActConv)
 
 
 def applies(x: torch.Tensor, bn: nn.Module) -> bool:

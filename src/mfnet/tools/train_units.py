@@ -15,6 +15,7 @@ from torch import nn
 
 from mfnet.models.fiber import MultiFiberUnit
 from mfnet.tools.train_bn import FastBnActConv
+from mfnet.tools.train_convs import replace_class
 
 
 class FastMultiFiberUnit(MultiFiberUnit):
@@ -44,9 +45,4 @@ def enable_fused_sums(model: nn.Module) -> int:
     Call it after ``mfnet.tools.train_bn.enable_fused_bn_relu`` (the sums need its ``FastBnActConv``). Parameters,
     names and ``state_dict`` keys stay as they are.
     """
-    count = 0
-    for module in model.modules():
-        if type(module) is MultiFiberUnit:
-            module.__class__ = FastMultiFiberUnit
-            count += 1
-    return count
+    return replace_class(model, MultiFiberUnit, FastMultiFiberUnit)

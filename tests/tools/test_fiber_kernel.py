@@ -422,14 +422,36 @@ def test_training_buffers_are_pooled_and_kept_for_a_retained_graph() -> None:
     y = fiber_kernel.fiber_conv3d(x, weight, (1, 1, 1), 16)
     y.sum().backward(retain_graph=True)
     first = weight.grad.clone()
-    assert len(fiber_kernel._buffer_pool[(1, 16, 5, 7, 6, 40)]) == 1  # the gradient's buffer only
+    key = fiber_kernel._pool_key((1, 96, 3, 5, 28), 16, (1, 1, 1))  # the input's and the gradient's layout
+    assert len(fiber_kernel._buffer_pool[key]) == 1  # the gradient's buffer only
     fiber_kernel.fiber_conv3d(x * 2, weight, (1, 1, 1), 16)  # takes that buffer and writes x * 2 into it
     weight.grad = None
     y.sum().backward()
     torch.testing.assert_close(weight.grad, first)
-    assert len(fiber_kernel._buffer_pool[(1, 16, 5, 7, 6, 40)]) == 2  # now the input's too
+    assert len(fiber_kernel._buffer_pool[key]) == 2  # now the input's too
     fiber_kernel.release_buffers()
     assert not fiber_kernel._buffer_pool
+
+
+@needs_kernel
+def test_kept_buffers_follow_the_input_size_not_only_their_shape() -> None:
+    """Rows of 28 and 27 positions take buffer rows of the same length: a buffer packed 28 wide holds data where a
+    27-wide input needs zero padding, so the kept and pooled buffers are told apart by the input's size."""
+    g = torch.Generator().manual_seed(5)
+    scale, shift = _bn(96, g)
+    w1, b1 = torch.randn(96, 6, 3, 3, 3, generator=g) * 0.2, torch.randn(96, generator=g)
+    w2 = torch.randn(96, 6, 1, 3, 3, generator=g) * 0.2
+    tail = KernelFiberTail(scale, shift, w1, b1, w2, None, 16)
+    assert fiber_kernel._row_length(28 + 2) == fiber_kernel._row_length(27 + 2)
+    for w in (28, 27):
+        x = (torch.randn(1, 96, 3, 5, w, generator=g) * 3).contiguous(memory_format=CL3D)
+        shortcut = torch.randn(1, 96, 3, 5, w, generator=g)
+        expected = _reference(x, shortcut, scale, shift, w1, b1, w2, None, 16, 1)
+        torch.testing.assert_close(tail(x, shortcut), expected, rtol=1e-4, atol=1e-4)
+        x = x.clone().requires_grad_()
+        got = fiber_kernel.fiber_conv3d(x, w1, (1, 1, 1), 16)
+        torch.testing.assert_close(got, F.conv3d(x, w1, None, 1, 1, 1, 16), rtol=1e-4, atol=1e-4)
+        got.sum().backward()  # hands the training buffers back to the pool for the next width
 
 
 @needs_kernel

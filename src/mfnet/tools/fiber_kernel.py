@@ -275,10 +275,14 @@ def supports(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding
     )
 
 
-def _kept(cache: dict[tuple, tuple[torch.Tensor, ...]], *shapes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
-    """Zeroed tensors of these shapes, kept in ``cache`` per shapes and thread (at most 4 entries) and reused: the
-    kernels' padded buffers, whose padding is never written, so it stays zero and packing skips it."""
-    key = (*shapes, threading.get_ident())
+def _kept(
+    cache: dict[tuple, tuple[torch.Tensor, ...]], interior: tuple, *shapes: tuple[int, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Zeroed tensors of these shapes, kept in ``cache`` per ``interior`` (the sizes and padding their data fills),
+    shapes and thread (at most 4 entries) and reused: the kernels' padded buffers, whose padding is never written,
+    so it stays zero and packing skips it. Keyed by the interior too, as one shape holds several: rows of 28 and of
+    27 positions both take 40 floats, and a buffer packed 28 wide has data where a 27-wide one needs zeros."""
+    key = (interior, *shapes, threading.get_ident())
     kept = cache.get(key)
     if kept is None:
         if len(cache) >= 4:
@@ -353,8 +357,9 @@ class KernelFiberTail(nn.Module):
         row = _row_length(w + 2 * max(pw1, pw2))
         shape_1 = (n, g, t + 2 * pd1, h + 2 * ph1, c1, row)
         if self._one_pass():
-            return _kept(self._buffers_cache, shape_1)
-        return _kept(self._buffers_cache, shape_1, (n, g, self._out_length(t) + 2 * pd2, h + 2 * ph2, c2, row))
+            return _kept(self._buffers_cache, (n, t, h, w), shape_1)
+        shape_2 = (n, g, self._out_length(t) + 2 * pd2, h + 2 * ph2, c2, row)
+        return _kept(self._buffers_cache, (n, t, h, w), shape_1, shape_2)
 
     @torch.no_grad()
     def forward_unit(self, x: torch.Tensor, multiplexer: KernelMultiplexer) -> torch.Tensor:
@@ -589,7 +594,7 @@ class KernelFiberConv(nn.Module):
         """The zero-padded group-major input buffer (see ``_kept``)."""
         pd, ph, pw = (k // 2 for k in self.kernel)
         shape = (n, self.groups, t + 2 * pd, h + 2 * ph, c // self.groups, _row_length(w + 2 * pw))
-        return _kept(self._buffers_cache, shape)[0]
+        return _kept(self._buffers_cache, (n, c, t, h, w), shape)[0]
 
     @torch.no_grad()
     def pack_from(self, x: torch.Tensor, multiplexer: KernelMultiplexer) -> torch.Tensor | None:
@@ -733,28 +738,37 @@ def _conv(
     return out
 
 
-_POOL_PER_SHAPE = 4  # zeroed buffers kept per shape: mfnet3d's conv3 has 3 convolutions of one shape on the kernel
+_POOL_PER_KEY = 4  # zeroed buffers kept per layout: mfnet3d's conv3 has 3 convolutions of one shape on the kernel
 _pool_lock = threading.Lock()
-_buffer_pool: dict[tuple[int, ...], list[torch.Tensor]] = {}
+_buffer_pool: dict[tuple, list[torch.Tensor]] = {}
 
 
-def _take_buffer(shape: tuple[int, ...]) -> torch.Tensor:
-    """A padded group-major buffer of this shape whose padding holds zeros: one given back earlier, or a new one.
+def _pool_key(x_shape: tuple[int, ...], groups: int, padding: tuple[int, ...]) -> tuple:
+    """What a pooled buffer holds: the input's shape ``(N, C, T, H, W)``, its groups and padding. The buffer's own
+    shape is not enough (rows of 28 and of 27 positions both take 40 floats; see ``_kept``)."""
+    return (tuple(x_shape), groups, tuple(padding))
+
+
+def _take_buffer(key: tuple) -> torch.Tensor:
+    """A padded group-major buffer for ``key`` (``_pool_key``) whose padding holds zeros: one given back earlier, or
+    a new one.
 
     Training's buffers are pooled (``_give_buffer``) so that packing writes only their interior: a fresh buffer
     must be written whole, its zeros included (``conv2``'s 3x3x3 input: 37 MB for 19 MB of data)."""
     with _pool_lock:
-        kept = _buffer_pool.get(shape)
+        kept = _buffer_pool.get(key)
         if kept:
             return kept.pop()
-    return torch.zeros(shape)
+    (n, c, t, h, w), groups, (pd, ph, pw) = key
+    return torch.zeros(n, groups, t + 2 * pd, h + 2 * ph, c // groups, _row_length(w + 2 * pw))
 
 
-def _give_buffer(buf: torch.Tensor) -> None:
-    """Hands a buffer from ``_take_buffer`` back once nothing reads it any more; only its interior was written."""
+def _give_buffer(key: tuple, buf: torch.Tensor) -> None:
+    """Hands a buffer from ``_take_buffer(key)`` back once nothing reads it any more; only its interior was
+    written."""
     with _pool_lock:
-        kept = _buffer_pool.setdefault(tuple(buf.shape), [])
-        if len(kept) < _POOL_PER_SHAPE:
+        kept = _buffer_pool.setdefault(key, [])
+        if len(kept) < _POOL_PER_KEY:
             kept.append(buf)
 
 
@@ -764,13 +778,15 @@ def release_buffers() -> None:
         _buffer_pool.clear()
 
 
-def _packed_into_kept(x: torch.Tensor, groups: int, padding: tuple[int, ...], lib: ctypes.CDLL) -> torch.Tensor:
-    """``_packed``, into a pooled buffer whose padding is zero already (give it back with ``_give_buffer``)."""
-    n, c, t, h, w = x.shape
-    pd, ph, pw = padding
-    buf = _take_buffer((n, groups, t + 2 * pd, h + 2 * ph, c // groups, _row_length(w + 2 * pw)))
+def _packed_into_kept(
+    x: torch.Tensor, groups: int, padding: tuple[int, ...], lib: ctypes.CDLL
+) -> tuple[torch.Tensor, tuple]:
+    """``x`` packed into a pooled buffer whose padding is zero already, and the buffer's pool key (give it back with
+    ``_give_buffer``)."""
+    key = _pool_key(x.shape, groups, padding)
+    buf = _take_buffer(key)
     _pack_into(buf, x.contiguous(memory_format=CL3D), padding, lib)
-    return buf
+    return buf, key
 
 
 def _graph_kept() -> bool:
@@ -800,7 +816,7 @@ class _FiberConv3d(torch.autograd.Function):
         add: torch.Tensor | None = None,
     ) -> torch.Tensor:
         lib = _library()
-        buf_x = _packed_into_kept(x, groups, padding, lib)
+        buf_x, ctx.key_x = _packed_into_kept(x, groups, padding, lib)
         out_shape = (x.shape[0], weight.shape[0], *x.shape[2:])
         out = _conv(buf_x, _kernel_weight(weight, groups), out_shape, lib, add=add)
         ctx.save_for_backward(buf_x, weight)
@@ -816,7 +832,7 @@ class _FiberConv3d(torch.autograd.Function):
         c_in = x_shape[1]
         c_out, ci, kt, kh, kw = weight.shape
         co = c_out // groups
-        buf_g = _packed_into_kept(grad, groups, padding, lib)
+        buf_g, key_g = _packed_into_kept(grad, groups, padding, lib)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:  # a convolution with the flipped, transposed kernels of each group
             flipped = weight.detach().reshape(groups, co, ci, kt, kh, kw).transpose(1, 2).flip(3, 4, 5)
@@ -824,9 +840,9 @@ class _FiberConv3d(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(buf_x, buf_g, padding, tuple(grad.shape), tuple(weight.shape), groups, 1, lib)
             grad_w = grad_w.contiguous(memory_format=CL3D)
-        _give_buffer(buf_g)
+        _give_buffer(key_g, buf_g)
         if not _graph_kept():
-            _give_buffer(buf_x)
+            _give_buffer(ctx.key_x, buf_x)
         return grad_x, grad_w, None, None, grad if ctx.needs_input_grad[4] else None
 
 
@@ -882,11 +898,11 @@ def conv3d_weight_grad(
     Used for ``conv2``'s first ``conv_m1`` (one input channel per group, temporal stride 2), whose im2col matrix
     oneDNN and a batched matrix product would build with 27 copies."""
     lib = _library()
-    buf_x = _packed_into_kept(x, groups, padding, lib)
-    buf_g = _packed_into_kept(grad, groups, (0, 0, 0), lib)  # the weight gradient needs no padding around it
+    buf_x, key_x = _packed_into_kept(x, groups, padding, lib)
+    buf_g, key_g = _packed_into_kept(grad, groups, (0, 0, 0), lib)  # the weight gradient needs no padding around it
     dw = _weight_grad(buf_x, buf_g, (0, 0, 0), tuple(grad.shape), tuple(weight_shape), groups, temporal_stride, lib)
-    _give_buffer(buf_x)
-    _give_buffer(buf_g)
+    _give_buffer(key_x, buf_x)
+    _give_buffer(key_g, buf_g)
     return dw
 
 

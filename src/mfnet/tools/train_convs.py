@@ -9,14 +9,18 @@ padding ``kt // 2``) splits into one 2D weight gradient per temporal tap ``k``::
     dW[:, :, k] = sum_t  grad[t] (x) x[t + k - kt//2]          pairs of frames inside the same clip
 
 For each tap the pairs are two views of the frame batch shifted against each other (no copies); the few pairs
-that straddle two clips are computed separately and subtracted. For a convolution with one input channel per
-group (the first unit of MF-Net's conv2: 16 -> 96 channels in 16 groups) the input gradient is 2.5x faster in
-the plain ``NCDHW`` layout, so it is computed there, and the weight gradient is one batched matrix product over
-a small im2col copy (2.4x faster). Everything else uses PyTorch's own kernels.
+that straddle two clips are computed separately and subtracted. With 24 or more input channels per group
+(``conv4``, ``conv5``) the taps are folded into the input channels instead: one copy of the input with the ``kt``
+frames each output frame reads side by side, and one 2D weight gradient (``_weight_grad_folded``). For a
+convolution with one input channel per group (the first unit of MF-Net's conv2: 16 -> 96 channels in 16 groups)
+the input gradient is 2.5x faster in the plain ``NCDHW`` layout, so it is computed there, and the weight gradient
+comes from the fiber kernel (``fiber_kernel.conv3d_weight_grad``, with AVX-512) or else is one batched matrix
+product over a small im2col copy (2.4x faster than oneDNN). Everything else uses PyTorch's own kernels.
 
 Grouped convolutions with 6 or 12 channels per group, stride 1 and frames at least 24 wide (14 for ``3x3x3``)
 run forward and backward on the hand-written kernel instead (``mfnet.tools.fiber_kernel.fiber_conv3d``), where it
-compiled.
+compiled. ``FastBackwardConv3d.forward(x, add)`` adds a residual sum as the output is written (the kernel, or
+oneDNN's binary post-op).
 
 ``enable_fast_backward(model)`` switches every ``nn.Conv3d`` of a model to this backward (in place; the
 parameters, ``state_dict`` and forward outputs stay as they are). It only acts on float32 CPU tensors that need a
@@ -25,6 +29,7 @@ gradient; on GPUs, under ``torch.no_grad`` and while tracing or compiling the or
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +48,8 @@ class FastBackwardConv3d(nn.Conv3d):
     """``nn.Conv3d`` with the faster CPU gradients of this module (see its docstring); same parameters and outputs.
 
     ``forward(x, add)`` returns ``conv(x) + add`` (a residual sum), added where the convolution writes its output
-    when it can (on the fiber kernel, and by oneDNN for dense convolutions) instead of in a pass of its own.
+    when it can (on the fiber kernel, or as oneDNN's binary post-op, with channels-last tensors) instead of in a
+    pass of its own.
     """
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,9 +114,15 @@ def _applies(x: torch.Tensor, weight: torch.Tensor, padding_mode: str, dilation:
 
 
 def _sum_fuses(x: torch.Tensor, add: torch.Tensor) -> bool:
-    """Whether oneDNN adds ``add`` as it writes the convolution's output: both channels-last (grouped 1x3x3
-    convolutions of mfnet3d at batch 8, 192/384/768 channels: 10.7/7.1/4.2 -> 8.5/6.9/4.0 ms with the sum)."""
-    return x.is_contiguous(memory_format=_CL3D) and add.is_contiguous(memory_format=_CL3D)
+    """Whether oneDNN adds ``add`` as it writes the convolution's output: both channels-last, in a PyTorch built with
+    oneDNN (grouped 1x3x3 convolutions of mfnet3d at batch 8, 192/384/768 channels: 10.7/7.1/4.2 -> 8.5/6.9/4.0 ms
+    with the sum)."""
+    return _onednn_sums() and x.is_contiguous(memory_format=_CL3D) and add.is_contiguous(memory_format=_CL3D)
+
+
+@functools.cache
+def _onednn_sums() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
 class _FastBackward(torch.autograd.Function):
@@ -146,7 +158,7 @@ class _FastBackward(torch.autograd.Function):
         grad_w = grad_x = grad_b = None
         one_channel = _one_channel_per_group(weight, groups)
         if need_w and one_channel and fiber_kernel.weight_grad_applies(weight, groups, stride, padding):
-            # on the fiber kernel, from the channels-last tensors (conv2's first conv_m1: 46 -> 8 ms per step)
+            # on the fiber kernel, from the channels-last tensors (conv2's first conv_m1: its backward 78 -> 38.5 ms)
             grad_w = fiber_kernel.conv3d_weight_grad(x, grad, weight.shape, padding, groups, stride[0])
             need_w = False
         if one_channel:  # the input gradient (and the weight gradient without the kernel) is computed in NCDHW

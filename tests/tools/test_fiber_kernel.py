@@ -239,6 +239,63 @@ def test_avx2_and_avx512_tiles_match_pytorch(avx512: bool, width: int) -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize("fused", [True, False], ids=["one_pass", "two_passes"])
+# 16-position chunks, two per Winograd vector: one per row (odd row counts: a half-used vector), two, three (a vector
+# across two rows), a partial one; 56 wide stays on the direct 6 x 56 tile
+@pytest.mark.parametrize(
+    ("channels", "size"),
+    [(24, (3, 5, 14)), (12, (2, 4, 28)), (12, (2, 3, 40)), (24, (1, 3, 13)), (12, (2, 3, 56)), (12, (1, 19, 16))],
+)
+def test_winograd_tile_matches_the_direct_tiles_and_pytorch(fused: bool, channels: int, size: tuple[int, ...]) -> None:
+    if not fiber_kernel.avx512_available():
+        pytest.skip("the Winograd tile needs AVX-512")
+    g = torch.Generator().manual_seed(3)
+    c = 16 * channels
+    scale, shift = _bn(c, g)
+    w1, b1 = torch.randn(c, channels, 3, 3, 3, generator=g) * 0.2, torch.randn(c, generator=g)
+    w2, b2 = torch.randn(c, channels, 1, 3, 3, generator=g) * 0.2, torch.randn(c, generator=g)
+    x_in = torch.randn(1, c, *size, generator=g).contiguous(memory_format=CL3D)
+    shortcut = torch.randn(1, c, *size, generator=g)
+    tail = KernelFiberTail(scale, shift, w1, b1, w2, b2, 16)
+    tail.fused = fused
+    expected = _reference(x_in, shortcut, scale, shift, w1, b1, w2, b2, 16, 1)
+    try:
+        got = {}
+        for on in (True, False):
+            assert fiber_kernel.set_winograd(on) is on
+            got[on] = tail(x_in, shortcut)
+            torch.testing.assert_close(got[on], expected, rtol=1e-4, atol=1e-4)
+        if size[-1] != 56:  # another order of the sums: not bit-identical to the direct tiles, but as close
+            assert not torch.equal(got[True], got[False])
+    finally:
+        fiber_kernel.set_winograd()
+
+
+@needs_kernel
+def test_winograd_tile_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fiber_kernel.WINOGRAD_ENV_VAR, "0")
+    try:
+        assert fiber_kernel.set_winograd() is False
+        monkeypatch.delenv(fiber_kernel.WINOGRAD_ENV_VAR)
+        assert fiber_kernel.set_winograd() is True
+    finally:
+        fiber_kernel.set_winograd()
+
+
+def test_winograd_weights_reproduce_the_three_taps() -> None:
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(2, 1, 3, 3, 5, 6, generator=g)  # (G, kt, kh, kw, C_in/G, C_out/G)
+    u = fiber_kernel._winograd_weight(weight)
+    assert u.shape == (2, 1, 3, 5, 4, 6)
+    w0, w1, w2 = weight.unbind(3)
+    torch.testing.assert_close(u[:, :, :, :, 1] - u[:, :, :, :, 2], w1)  # y(2q) = d0 w0 + d1 w1 + d2 w2
+    torch.testing.assert_close(u[:, :, :, :, 1] + u[:, :, :, :, 2] - u[:, :, :, :, 3], w0)  # y(2q+1)'s d1 term
+    torch.testing.assert_close(u[:, :, :, :, 0], w0)
+    torch.testing.assert_close(u[:, :, :, :, 3], w2)
+    assert fiber_kernel._winograd_weight(weight[:, :, :, :1]) is None
+
+
+@needs_kernel
 def test_avx512_tiles_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(fiber_kernel.AVX512_ENV_VAR, "0")
     try:

@@ -526,15 +526,132 @@ static void conv_row(const float *row, const float *wg, const float *bg, int W, 
         }
 }
 
+/* 1 where conv_rows may use the Winograd tile below (the loader's default; mf_set_winograd(0) for the direct tiles
+ * alone, to compare them). */
+static int mf_winograd = 1;
+
+void mf_set_winograd(int on) { mf_winograd = on; }
+
+/* Winograd F(2,3) along the rows with AVX-512: 6 output channels x 2 chunks of 16 positions. For each pair of
+ * outputs (2q, 2q+1) of a chunk and the inputs d0..d3 under their taps,
+ *     v = (d0 - d2, d1 + d2, d2 - d1, d1 - d3),  m_k = sum over (kd, kh, ci) of u_k * v_k,
+ *     y(2q) = m0 + m1 + m2,  y(2q+1) = m1 - m2 - m3,
+ * with u = (w0, (w0 + w1 + w2) / 2, (w0 - w1 + w2) / 2, w2) the three kw taps transformed: 4 multiply-adds per pair
+ * and input channel where the direct tiles take 6. A chunk's 16 positions are 8 pairs; the two chunks (src[0],
+ * src[1]) fill one vector of 16 pairs, split into even and odd inputs by permutes. src[k]: the chunk's first input
+ * (tap 0, 0, 0 of input channel 0); u: (KT, KH, CI, 4, CO) at this tile's first output channel.
+ * out[32 * j + 16 * k + p]: channel j (0-5) at position p of chunk k, without bias. */
+__attribute__((target("avx512f"), always_inline)) static inline void wino_tile(const float *const src[2],
+                                                                              const float *u, int CI, int CO,
+                                                                              const int KT, const int KH, ptrdiff_t sd,
+                                                                              ptrdiff_t sh, ptrdiff_t sc, float *out) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    __m512 a[24]; /* a[6 * k + j]: m_k of channel j */
+#pragma GCC unroll 24
+    for (int i = 0; i < 24; i++) a[i] = _mm512_setzero_ps();
+    for (int kd = 0; kd < KT; kd++)
+        for (int kh = 0; kh < KH; kh++) {
+            const float *p0 = src[0] + kd * sd + kh * sh, *p1 = src[1] + kd * sd + kh * sh;
+            const float *up = u + (ptrdiff_t)(kd * KH + kh) * CI * 4 * CO;
+            for (int i = 0; i < CI; i++, p0 += sc, p1 += sc, up += 4 * CO) {
+                const __m512 l0 = _mm512_loadu_ps(p0), l1 = _mm512_loadu_ps(p1);
+                const __m512 m0 = _mm512_loadu_ps(p0 + 2), m1 = _mm512_loadu_ps(p1 + 2);
+                const __m512 e0 = _mm512_permutex2var_ps(l0, even, l1), o0 = _mm512_permutex2var_ps(l0, odd, l1);
+                const __m512 e1 = _mm512_permutex2var_ps(m0, even, m1), o1 = _mm512_permutex2var_ps(m0, odd, m1);
+                const __m512 v[4] = {_mm512_sub_ps(e0, e1), _mm512_add_ps(o0, e1), _mm512_sub_ps(e1, o0),
+                                     _mm512_sub_ps(o0, o1)};
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+#pragma GCC unroll 6
+                    for (int j = 0; j < 6; j++)
+                        a[6 * k + j] = _mm512_fmadd_ps(_mm512_set1_ps(up[k * CO + j]), v[k], a[6 * k + j]);
+            }
+        }
+    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+#pragma GCC unroll 6
+    for (int j = 0; j < 6; j++) {
+        const __m512 y0 = _mm512_add_ps(_mm512_add_ps(a[j], a[6 + j]), a[12 + j]);
+        const __m512 y1 = _mm512_sub_ps(_mm512_sub_ps(a[6 + j], a[12 + j]), a[18 + j]);
+        _mm512_storeu_ps(out + 32 * j, _mm512_permutex2var_ps(y0, lo, y1));
+        _mm512_storeu_ps(out + 32 * j + 16, _mm512_permutex2var_ps(y0, hi, y1));
+    }
+}
+
+/* wino_tile with constant taps (3 x 3 and 1 x 3 before the row's three), so that the tap loops unroll; any other
+ * taps use the generic one. */
+#define MF_WINO_TILE(name, KT_, KH_)                                                                                \
+    __attribute__((target("avx512f"))) static void name(const float *const src[2], const float *u, int CI, int CO, \
+                                                        int KT, int KH, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sc,   \
+                                                        float *out) {                                               \
+        if (KT_ && KH_) wino_tile(src, u, CI, CO, KT_, KH_, sd, sh, sc, out);                                       \
+        else wino_tile(src, u, CI, CO, KT, KH, sd, sh, sc, out);                                                    \
+    }
+MF_WINO_TILE(wino_tile33, 3, 3)
+MF_WINO_TILE(wino_tile13, 1, 3)
+MF_WINO_TILE(wino_tile_any, 0, 0)
+
+/* conv_row for nrows rows (input rows row0 + r * sh, outputs o_buf + r * or_buf or o_cl + r * or_cl, addend a_cl +
+ * r * or_cl), on the Winograd tile where it applies (AVX-512, KW == 3, ug: the group's weights transformed, (KT, KH,
+ * CI, 4, CO), see wino_tile; NULL: direct tiles). Its chunks of 16 positions run four at a time, in row order across
+ * rows: one row of conv2 at 224 (56 positions, the last 8 computed for nothing), two of conv3 (28), four of conv4 (14). */
+static void conv_rows(const float *row0, int nrows, const float *wg, const float *ug, const float *bg, int W, int CI,
+                      int CO, int KT, int KH, int KW, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sc, int relu, float *o_buf,
+                      ptrdiff_t oc_s, ptrdiff_t or_buf, float *o_cl, const float *a_cl, ptrdiff_t or_cl, int C) {
+    /* not for 49-56 positions, where the direct 6 x 56 tile computes no position for nothing and the Winograd one 8
+     * of 64 (conv2 at 224: a tie or slower), nor for fewer than 12 input channels (conv2's 6 at 112 in training:
+     * a tie) */
+    if (ug == NULL || !mf_avx512 || !mf_winograd || KW != 3 || CO % 6 || CI < 12 || (W > 48 && W <= 56)) {
+        for (int r = 0; r < nrows; r++)
+            conv_row(row0 + r * sh, wg, bg, W, CI, CO, KT, KH, KW, sd, sh, sc, relu, o_buf ? o_buf + r * or_buf : NULL,
+                     oc_s, o_cl ? o_cl + r * or_cl : NULL, a_cl ? a_cl + r * or_cl : NULL, C);
+        return;
+    }
+    const int per_row = (W + 15) / 16, chunks = nrows * per_row;
+    float t[6 * 32];
+    for (int c0 = 0; c0 < chunks; c0 += 2) {
+        const int n = chunks - c0 < 2 ? chunks - c0 : 2;
+        const float *src[2];
+        int rr[2], xx[2];
+        for (int k = 0; k < 2; k++) { /* a missing chunk repeats the last one; its results are not stored */
+            const int idx = c0 + (k < n ? k : n - 1);
+            rr[k] = idx / per_row;
+            xx[k] = 16 * (idx % per_row);
+            src[k] = row0 + rr[k] * sh + xx[k];
+        }
+        for (int oc = 0; oc < CO; oc += 6) {
+            if (KT == 3 && KH == 3) wino_tile33(src, ug + oc, CI, CO, KT, KH, sd, sh, sc, t);
+            else if (KT == 1 && KH == 3) wino_tile13(src, ug + oc, CI, CO, KT, KH, sd, sh, sc, t);
+            else wino_tile_any(src, ug + oc, CI, CO, KT, KH, sd, sh, sc, t);
+            for (int k = 0; k < n; k++) {
+                __m256 acc[12];
+                for (int j = 0; j < 6; j++) {
+                    const __m256 b = _mm256_broadcast_ss(bg + oc + j);
+                    acc[2 * j] = _mm256_add_ps(_mm256_loadu_ps(t + 32 * j + 16 * k), b);
+                    acc[2 * j + 1] = _mm256_add_ps(_mm256_loadu_ps(t + 32 * j + 16 * k + 8), b);
+                }
+                const int valid = W - xx[k] < 16 ? W - xx[k] : 16;
+                if (o_buf)
+                    emit_rows(acc, relu, valid, o_buf + rr[k] * or_buf + (ptrdiff_t)oc * oc_s + xx[k], oc_s);
+                else
+                    emit_channels_last(acc, relu, valid, o_cl + rr[k] * or_cl + (ptrdiff_t)xx[k] * C + oc,
+                                       a_cl ? a_cl + rr[k] * or_cl + (ptrdiff_t)xx[k] * C + oc : NULL, C);
+            }
+        }
+    }
+}
+
 /* Grouped convolution of a padded group-major buffer (the buffer's padding is the convolution's), with
  * temporal stride ST and spatial stride 1; D, H, W are the output's sizes.  weight: (G, KT, KH, KW, CI, CO) with CO a multiple of 6; bias: (G*CO).
  * out_buf != NULL: relu? result into the interior of a padded group-major buffer (N, G, D+2qd, H+2qh, CO, Wq)
  *                  (its padding stays zero);
  * out_cl  != NULL: result (+ add, channels-last like out_cl, when add != NULL) into (N, D, H, W, G*CO).
+ * wino: the weights transformed for the Winograd tile, (G, KT, KH, CI, 4, CO) (see wino_tile; KW == 3), or NULL.
  * items: (n, g, d) into out_buf, blocks of MF_ROWS output rows (n, d, h / MF_ROWS) into out_cl. */
 void mf_conv(const float *buf, const float *weight, const float *bias, int D, int H, int W, int G, int CI, int CO,
              int KT, int KH, int KW, int ST, int Dp, int Hp, int Wp, int relu, float *out_buf, int qd, int qh, int qw,
-             int Wq, float *out_cl, const float *add, mf_sched *sched, int item0, int item1) {
+             int Wq, float *out_cl, const float *add, const float *wino, mf_sched *sched, int item0, int item1) {
     const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
     const ptrdiff_t oc_s = Wq, oh_s = (ptrdiff_t)CO * Wq, od_s = oh_s * (H + 2 * qh), og_s = od_s * (D + 2 * qd);
     const ptrdiff_t on_s = og_s * G;
@@ -550,16 +667,17 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
         const int g0 = rows_first ? 0 : (item / D) % G, g1 = rows_first ? G : g0 + 1;
         const int h0 = rows_first ? (item % HB) * MF_ROWS : 0;
         const int h1 = rows_first ? (h0 + MF_ROWS < H ? h0 + MF_ROWS : H) : H;
-        for (int g = g0; g < g1; g++)
-            for (int h = h0; h < h1; h++) {
-                const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h * sh;
-                const float *wg = weight + (ptrdiff_t)g * KT * KH * KW * CI * CO;
-                const ptrdiff_t pos = (((ptrdiff_t)n * D + d) * H + h) * W;
-                float *o_buf = out_buf ? out_buf + n * on_s + g * og_s + (d + qd) * od_s + (h + qh) * oh_s + qw : NULL;
-                float *o_cl = out_cl ? out_cl + pos * C + g * CO : NULL;
-                const float *a_cl = add ? add + pos * C + g * CO : NULL;
-                conv_row(row, wg, bias + g * CO, W, CI, CO, KT, KH, KW, sd, sh, sc, relu, o_buf, oc_s, o_cl, a_cl, C);
-            }
+        for (int g = g0; g < g1; g++) {
+            const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h0 * sh;
+            const float *wg = weight + (ptrdiff_t)g * KT * KH * KW * CI * CO;
+            const float *ug = wino ? wino + (ptrdiff_t)g * KT * KH * CI * 4 * CO : NULL;
+            const ptrdiff_t pos = (((ptrdiff_t)n * D + d) * H + h0) * W;
+            float *o_buf = out_buf ? out_buf + n * on_s + g * og_s + (d + qd) * od_s + (h0 + qh) * oh_s + qw : NULL;
+            float *o_cl = out_cl ? out_cl + pos * C + g * CO : NULL;
+            const float *a_cl = add ? add + pos * C + g * CO : NULL;
+            conv_rows(row, h1 - h0, wg, ug, bias + g * CO, W, CI, CO, KT, KH, KW, sd, sh, sc, relu, o_buf, oc_s, oh_s,
+                      o_cl, a_cl, (ptrdiff_t)W * C, C);
+        }
     }
 }
 
@@ -619,51 +737,55 @@ int mf_conv_dense(const float *buf, const float *weight, const float *bias, int 
 #endif
 
 /* A unit's tail in one pass over whole frames: conv_m1 (temporal stride ST, + bias, ReLU) and then conv_m2 (1 x KH2
- * x KW2, + bias + add) into channels-last out, band by band of MF_TAIL_ROWS output rows, so that conv_m1's result
+ * x KW2, + bias + add) into channels-last out, band by band of MF_TAIL_ROWS output rows (or the whole frame), so that conv_m1's result
  * never leaves the cache (mf_conv twice writes it to a padded buffer of the whole clip and reads it back).
  *     buf: conv_m1's padded group-major input (N, G, Dp, Hp, CI, Wp); w1 (G, KT1, KH1, KW1, CI, CM), b1 (G*CM);
  *     w2 (G, 1, KH2, KW2, CM, CO), b2 (G*CO); out, add: channels-last (N, D, H, W, G*CO); D, H, W: the output's.
  * Each thread keeps, per group, a window of conv_m1's rows h0 - KH2/2 .. h1 - 1 + KH2/2 (zero-padded like a
  * buffer row of Wp floats; the rows that overlap the previous band are moved up, not recomputed).
+ * u1, u2: w1 and w2 transformed for the Winograd tile (see wino_tile; KW1, KW2 == 3), or NULL.
  * Returns 1 if its scratch could not be allocated (nothing written), else 0. items: frames (n, d). */
 int mf_tail(const float *buf, const float *w1, const float *b1, const float *w2, const float *b2, int D, int H, int W,
             int G, int CI, int CM, int CO, int KT1, int KH1, int KW1, int ST, int KH2, int KW2, int Dp, int Hp,
-            int Wp, float *out, const float *add, mf_sched *sched, int item0, int item1) {
+            int Wp, float *out, const float *add, const float *u1, const float *u2, mf_sched *sched, int item0,
+            int item1) {
     const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
-    const int ph2 = KH2 / 2, pw2 = KW2 / 2, rows = MF_TAIL_ROWS + 2 * ph2, C = G * CO;
+    /* frames of at most 2 * MF_TAIL_ROWS rows in one band: conv4's 14 rows at 224 as 8 + 6 had left the Winograd
+     * tile (two rows per vector at 14 wide) an odd row count in each of conv_m1's calls, a vector half computed for
+     * nothing */
+    const int band = H <= 2 * MF_TAIL_ROWS ? H : MF_TAIL_ROWS;
+    const int ph2 = KH2 / 2, pw2 = KW2 / 2, rows = band + 2 * ph2, C = G * CO;
     const ptrdiff_t wr = (ptrdiff_t)CM * Wp, wg = wr * rows; /* a window row (CM channels), a group's window */
     float *window = (float *)malloc(sizeof(float) * (size_t)(wg * G));
     if (window == NULL) return 1;
     for (ptrdiff_t k = 0; k < wg * G; k++) window[k] = 0.f;
     MF_ITEMS(item) {
         const int n = item / D, d = item % D;
-        for (int h0 = 0; h0 < H; h0 += MF_TAIL_ROWS) {
-            const int h1 = h0 + MF_TAIL_ROWS < H ? h0 + MF_TAIL_ROWS : H;
+        for (int h0 = 0; h0 < H; h0 += band) {
+            const int h1 = h0 + band < H ? h0 + band : H;
             const ptrdiff_t pos0 = (((ptrdiff_t)n * D + d) * H + h0) * W;
             for (int g = 0; g < G; g++) {
                 float *win = window + g * wg; /* row r: conv_m1's output row h0 - ph2 + r */
                 int r0 = 0;
                 if (h0 > 0) { /* the rows shared with the previous band */
-                    for (ptrdiff_t k = 0; k < 2 * ph2 * wr; k++) win[k] = win[MF_TAIL_ROWS * wr + k];
+                    for (ptrdiff_t k = 0; k < 2 * ph2 * wr; k++) win[k] = win[band * wr + k];
                     r0 = 2 * ph2;
                 }
-                for (int r = r0; r < h1 - h0 + 2 * ph2; r++) {
-                    const int h = h0 - ph2 + r;
-                    float *o = win + r * wr + pw2;
-                    if (h < 0 || h >= H) {
-                        for (int c = 0; c < CM; c++) zero(o + (ptrdiff_t)c * Wp, W);
-                        continue;
-                    }
-                    const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h * sh;
-                    conv_row(row, w1 + (ptrdiff_t)g * KT1 * KH1 * KW1 * CI * CM, b1 + g * CM, W, CI, CM, KT1, KH1, KW1,
-                             sd, sh, sc, 1, o, Wp, NULL, NULL, 0);
+                const int r1 = h1 - h0 + 2 * ph2; /* window rows r0 .. r1 - 1 to compute: those inside the frame */
+                const int lo = ph2 - h0 > r0 ? ph2 - h0 : r0, hi = H - h0 + ph2 < r1 ? H - h0 + ph2 : r1;
+                for (int r = r0; r < r1; r++)
+                    if (r < lo || r >= hi)
+                        for (int c = 0; c < CM; c++) zero(win + r * wr + pw2 + (ptrdiff_t)c * Wp, W);
+                if (hi > lo) {
+                    const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + (ptrdiff_t)(h0 - ph2 + lo) * sh;
+                    conv_rows(row, hi - lo, w1 + (ptrdiff_t)g * KT1 * KH1 * KW1 * CI * CM,
+                              u1 ? u1 + (ptrdiff_t)g * KT1 * KH1 * CI * 4 * CM : NULL, b1 + g * CM, W, CI, CM, KT1, KH1,
+                              KW1, sd, sh, sc, 1, win + lo * wr + pw2, Wp, wr, NULL, NULL, 0, 0);
                 }
-                for (int h = h0; h < h1; h++) {
-                    const ptrdiff_t pos = pos0 + (ptrdiff_t)(h - h0) * W;
-                    conv_row(win + (h - h0) * wr, w2 + (ptrdiff_t)g * KH2 * KW2 * CM * CO, b2 + g * CO, W, CM, CO, 1,
-                             KH2, KW2, 0, wr, Wp, 0, NULL, 0, out + pos * C + g * CO, add ? add + pos * C + g * CO : NULL,
-                             C);
-                }
+                conv_rows(win, h1 - h0, w2 + (ptrdiff_t)g * KH2 * KW2 * CM * CO,
+                          u2 ? u2 + (ptrdiff_t)g * KH2 * CM * 4 * CO : NULL, b2 + g * CO, W, CM, CO, 1, KH2, KW2, 0, wr,
+                          Wp, 0, NULL, 0, 0, out + pos0 * C + g * CO, add ? add + pos0 * C + g * CO : NULL,
+                          (ptrdiff_t)W * C, C);
             }
         }
     }

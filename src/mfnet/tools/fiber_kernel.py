@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "MFNET_KERNELS"
 AVX512_ENV_VAR = "MFNET_KERNEL_AVX512"
+WINOGRAD_ENV_VAR = "MFNET_KERNEL_WINOGRAD"
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c99")
 TILE_CHANNELS = 6  # output channels per register tile; a group's output channels must be a multiple
 # Where the kernel beats oneDNN, measured unit by unit (inference: a unit's tail, 8 frames, batch 1). On the AVX-512
@@ -107,6 +108,18 @@ def set_avx512(on: bool | None = None) -> bool:
     return on
 
 
+def set_winograd(on: bool | None = None) -> bool:
+    """Lets the kernel's convolutions with three taps along the rows use the Winograd tile (``on=None``: on unless
+    ``MFNET_KERNEL_WINOGRAD=0``; it needs the AVX-512 tiles); returns whether it is on. The direct tiles compute the
+    same convolution in another order (differences of a few units in the last place)."""
+    lib = _library()
+    if on is None:
+        on = os.environ.get(WINOGRAD_ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+    lib.mf_set_winograd(int(bool(on)))
+    _state["winograd"] = bool(on)
+    return bool(on)
+
+
 def cache_dir() -> Path:
     """Where the compiled kernel is kept: ``$MFNET_CACHE_DIR/kernels`` or ``~/.cache/mfnet/kernels``."""
     root = os.environ.get("MFNET_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "mfnet")
@@ -147,6 +160,7 @@ def load() -> ctypes.CDLL | None:
                 _declare(lib)
                 _state["loaded"] = lib  # kept for modules built with it, even if load() is later turned off
                 set_avx512()
+                set_winograd()
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 logger.info("fiber kernel unavailable (%s); using oneDNN", err)
                 lib = None
@@ -160,7 +174,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 11 + items
     lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 13 + [_PTR] * 3 + [_INT] * 3 + items
     lib.mf_mux_pack.restype = _INT
-    lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 2 + items
+    lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 3 + items
     lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 18 + items
     # BatchNorm + ReLU in training (mfnet.tools.train_bn): rows P as a C long, channels as an int
     lib.mf_bn_stats.argtypes = [_PTR] * 4 + [_LONG, _INT] + items
@@ -170,14 +184,16 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_bn_finalize.argtypes = [_PTR, _PTR, _INT] + [_PTR] * 5 + [_DOUBLE, _DOUBLE, _LONG, _INT] + [_PTR] * 4
     lib.mf_bn_grad_finalize.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _LONG, _INT] + [_PTR] * 5
     lib.mf_set_avx512.argtypes = [_INT]
+    lib.mf_set_winograd.argtypes = [_INT]
     lib.mf_conv_dense.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] * 2 + [_INT] + [_PTR] * 3 + [_INT] + items
     lib.mf_conv_dense.restype = _INT
-    lib.mf_tail.argtypes = [_PTR] * 5 + [_INT] * 16 + [_PTR] * 2 + items
+    lib.mf_tail.argtypes = [_PTR] * 5 + [_INT] * 16 + [_PTR] * 4 + items
     lib.mf_tail.restype = _INT
     lib.mf_max_pool.argtypes = [_PTR, _PTR] + [_INT] * 13 + items
     lib.mf_max_pool.restype = None
     bn = (lib.mf_bn_stats, lib.mf_bn_relu, lib.mf_bn_relu_grad_sums, lib.mf_bn_relu_grad_input, lib.mf_bn_finalize)
-    for fn in (lib.mf_pack, lib.mf_conv, lib.mf_conv_wgrad, *bn, lib.mf_bn_grad_finalize, lib.mf_set_avx512):
+    setters = (lib.mf_set_avx512, lib.mf_set_winograd)
+    for fn in (lib.mf_pack, lib.mf_conv, lib.mf_conv_wgrad, *bn, lib.mf_bn_grad_finalize, *setters):
         fn.restype = None
 
 
@@ -336,6 +352,8 @@ class KernelFiberTail(nn.Module):
         self.register_buffer("bias_1", _bias(bias_1, weight_1.shape[0]))
         self.register_buffer("weight_2", _kernel_weight(weight_2.float(), groups))
         self.register_buffer("bias_2", _bias(bias_2, weight_2.shape[0]))
+        self.register_buffer("wino_1", _winograd_weight(self.weight_1))  # None where a conv has no 3 taps along rows
+        self.register_buffer("wino_2", _winograd_weight(self.weight_2))
         self.kernel_1 = tuple(weight_1.shape[2:])
         self.kernel_2 = tuple(weight_2.shape[2:])
         self.fused = True  # conv_m1 and a 1 x kh x kw conv_m2 in one pass (mf_tail); False: two mf_conv passes
@@ -396,16 +414,17 @@ class KernelFiberTail(nn.Module):
         if self._one_pass():  # conv2/conv3/conv4 units at 224: 0.2-1.3 ms faster each than two passes
             weights = (_ptr(buf_1), _ptr(self.weight_1), _ptr(self.bias_1), _ptr(self.weight_2), _ptr(self.bias_2))
             dims = (t_out, h, w, g, c_in, c_mid, c_out // g, *self.kernel_1, self.temporal_stride, *self.kernel_2[1:])
-            if any(_parallel(lib.mf_tail, (*weights, *dims, *dims_1, _ptr(out), _ptr(shortcut)), n * t_out)):
+            wino = (_ptr(self.wino_1), _ptr(self.wino_2))
+            if any(_parallel(lib.mf_tail, (*weights, *dims, *dims_1, _ptr(out), _ptr(shortcut), *wino), n * t_out)):
                 raise MemoryError("the fiber kernel could not allocate its scratch rows")
             return out
         buf_2 = buffers[1]
         dims_2 = (buf_2.shape[2], buf_2.shape[3], buf_2.shape[5])
         conv_1 = (_ptr(buf_1), _ptr(self.weight_1), _ptr(self.bias_1), t_out, h, w, g, c_in, c_mid, *self.kernel_1)
-        into_buffer = (1, _ptr(buf_2), pd2, ph2, pw2, dims_2[2], None, None)
+        into_buffer = (1, _ptr(buf_2), pd2, ph2, pw2, dims_2[2], None, None, _ptr(self.wino_1))
         _parallel(lib.mf_conv, (*conv_1, self.temporal_stride, *dims_1, *into_buffer), n * g * t_out)
         conv_2 = (_ptr(buf_2), _ptr(self.weight_2), _ptr(self.bias_2), t_out, h, w, g, c_mid, c_out // g)
-        into_output = (0, None, 0, 0, 0, 0, _ptr(out), _ptr(shortcut))
+        into_output = (0, None, 0, 0, 0, 0, _ptr(out), _ptr(shortcut), _ptr(self.wino_2))
         _parallel(lib.mf_conv, (*conv_2, *self.kernel_2, 1, *dims_2, *into_output), n * t_out * _row_blocks(h))
         return out
 
@@ -692,6 +711,16 @@ def _kernel_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return weight.detach().reshape(groups, c_out // groups, c_in, kt, kh, kw).permute(0, 3, 4, 5, 2, 1).contiguous()
 
 
+def _winograd_weight(weight: torch.Tensor) -> torch.Tensor | None:
+    """A kernel-layout weight ``(G, kt, kh, 3, C_in/G, C_out/G)`` transformed for the Winograd tile of
+    ``fiber_conv.c`` (``wino_tile``): ``(G, kt, kh, C_in/G, 4, C_out/G)`` holding ``w0``, ``(w0 + w1 + w2) / 2``,
+    ``(w0 - w1 + w2) / 2`` and ``w2`` of the three taps along the rows; ``None`` for other widths."""
+    if weight.shape[3] != 3:
+        return None
+    w0, w1, w2 = weight.double().unbind(3)
+    return torch.stack([w0, (w0 + w1 + w2) / 2, (w0 - w1 + w2) / 2, w2], dim=4).float().contiguous()
+
+
 def _pack_into(
     buf: torch.Tensor,
     x: torch.Tensor,
@@ -733,7 +762,8 @@ def _conv(
         if tuple(add.shape) != tuple(out_shape):
             raise ValueError(f"cannot add a tensor of shape {tuple(add.shape)} to the output {tuple(out_shape)}")
         add = add.contiguous(memory_format=CL3D)
-    into_output = (int(relu), None, 0, 0, 0, 0, _ptr(out), _ptr(add))
+    wino = _winograd_weight(weight)  # held here: the kernel reads it after this line
+    into_output = (int(relu), None, 0, 0, 0, 0, _ptr(out), _ptr(add), _ptr(wino))
     _parallel(lib.mf_conv, (*conv, buf.shape[2], buf.shape[3], buf.shape[5], *into_output), n * t * _row_blocks(h))
     return out
 

@@ -450,6 +450,16 @@ def test_prepared_convolutions_use_the_kernel_on_wide_frames_only() -> None:
     assert fiber_kernel.supports(conv4, 16, (1, 1, 1), (1, 1, 1))
     assert not fiber_kernel.supports_training(conv4, 16, (1, 1, 1), (1, 1, 1))
     assert fiber_kernel.worth_it(mid) and not fiber_kernel.worth_it(torch.randn(1, 96, 2, 4, 7))  # inference
+    flat12 = torch.nn.Conv3d(192, 192, (1, 3, 3), padding=(0, 1, 1), groups=16, bias=False)  # conv3's conv_m2
+    enable_fast_backward(flat12)
+    mid12 = torch.randn(1, 192, 2, 4, 14)
+    try:
+        for on in (True, False):  # 12 channels per group, 14 wide: on the kernel where its Winograd tile runs
+            fiber_kernel.set_winograd(on)
+            expected = "_FiberConv3dBackward" if on and fiber_kernel.avx512_available() else "_FastBackwardBackward"
+            assert type(flat12(mid12).grad_fn).__name__ == expected
+    finally:
+        fiber_kernel.set_winograd()
 
 
 @needs_kernel

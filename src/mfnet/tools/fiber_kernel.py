@@ -53,19 +53,31 @@ MIN_WIDTH = 14
 MAX_GROUP_CHANNELS_TRAINING = 12  # training (mfnet.tools.train_convs): measured for 6 and 12 channels per group
 MIN_WIDTH_TRAINING = 24
 MIN_WIDTH_3X3X3_TRAINING = 14  # forward + backward of a 3x3x3 at 14 wide: 48.6 ms against 52.9 (1x3x3: 22.3 / 20.2)
+WINOGRAD_MIN_CHANNELS = 12  # conv_rows in fiber_conv.c: fewer input channels per group stay on the direct tiles
 MUX_CHANNELS = 24  # the multiplexer's hidden channels must be a multiple of this (mf_mux_pack's 4 x 24 tiles)
 MUX_POSITIONS = 28  # least positions per work item of the multiplexer (whole rows; see _mux_rows)
 
 
-def worth_it(x: torch.Tensor, kernel_size: tuple[int, ...] | None = None, *, training: bool = False) -> bool:
-    """Whether the kernel beats oneDNN on activations of this shape ``(N, C, T, H, W)``: in inference, frames at
-    least 14 wide; in training, 24 wide, or 14 for the forward and backward of a ``3x3x3`` convolution (MF-Net's
-    conv3 at 112)."""
+def worth_it(
+    x: torch.Tensor, kernel_size: tuple[int, ...] | None = None, *, training: bool = False, groups: int = 1
+) -> bool:
+    """Whether the kernel beats oneDNN on activations of this shape ``(N, C, T, H, W)`` (``groups``: the
+    convolution's): in inference, frames at least 14 wide; in training, 24 wide, or 14 for the forward and backward
+    of a ``3x3x3`` convolution (MF-Net's conv3 at 112) and of one with three taps along the rows that runs on the
+    Winograd tile (conv3's ``1x3x3`` at 112: 28.0 against 32.3 ms; a tie with the direct tiles)."""
     if not training:
         return x.shape[-1] >= MIN_WIDTH
     if kernel_size is not None and tuple(kernel_size) == (3, 3, 3):
         return x.shape[-1] >= MIN_WIDTH_3X3X3_TRAINING
+    if kernel_size is not None and kernel_size[-1] == 3 and winograd_runs(x.shape[1] // groups):
+        return x.shape[-1] >= MIN_WIDTH_3X3X3_TRAINING
     return x.shape[-1] >= MIN_WIDTH_TRAINING
+
+
+def winograd_runs(channels: int) -> bool:
+    """Whether a convolution with three taps along the rows and ``channels`` input channels per group runs on the
+    kernel's Winograd tile (``fiber_conv.c``'s ``conv_rows``: AVX-512 on, the tile on, at least 12 channels)."""
+    return bool(_state.get("avx512")) and bool(_state.get("winograd")) and channels >= WINOGRAD_MIN_CHANNELS
 
 
 CL3D = torch.channels_last_3d

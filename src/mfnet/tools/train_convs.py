@@ -56,7 +56,11 @@ class FastBackwardConv3d(nn.Conv3d):
         if add is not None and (isinstance(self.padding, str) or tuple(add.shape) != self._out_shape(x)):
             return self.forward(x) + add  # broadcast: a sum of its own
         if _applies(x, self.weight, self.padding_mode, self.dilation):
-            if self.bias is None and self._on_kernel() and fiber_kernel.worth_it(x, self.kernel_size, training=True):
+            if (
+                self.bias is None
+                and self._on_kernel()
+                and fiber_kernel.worth_it(x, self.kernel_size, training=True, groups=self.groups)
+            ):
                 return fiber_kernel.fiber_conv3d(x, self.weight, self.padding, self.groups, add=add)
             conv = (x, self.weight, self.bias, self.stride, self.padding, self.groups)
             if add is not None and not _sum_fuses(x, add):

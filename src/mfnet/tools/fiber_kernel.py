@@ -729,8 +729,9 @@ def _winograd_weight(weight: torch.Tensor) -> torch.Tensor | None:
     ``(w0 - w1 + w2) / 2`` and ``w2`` of the three taps along the rows; ``None`` for other widths."""
     if weight.shape[3] != 3:
         return None
-    w0, w1, w2 = weight.double().unbind(3)
-    return torch.stack([w0, (w0 + w1 + w2) / 2, (w0 - w1 + w2) / 2, w2], dim=4).float().contiguous()
+    w0, w1, w2 = weight.detach().float().unbind(3)
+    outer = w0 + w2
+    return torch.stack([w0, (outer + w1) * 0.5, (outer - w1) * 0.5, w2], dim=4)
 
 
 def _pack_into(
@@ -774,7 +775,7 @@ def _conv(
         if tuple(add.shape) != tuple(out_shape):
             raise ValueError(f"cannot add a tensor of shape {tuple(add.shape)} to the output {tuple(out_shape)}")
         add = add.contiguous(memory_format=CL3D)
-    wino = _winograd_weight(weight)  # held here: the kernel reads it after this line
+    wino = _winograd_weight(weight) if winograd_runs(ci) else None  # held here: the kernel reads it below
     into_output = (int(relu), None, 0, 0, 0, 0, _ptr(out), _ptr(add), _ptr(wino))
     _parallel(lib.mf_conv, (*conv, buf.shape[2], buf.shape[3], buf.shape[5], *into_output), n * t * _row_blocks(h))
     return out

@@ -4,7 +4,8 @@
  * most of each 8-lane vector and most of each load is wasted. Here a group's activations are kept group-major,
  *     buffer (N, G, Dp, Hp, CI, Wp)    padded with zeros on every side, Wp >= round_up(W, 16) + 8,
  * and the kernel vectorises over the output width: a 6 x 16 tile of outputs (6 output channels of one group,
- * 16 positions of one row) lives in 12 registers while the input rows stream through.
+ * 16 positions of one row) lives in 12 registers while the input rows stream through. With AVX-512, wider tiles,
+ * and for 12 or more input channels per group a Winograd F(2,3) tile along the rows (wino_tile, conv_rows).
  *
  * Built and loaded at run time by mfnet.tools.fiber_kernel (ctypes); every function works on the items
  * [item0, item1) of its problem, shared between the caller's threads through an mf_sched (see MF_ITEMS).

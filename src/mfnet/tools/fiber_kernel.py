@@ -2,7 +2,9 @@
 
 MF-Net's ``conv2`` and ``conv3`` stages are grouped convolutions with 6 and 12 channels per group, which oneDNN
 runs at 17-48 GMAC/s on the 2-core test machine. ``csrc/fiber_conv.c`` keeps each group's activations
-group-major and vectorises over the output width instead (71-82 GMAC/s on the same shapes). It is compiled once
+group-major and vectorises over the output width instead (71-82 GMAC/s on the same shapes; with AVX-512 and 12
+or more input channels per group, pairs of outputs along a row come from a Winograd F(2,3) tile, 4 multiply-adds
+per pair where direct tiles take 6: ``set_winograd``). It is compiled once
 per machine with the system C compiler (AVX2 + FMA), cached under ``~/.cache/mfnet/kernels`` (or
 ``$MFNET_CACHE_DIR/kernels``) and loaded with ``ctypes``; where there is no compiler or no AVX2, or with
 ``MFNET_KERNELS=0``, ``load()`` returns ``None`` and the fast path keeps using oneDNN.

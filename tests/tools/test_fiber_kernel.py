@@ -190,6 +190,53 @@ def test_conv_then_dense_matches_pytorch(size: tuple[int, ...]) -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize(
+    ("c_in", "size"),
+    [
+        (96, (1, 3, 16, 56)),  # conv3's first unit at 224 (28 wide out: two 16-output chunks per row, 8-row blocks)
+        (192, (1, 2, 28, 28)),  # conv4's (14 wide out: two rows per vector)
+        (96, (2, 3, 9, 27)),  # odd sizes: 5 x 14 out, the last input column read as padding
+        (192, (1, 1, 3, 5)),  # 2 x 3 out: one partial chunk
+    ],
+)
+@pytest.mark.parametrize("avx512", [True, False])  # the strided AVX-512 tile, or plain loops
+def test_strided_conv_then_dense_matches_pytorch(c_in: int, size: tuple[int, ...], avx512: bool) -> None:
+    """The first units of conv3 and conv4: conv_m1 with spatial stride 2 (s2_tile), then the dense conv_m2 with the
+    projection folded into its product (mf_conv_dense)."""
+    if avx512 and not fiber_kernel.avx512_available():
+        pytest.skip("the strided tile needs AVX-512")
+    g = torch.Generator().manual_seed(5)
+    c_mid = 2 * c_in
+    scale, shift = _bn(c_in, g)
+    w1, b1 = torch.randn(c_mid, c_in // 16, 3, 3, 3, generator=g) * 0.2, torch.randn(c_mid, generator=g)
+    w2, b2 = torch.randn(c_mid, c_mid, 1, 1, 1, generator=g) * 0.1, torch.randn(c_mid, generator=g)
+    wp, bp = torch.randn(c_mid, c_in, 1, 1, 1, generator=g) * 0.1, torch.randn(c_mid, generator=g)
+    conv = KernelFiberConv(scale, shift, w1, b1, 16, spatial_stride=2, dense_weight=w2, dense_bias=b2)
+    n, t, h, w = size
+    x = torch.randn(n, c_in, t, h, w, generator=g).contiguous(memory_format=CL3D)
+    a = torch.relu(x * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1))
+    y = torch.relu(F.conv3d(a, w1, b1, stride=(1, 2, 2), padding=1, groups=16))
+    assert conv.out_size(t, h, w) == tuple(y.shape[2:])
+    p = torch.relu(torch.randn(n, c_in, *y.shape[2:], generator=g))
+    shortcut = torch.randn(n, c_mid, *y.shape[2:], generator=g)
+    try:
+        fiber_kernel.set_avx512(avx512)
+        conv.pack(x)
+        got = conv.conv(x.shape, add=shortcut)
+        assert got.is_contiguous(memory_format=CL3D)
+        torch.testing.assert_close(got, F.conv3d(y, w2, b2) + shortcut, rtol=1e-4, atol=1e-4)
+        conv.fold_projection(wp, bp)
+        got = conv.conv(x.shape, extra=p)
+        torch.testing.assert_close(got, F.conv3d(y, w2, b2) + F.conv3d(p, wp, bp), rtol=1e-4, atol=1e-4)
+    finally:
+        fiber_kernel.set_avx512()
+    with pytest.raises(ValueError, match="dense"):
+        conv(x)
+    with pytest.raises(ValueError, match="dense"):
+        KernelFiberConv(scale, shift, w1, b1, 16, spatial_stride=2)
+
+
+@needs_kernel
 @pytest.mark.parametrize("size", [(1, 2, 3, 56), (2, 3, 4, 13)])
 def test_whole_unit_with_the_multiplexer_matches_pytorch(size: tuple[int, ...]) -> None:
     """``KernelFiberTail.forward_unit``: the multiplexer writes straight into the packed buffer of ``conv_m1``."""
@@ -352,10 +399,21 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
     fast = optimize_for_inference(model, x, check=True)
     assert fast.fastpath_info.kernel_units == 2  # second units; first ones have a dense conv_m2 or a spatial stride
     assert isinstance(fast.conv2.B01.kernel_m1, KernelFiberConv)  # conv2's first conv_m1 (16 -> 96, stride 2 in time)
-    assert fast.conv3.B01.kernel_m1 is None  # spatial stride
+    strided = fast.conv3.B01.kernel_m1  # conv3's first: spatial stride 2 and a dense conv_m2, with AVX-512
+    if fiber_kernel.avx512_available():
+        assert strided.spatial_stride == 2 and strided.projection_channels == 96
+        calls = []
+        conv = strided.conv
+        strided.conv = lambda *args, **kwargs: calls.append(args) or conv(*args, **kwargs)
+        with torch.inference_mode():
+            fast(x)
+        assert len(calls) == 1  # it runs at these sizes (conv3's outputs 14 or 28 wide)
+        del strided.conv
+    else:
+        assert strided is None
     assert isinstance(fast.conv2.B02.kernel_mux, KernelMultiplexer)  # with its tail: the whole unit on the kernels
     assert isinstance(fast.conv2.B02.kernel_tail, KernelFiberTail)
-    assert isinstance(fast.conv3.B01.kernel_mux, KernelMultiplexer)  # the multiplexer only: conv_m1 has a stride
+    assert isinstance(fast.conv3.B01.kernel_mux, KernelMultiplexer)  # it packs the strided conv_m1's buffer
     assert fast.conv3.B01.kernel_mux.has_projection  # ... and the projection's BN-ReLU, subsampled
     assert fast.conv3.B01.conv_w1_compact is not None and fast.conv3.B01.conv_w1_compact.stride == [1, 1, 1]
     assert fast.conv2.B01.kernel_mux.has_projection  # 16 channels; it packs conv_m1's buffer and the projection's
@@ -376,6 +434,13 @@ def test_conv4_units_run_whole_on_the_kernels_and_match_the_model() -> None:
     assert isinstance(unit.kernel_tail, KernelFiberTail) and isinstance(unit.kernel_mux, KernelMultiplexer)
     assert unit.kernel_tail.weight_1.shape[-2:] == (24, 24)  # (G, kt, kh, kw, C_in/G, C_out/G)
     assert fast.fastpath_info.max_rel_diff < 1e-4
+    first = fast.conv4.B01.kernel_m1  # 12 -> 24 channels per fiber at stride 2, then the dense 384 -> 384
+    if fiber_kernel.avx512_available():
+        assert first.spatial_stride == 2 and first.weight.shape[-2:] == (12, 24)
+        assert first.worth_it(torch.empty(1, 192, 2, 28, 28)) and not first.worth_it(torch.empty(1, 192, 2, 14, 14))
+    # at 112 conv4's outputs are 7 wide: its first unit stays on oneDNN, with the same numbers
+    small = optimize_for_inference(model, torch.randn(1, 3, 4, 112, 112), check=True)
+    assert small.fastpath_info.max_rel_diff < 1e-4
 
 
 def test_turned_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:

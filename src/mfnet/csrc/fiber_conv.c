@@ -593,6 +593,83 @@ MF_WINO_TILE(wino_tile33, 3, 3)
 MF_WINO_TILE(wino_tile13, 1, 3)
 MF_WINO_TILE(wino_tile_any, 0, 0)
 
+static void chunk_rows(const float *row0, int nrows, int S, const float *w, const float *bg, int W, int CI, int CO,
+                       int KT, int KH, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sc, int relu, float *o_buf,
+                       ptrdiff_t oc_s, ptrdiff_t or_buf, float *o_cl, const float *a_cl, ptrdiff_t or_cl, int C);
+
+/* A convolution with spatial stride 2 and 3 x 3 taps in space, with AVX-512: 6 output channels x 2 chunks of 16
+ * outputs. Output x of a row reads the padded inputs 2x, 2x + 1 and 2x + 2: from the 32 inputs at 2 x0 the
+ * permutes of wino_tile take the even ones (tap 0) and the odd ones (tap 1), from the 32 at 2 x0 + 2 the even
+ * ones (tap 2), so every load serves 16 outputs and no lane is wasted on the skipped positions. src[k]: chunk k's
+ * first input (tap 0, 0, 0, input channel 0); w: (KT, KH, 3, CI, CO) at the tile's first output channel.
+ * out[32 * j + 16 * k + p]: channel j (0-5) at output p of chunk k, without bias. */
+__attribute__((target("avx512f"))) static void s2_tile(const float *const src[2], const float *w, int CI, int CO,
+                                                       int KT, int KH, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sc,
+                                                       float *out) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    __m512 a[12]; /* a[2 * j + k]: channel j, chunk k */
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_ps();
+    for (int kd = 0; kd < KT; kd++)
+        for (int kh = 0; kh < KH; kh++) {
+            const float *p0 = src[0] + kd * sd + kh * sh, *p1 = src[1] + kd * sd + kh * sh;
+            const float *wp = w + (ptrdiff_t)(kd * KH + kh) * 3 * CI * CO;
+            for (int i = 0; i < CI; i++, p0 += sc, p1 += sc, wp += CO) {
+                __m512 v[2][3];
+#pragma GCC unroll 2
+                for (int k = 0; k < 2; k++) {
+                    const float *q = k ? p1 : p0;
+                    const __m512 l0 = _mm512_loadu_ps(q), l1 = _mm512_loadu_ps(q + 16);
+                    const __m512 m0 = _mm512_loadu_ps(q + 2), m1 = _mm512_loadu_ps(q + 18);
+                    v[k][0] = _mm512_permutex2var_ps(l0, even, l1);
+                    v[k][1] = _mm512_permutex2var_ps(l0, odd, l1);
+                    v[k][2] = _mm512_permutex2var_ps(m0, even, m1);
+                }
+#pragma GCC unroll 3
+                for (int tap = 0; tap < 3; tap++)
+#pragma GCC unroll 6
+                    for (int j = 0; j < 6; j++) {
+                        const __m512 b = _mm512_set1_ps(wp[(ptrdiff_t)tap * CI * CO + j]);
+                        a[2 * j] = _mm512_fmadd_ps(b, v[0][tap], a[2 * j]);
+                        a[2 * j + 1] = _mm512_fmadd_ps(b, v[1][tap], a[2 * j + 1]);
+                    }
+            }
+        }
+#pragma GCC unroll 6
+    for (int j = 0; j < 6; j++) {
+        _mm512_storeu_ps(out + 32 * j, a[2 * j]);
+        _mm512_storeu_ps(out + 32 * j + 16, a[2 * j + 1]);
+    }
+}
+
+/* conv_rows for a convolution with spatial stride 2 (3 x 3 taps in space; output row r reads the input rows from
+ * row0 + 2 r sh): the tile above with AVX-512, else plain loops (correct, slow: the fast path builds strided tails
+ * only where AVX-512 runs). wg: (KT, KH, 3, CI, CO). */
+static void conv_rows_s2(const float *row0, int nrows, const float *wg, const float *bg, int W, int CI, int CO,
+                         int KT, int KH, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sc, int relu, float *o_buf,
+                         ptrdiff_t oc_s, ptrdiff_t or_buf, float *o_cl, const float *a_cl, ptrdiff_t or_cl, int C) {
+    if (mf_avx512 && CO % 6 == 0) {
+        chunk_rows(row0, nrows, 2, wg, bg, W, CI, CO, KT, KH, sd, sh, sc, relu, o_buf, oc_s, or_buf, o_cl, a_cl, or_cl,
+                   C);
+        return;
+    }
+    for (int r = 0; r < nrows; r++)
+        for (int o = 0; o < CO; o++)
+            for (int x = 0; x < W; x++) {
+                float v = bg[o];
+                for (int kd = 0; kd < KT; kd++)
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < 3; kw++)
+                            for (int i = 0; i < CI; i++)
+                                v += wg[(((ptrdiff_t)(kd * KH + kh) * 3 + kw) * CI + i) * CO + o] *
+                                     row0[2 * r * sh + kd * sd + kh * sh + i * sc + 2 * x + kw];
+                if (relu) v = v < 0.f ? 0.f : v; /* NaN stays NaN: a comparison with NaN is false */
+                if (o_buf) o_buf[r * or_buf + o * oc_s + x] = v;
+                else o_cl[r * or_cl + (ptrdiff_t)x * C + o] = v + (a_cl ? a_cl[r * or_cl + (ptrdiff_t)x * C + o] : 0.f);
+            }
+}
+
 /* conv_row for nrows rows (input rows row0 + r * sh, outputs o_buf + r * or_buf or o_cl + r * or_cl, addend a_cl +
  * r * or_cl), on the Winograd tile where it applies (AVX-512, KW == 3, ug: the group's weights transformed, (KT, KH,
  * CI, 4, CO), see wino_tile; NULL: direct tiles). Its chunks of 16 positions run four at a time, in row order across
@@ -609,6 +686,15 @@ static void conv_rows(const float *row0, int nrows, const float *wg, const float
                      oc_s, o_cl ? o_cl + r * or_cl : NULL, a_cl ? a_cl + r * or_cl : NULL, C);
         return;
     }
+    chunk_rows(row0, nrows, 1, ug, bg, W, CI, CO, KT, KH, sd, sh, sc, relu, o_buf, oc_s, or_buf, o_cl, a_cl, or_cl, C);
+}
+
+/* The chunk loop of conv_rows' Winograd tile and of conv_rows_s2's strided one (S: the spatial stride; w: the
+ * Winograd weights, or the plain ones (KT, KH, 3, CI, CO) with S == 2): chunks of 16 output positions two at a
+ * time, in row order across rows; output row r reads the input from row0 + r * S * sh, position x from S * x. */
+static void chunk_rows(const float *row0, int nrows, int S, const float *w, const float *bg, int W, int CI, int CO,
+                       int KT, int KH, ptrdiff_t sd, ptrdiff_t sh, ptrdiff_t sc, int relu, float *o_buf,
+                       ptrdiff_t oc_s, ptrdiff_t or_buf, float *o_cl, const float *a_cl, ptrdiff_t or_cl, int C) {
     const int per_row = (W + 15) / 16, chunks = nrows * per_row;
     float t[6 * 32];
     for (int c0 = 0; c0 < chunks; c0 += 2) {
@@ -619,12 +705,13 @@ static void conv_rows(const float *row0, int nrows, const float *wg, const float
             const int idx = c0 + (k < n ? k : n - 1);
             rr[k] = idx / per_row;
             xx[k] = 16 * (idx % per_row);
-            src[k] = row0 + rr[k] * sh + xx[k];
+            src[k] = row0 + rr[k] * S * sh + S * xx[k];
         }
         for (int oc = 0; oc < CO; oc += 6) {
-            if (KT == 3 && KH == 3) wino_tile33(src, ug + oc, CI, CO, KT, KH, sd, sh, sc, t);
-            else if (KT == 1 && KH == 3) wino_tile13(src, ug + oc, CI, CO, KT, KH, sd, sh, sc, t);
-            else wino_tile_any(src, ug + oc, CI, CO, KT, KH, sd, sh, sc, t);
+            if (S == 2) s2_tile(src, w + oc, CI, CO, KT, KH, sd, sh, sc, t);
+            else if (KT == 3 && KH == 3) wino_tile33(src, w + oc, CI, CO, KT, KH, sd, sh, sc, t);
+            else if (KT == 1 && KH == 3) wino_tile13(src, w + oc, CI, CO, KT, KH, sd, sh, sc, t);
+            else wino_tile_any(src, w + oc, CI, CO, KT, KH, sd, sh, sc, t);
             for (int k = 0; k < n; k++) {
                 __m256 acc[12];
                 for (int j = 0; j < 6; j++) {
@@ -688,10 +775,12 @@ void mf_conv(const float *buf, const float *weight, const float *bias, int D, in
  * extra: NULL, or channels-last (N, D, H, W, CX) inputs of a second 1x1x1 convolution whose weights are the last CX
  * rows of w_post (the first unit's projection shortcut: one matrix product for both, and no pass of its own);
  * w_post: (G*CO + CX, C_post); b_post: (C_post); out, add: channels-last (N, D, H, W, C_post), C_post a multiple
- * of 8. Returns 1 if its scratch could not be allocated (nothing written), else 0. items: as mf_conv's into out_cl. */
+ * of 8. SS: the convolution's spatial stride, 1, or 2 with 3 x 3 spatial taps (conv_rows_s2: the first units of
+ * conv3 and conv4, the input at twice the output's H and W). Returns 1 if its scratch could not be allocated
+ * (nothing written), else 0. items: as mf_conv's into out_cl. */
 int mf_conv_dense(const float *buf, const float *weight, const float *bias, int D, int H, int W, int G, int CI, int CO,
                   int KT, int KH, int KW, int ST, int Dp, int Hp, int Wp, int relu, const float *w_post,
-                  const float *b_post, int C_post, float *out, const float *add, const float *extra, int CX,
+                  const float *b_post, int C_post, float *out, const float *add, const float *extra, int CX, int SS,
                   mf_sched *sched, int item0, int item1) {
     const ptrdiff_t sc = Wp, sh = (ptrdiff_t)CI * Wp, sd = sh * Hp, sg = sd * Dp, sn = sg * G;
     const int C = G * CO, CK = C + (extra ? CX : 0), HB = (H + MF_ROWS - 1) / MF_ROWS;
@@ -704,7 +793,12 @@ int mf_conv_dense(const float *buf, const float *weight, const float *bias, int 
         const int n = item / (D * HB), d = (item / HB) % D;
         const int h0 = (item % HB) * MF_ROWS, h1 = h0 + MF_ROWS < H ? h0 + MF_ROWS : H;
         const ptrdiff_t pos0 = (((ptrdiff_t)n * D + d) * H + h0) * W;
-        for (int g = 0; g < G; g++)
+        for (int g = 0; g < G && SS == 2; g++) {
+            const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + (ptrdiff_t)h0 * 2 * sh;
+            conv_rows_s2(row, h1 - h0, weight + (ptrdiff_t)g * KT * KH * KW * CI * CO, bias + g * CO, W, CI, CO, KT, KH,
+                         sd, sh, sc, relu, NULL, 0, 0, scratch + g * CO, NULL, (ptrdiff_t)W * CK, CK);
+        }
+        for (int g = 0; g < G && SS == 1; g++)
             for (int h = h0; h < h1; h++) {
                 const float *row = buf + n * sn + g * sg + (ptrdiff_t)d * ST * sd + h * sh;
                 const float *wg = weight + (ptrdiff_t)g * KT * KH * KW * CI * CO;

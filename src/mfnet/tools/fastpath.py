@@ -478,9 +478,10 @@ class FusedFiberUnit(nn.Module):
         if self.kernel_mux is not None and _kernel_can_run(x):
             if self.kernel_tail is not None and not self.projection and fiber_kernel.worth_it(x):
                 return self.kernel_tail.forward_unit(x, self.kernel_mux)  # multiplexer, pack, conv_m1, conv_m2 + x
-            if self.kernel_m1 is not None and self.conv_w1_compact is not None and fiber_kernel.worth_it(x):
-                # conv2's first unit: the multiplexer packs conv_m1's buffer; conv_m1 and the dense conv_m2 with
-                # the projection's sum on the kernels
+            if self.kernel_m1 is not None and self.conv_w1_compact is not None and self.kernel_m1.worth_it(x):
+                # a stage's first unit (conv2-conv4): the multiplexer packs conv_m1's buffer; conv_m1 (temporal
+                # stride in conv2, spatial in conv3/conv4) and the dense conv_m2 with the projection's sum on the
+                # kernels
                 proj = self.kernel_m1.pack_from(x, self.kernel_mux)
                 if self.kernel_m1.projection_channels:
                     return self.kernel_m1.conv(x.shape, extra=proj)  # conv_m1, then conv_m2 and the projection
@@ -497,7 +498,7 @@ class FusedFiberUnit(nn.Module):
         shortcut = self.conv_w1(self.act_w(x)) if self.projection else x
         if self.kernel_tail is not None and _kernel_runs(x):
             return self.kernel_tail(x_in, shortcut)
-        if self.kernel_m1 is not None and _kernel_runs(x):
+        if self.kernel_m1 is not None and self.kernel_m1.spatial_stride == 1 and _kernel_runs(x):
             return self.conv_m2(self.kernel_m1(x_in), add=shortcut, add_in_place=self.projection)
         return self.conv_m2(self.conv_m1(self.act_m(x_in)), add=shortcut, add_in_place=self.projection)
 
@@ -512,20 +513,24 @@ def _kernel_runs(x: torch.Tensor) -> bool:
 
 def _kernel_m1(unit: MultiFiberUnit, conv_m1: FusedConv, conv_m2: FusedConv) -> KernelFiberConv | None:
     """The unit's ``BN-ReLU -> conv_m1`` on the hand-written kernel, where it runs, with ``conv_m2`` after it where
-    that is a dense 1x1x1 convolution (else ``conv_m2`` stays on oneDNN)."""
+    that is a dense 1x1x1 convolution (else ``conv_m2`` stays on oneDNN). A spatial stride of 2 (the first units of
+    mfnet3d's conv3 and conv4) runs where ``conv_m2`` is dense and the kernel's strided tile applies."""
     bn = unit.conv_m1.bn
+    if not isinstance(bn, _BatchNorm) or conv_m1.attr != "relu" or fiber_kernel.load() is None:
+        return None
+    dense = conv_m2.groups == 1 and conv_m2.attr == "none" and conv_m2.weight.shape[0] % 8 == 0
+    dense = dense and tuple(conv_m2.weight.shape[2:]) == (1, 1, 1) and tuple(conv_m2.stride) == (1, 1, 1)
+    stride = tuple(conv_m1.stride)
+    spatial_stride = 1
+    if stride[1:] == (2, 2) and dense and KernelFiberConv.spatial_stride_applies(conv_m1.weight, conv_m1.groups):
+        stride, spatial_stride = (stride[0], 1, 1), 2  # the strided tile reads the input at stride 2 itself
     if (
-        not isinstance(bn, _BatchNorm)
-        or conv_m1.attr != "relu"
-        or conv_m1.weight.device.type != "cpu"
+        conv_m1.weight.device.type != "cpu"
         or tuple(conv_m1.dilation) != (1, 1, 1)
-        or not fiber_kernel.supports(conv_m1.weight, conv_m1.groups, tuple(conv_m1.stride), tuple(conv_m1.padding))
-        or fiber_kernel.load() is None
+        or not fiber_kernel.supports(conv_m1.weight, conv_m1.groups, stride, tuple(conv_m1.padding))
     ):
         return None
     scale, shift = bn_affine(bn)
-    dense = conv_m2.groups == 1 and conv_m2.attr == "none" and conv_m2.weight.shape[0] % 8 == 0
-    dense = dense and tuple(conv_m2.weight.shape[2:]) == (1, 1, 1) and tuple(conv_m2.stride) == (1, 1, 1)
     return KernelFiberConv(
         scale,
         shift,
@@ -533,6 +538,7 @@ def _kernel_m1(unit: MultiFiberUnit, conv_m1: FusedConv, conv_m2: FusedConv) -> 
         conv_m1.bias,
         conv_m1.groups,
         temporal_stride=conv_m1.stride[0],
+        spatial_stride=spatial_stride,
         dense_weight=conv_m2.weight if dense else None,
         dense_bias=conv_m2.bias if dense else None,
     )

@@ -199,7 +199,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mf_bn_grad_finalize.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _LONG, _INT] + [_PTR] * 5
     lib.mf_set_avx512.argtypes = [_INT]
     lib.mf_set_winograd.argtypes = [_INT]
-    lib.mf_conv_dense.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] * 2 + [_INT] + [_PTR] * 3 + [_INT] + items
+    lib.mf_conv_dense.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] * 2 + [_INT] + [_PTR] * 3 + [_INT] * 2 + items
     lib.mf_conv_dense.restype = _INT
     lib.mf_tail.argtypes = [_PTR] * 5 + [_INT] * 16 + [_PTR] * 4 + items
     lib.mf_tail.restype = _INT
@@ -569,14 +569,16 @@ class KernelMultiplexer(nn.Module):
 class KernelFiberConv(nn.Module):
     """``relu(conv(relu(x * scale + shift)) + bias)`` with the kernel: BN-ReLU, then a grouped convolution.
 
-    The ``conv_m1`` of a unit whose ``conv_m2`` cannot run on the kernel (the first unit of MF-Net's conv2: 16 ->
-    96 channels with one input channel per fiber and a temporal stride, then a dense 1x1x1 ``conv_m2``). Input and
-    output ``(N, C, T, H, W)`` channels-last-3d, float32, CPU; the spatial size is kept. Not for training.
+    The ``conv_m1`` of a unit whose ``conv_m2`` cannot run on the kernel: a stage's first unit, whose ``conv_m2`` is
+    a dense 1x1x1 convolution (MF-Net's conv2: 16 -> 96 channels with one input channel per fiber and a temporal
+    stride; conv3 and conv4: a spatial stride of 2). Input and output ``(N, C, T, H, W)`` channels-last-3d, float32,
+    CPU. Not for training.
 
     With ``dense_weight`` (``(C_post, C_out, 1, 1, 1)``) and ``dense_bias``, ``conv`` also applies that dense 1x1x1
     convolution (the unit's ``conv_m2``) and a residual sum, block by block while the convolution's output is in
     cache (``mf_conv_dense``). ``fold_projection`` adds the unit's projection shortcut (a second dense 1x1x1
-    convolution, of the projection's input) to that matrix product.
+    convolution, of the projection's input) to that matrix product. A spatial stride of 2 (3x3 spatial taps,
+    ``spatial_stride_applies``) runs with the dense convolution only.
     """
 
     def __init__(
@@ -588,12 +590,17 @@ class KernelFiberConv(nn.Module):
         groups: int,
         *,
         temporal_stride: int = 1,
+        spatial_stride: int = 1,
         dense_weight: torch.Tensor | None = None,
         dense_bias: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
+        strided_ok = spatial_stride == 2 and dense_weight is not None and tuple(weight.shape[3:]) == (3, 3)
+        if spatial_stride != 1 and not strided_ok:
+            raise ValueError("a spatial stride of 2 needs 3x3 spatial taps and the dense convolution after them")
         self.groups = groups
         self.temporal_stride = temporal_stride
+        self.spatial_stride = spatial_stride
         self.kernel = tuple(weight.shape[2:])
         self.out_channels = weight.shape[0]
         _register_bn(self, scale, shift)
@@ -623,10 +630,32 @@ class KernelFiberConv(nn.Module):
         self.dense_bias = self.dense_bias + _bias(bias, c_post)
         self.projection_channels = c_x
 
+    @staticmethod
+    def spatial_stride_applies(weight: torch.Tensor, groups: int) -> bool:
+        """Whether the kernel runs this convolution ``(C_out, C_in/G, kt, kh, kw)`` with a spatial stride of 2: 3x3
+        spatial taps, output channels per group a multiple of 6 (``s2_tile`` of fiber_conv.c), AVX-512 on."""
+        return (
+            tuple(weight.shape[3:]) == (3, 3)
+            and (weight.shape[0] // groups) % TILE_CHANNELS == 0
+            and bool(_state.get("avx512"))
+        )
+
+    def out_size(self, t: int, h: int, w: int) -> tuple[int, int, int]:
+        """The output's ``(T, H, W)`` for an input of ``(t, h, w)``."""
+        kt, s = self.kernel[0], self.spatial_stride
+        return (t + 2 * (kt // 2) - kt) // self.temporal_stride + 1, (h - 1) // s + 1, (w - 1) // s + 1
+
+    def worth_it(self, x: torch.Tensor) -> bool:
+        """Whether the kernel beats oneDNN on this input ``(N, C, T, H, W)``: outputs at least ``MIN_WIDTH`` wide."""
+        return self.out_size(*x.shape[2:])[2] >= MIN_WIDTH
+
     def _buffer(self, n: int, c: int, t: int, h: int, w: int) -> torch.Tensor:
         """The zero-padded group-major input buffer (see ``_kept``)."""
         pd, ph, pw = (k // 2 for k in self.kernel)
-        shape = (n, self.groups, t + 2 * pd, h + 2 * ph, c // self.groups, _row_length(w + 2 * pw))
+        row = _row_length(w + 2 * pw)
+        if self.spatial_stride == 2:  # s2_tile reads 34 inputs from 2 x0 for a chunk of 16 outputs at x0
+            row = max(row, 32 * ((self.out_size(t, h, w)[2] + 15) // 16 - 1) + 40)
+        shape = (n, self.groups, t + 2 * pd, h + 2 * ph, c // self.groups, row)
         return _kept(self._buffers_cache, (n, c, t, h, w), shape)[0]
 
     @torch.no_grad()
@@ -640,12 +669,18 @@ class KernelFiberConv(nn.Module):
         return proj
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolution alone (without the dense one)."""
+    def pack(self, x: torch.Tensor) -> None:
+        """Packs ``relu(x * scale + shift)`` of ``x`` ``(N, C, T, H, W)`` into the buffer ``conv(x.shape)`` reads."""
         padding = tuple(k // 2 for k in self.kernel)
         buf = self._buffer(*x.shape)
-        x = x.contiguous(memory_format=CL3D)
-        _pack_into(buf, x, padding, _library(), self.scale, self.shift)
+        _pack_into(buf, x.contiguous(memory_format=CL3D), padding, _library(), self.scale, self.shift)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution alone (without the dense one; not with a spatial stride)."""
+        if self.spatial_stride != 1:
+            raise ValueError("a strided KernelFiberConv runs with its dense convolution only (conv)")
+        self.pack(x)
         return self.conv(x.shape, dense=False)
 
     def conv(
@@ -660,11 +695,12 @@ class KernelFiberConv(nn.Module):
         there is one and ``dense``), then ``+ add`` (channels-last, the output's shape); ``extra``: the folded
         projection's input (``fold_projection``), needed once one is folded."""
         n, _, t, h, w = in_shape
-        padding = tuple(k // 2 for k in self.kernel)
         buf = self._buffer(*in_shape)
         lib = _library()
-        t_out = (t + 2 * padding[0] - self.kernel[0]) // self.temporal_stride + 1
+        t_out, h_out, w_out = self.out_size(t, h, w)
         if not (dense and self.has_dense):
+            if self.spatial_stride != 1:
+                raise ValueError("a strided KernelFiberConv runs with its dense convolution only")
             if add is not None or extra is not None:
                 raise ValueError("a sum needs the dense convolution after this one")
             out_shape = (n, self.out_channels, t_out, h, w)
@@ -672,7 +708,7 @@ class KernelFiberConv(nn.Module):
                 buf, self.weight, out_shape, lib, bias=self.bias, relu=True, temporal_stride=self.temporal_stride
             )
         c_post = self.dense_weight.shape[1]
-        out = torch.empty((n, c_post, t_out, h, w), memory_format=CL3D)
+        out = torch.empty((n, c_post, t_out, h_out, w_out), memory_format=CL3D)
         if add is not None:
             add = add.contiguous(memory_format=CL3D)
             if add.shape != out.shape:
@@ -681,22 +717,24 @@ class KernelFiberConv(nn.Module):
             raise ValueError("the folded projection needs its input as extra=, and only then")
         if extra is not None:
             extra = extra.contiguous(memory_format=CL3D)
-            expected = (n, self.projection_channels, t_out, h, w)
+            expected = (n, self.projection_channels, t_out, h_out, w_out)
             if extra.shape != expected:
                 raise ValueError(f"the projection's input has shape {tuple(extra.shape)}, not {expected}")
         _, kt, kh, kw, ci, co = self.weight.shape
-        args = (_ptr(buf), _ptr(self.weight), _ptr(self.bias), t_out, h, w, self.groups, ci, co, kt, kh, kw)
+        args = (_ptr(buf), _ptr(self.weight), _ptr(self.bias), t_out, h_out, w_out, self.groups, ci, co, kt, kh, kw)
         args += (self.temporal_stride, buf.shape[2], buf.shape[3], buf.shape[5], 1)
         args += (_ptr(self.dense_weight), _ptr(self.dense_bias), c_post, _ptr(out), _ptr(add))
-        args += (_ptr(extra), self.projection_channels)
-        if all(_parallel(lib.mf_conv_dense, args, n * t_out * _row_blocks(h))):  # no thread could run
+        args += (_ptr(extra), self.projection_channels, self.spatial_stride)
+        if all(_parallel(lib.mf_conv_dense, args, n * t_out * _row_blocks(h_out))):  # no thread could run
             raise MemoryError("the fiber kernel could not allocate its scratch rows")
         return out
 
     def extra_repr(self) -> str:
         dense = f", then dense {tuple(self.dense_weight.shape)}" if self.has_dense else ""
+        stride = f", spatial_stride={self.spatial_stride}" if self.spatial_stride != 1 else ""
         return (
-            f"groups={self.groups}, kernel={self.kernel}, temporal_stride={self.temporal_stride}{dense}, fiber_conv.c"
+            f"groups={self.groups}, kernel={self.kernel}, temporal_stride={self.temporal_stride}{stride}{dense}, "
+            "fiber_conv.c"
         )
 
 

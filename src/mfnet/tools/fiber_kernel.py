@@ -633,10 +633,10 @@ class KernelFiberConv(nn.Module):
     @staticmethod
     def spatial_stride_applies(weight: torch.Tensor, groups: int) -> bool:
         """Whether the kernel runs this convolution ``(C_out, C_in/G, kt, kh, kw)`` with a spatial stride of 2: 3x3
-        spatial taps, output channels per group a multiple of 6 (``s2_tile`` of fiber_conv.c), AVX-512 on."""
+        spatial taps, output channels per group a multiple of 12 (``s2_tile12`` of fiber_conv.c), AVX-512 on."""
         return (
             tuple(weight.shape[3:]) == (3, 3)
-            and (weight.shape[0] // groups) % TILE_CHANNELS == 0
+            and (weight.shape[0] // groups) % 12 == 0
             and bool(_state.get("avx512"))
         )
 

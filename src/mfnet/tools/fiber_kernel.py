@@ -653,7 +653,7 @@ class KernelFiberConv(nn.Module):
         """The zero-padded group-major input buffer (see ``_kept``)."""
         pd, ph, pw = (k // 2 for k in self.kernel)
         row = _row_length(w + 2 * pw)
-        if self.spatial_stride == 2:  # s2_tile reads 34 inputs from 2 x0 for a chunk of 16 outputs at x0
+        if self.spatial_stride == 2:  # the strided tile reads 34 inputs from 2 x0 for 16 outputs at x0
             row = max(row, 32 * ((self.out_size(t, h, w)[2] + 15) // 16 - 1) + 40)
         shape = (n, self.groups, t + 2 * pd, h + 2 * ph, c // self.groups, row)
         return _kept(self._buffers_cache, (n, c, t, h, w), shape)[0]

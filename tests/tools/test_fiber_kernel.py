@@ -318,17 +318,6 @@ def test_winograd_tile_matches_the_direct_tiles_and_pytorch(fused: bool, channel
         fiber_kernel.set_winograd()
 
 
-@needs_kernel
-def test_winograd_tile_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(fiber_kernel.WINOGRAD_ENV_VAR, "0")
-    try:
-        assert fiber_kernel.set_winograd() is False
-        monkeypatch.delenv(fiber_kernel.WINOGRAD_ENV_VAR)
-        assert fiber_kernel.set_winograd() is True
-    finally:
-        fiber_kernel.set_winograd()
-
-
 def test_winograd_weights_reproduce_the_three_taps() -> None:
     g = torch.Generator().manual_seed(4)
     weight = torch.randn(2, 1, 3, 3, 5, 6, generator=g)  # (G, kt, kh, kw, C_in/G, C_out/G)
@@ -343,14 +332,24 @@ def test_winograd_weights_reproduce_the_three_taps() -> None:
 
 
 @needs_kernel
-def test_avx512_tiles_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(fiber_kernel.AVX512_ENV_VAR, "0")
+@pytest.mark.parametrize(
+    ("variable", "switch", "default"),
+    [
+        (fiber_kernel.AVX512_ENV_VAR, fiber_kernel.set_avx512, fiber_kernel.avx512_available),
+        (fiber_kernel.WINOGRAD_ENV_VAR, fiber_kernel.set_winograd, lambda: True),
+    ],
+    ids=["avx512", "winograd"],
+)
+def test_kernel_tiles_can_be_turned_off(
+    monkeypatch: pytest.MonkeyPatch, variable: str, switch: Callable, default: Callable
+) -> None:
+    monkeypatch.setenv(variable, "0")
     try:
-        assert fiber_kernel.set_avx512() is False
-        monkeypatch.delenv(fiber_kernel.AVX512_ENV_VAR)
-        assert fiber_kernel.set_avx512() is fiber_kernel.avx512_available()
+        assert switch() is False
+        monkeypatch.delenv(variable)
+        assert switch() is default()
     finally:
-        fiber_kernel.set_avx512()
+        switch()
 
 
 @needs_kernel

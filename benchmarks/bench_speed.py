@@ -116,7 +116,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default: 7)")
-    parser.add_argument("--train-repeats", type=int, default=3, help="interleaved rounds for training (default: 3)")
+    parser.add_argument("--train-repeats", type=int, default=5, help="interleaved rounds for training (default: 5)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile fast path")
     parser.add_argument("--peers", action="store_true", help="also time mc3_18 and r2plus1d_18 (inference)")
     parser.add_argument("--skip-infer", action="store_true")

@@ -10,8 +10,9 @@ on a batch of 8 clips of 16x112x112, mfnet3d against r3d_18. Every candidate is 
 - mfnet3d training step >= 8x faster than r3d_18, with lower peak memory.
 
 Each r3d_18 target is checked against r3d_18 as torchvision ships it (``[plain]``, the baseline of the issue's own
-figures) and against r3d_18 at its best engine (our fast path: BatchNorms folded, channels-last), the stricter
-comparison. ``--rebuild`` rewrites ``speed.md`` from the JSON files of an earlier run in ``--out``.
+figures); the ratio against r3d_18 at its best engine (our fast path: BatchNorms folded, channels-last), a stricter
+comparison, is reported beside it, not as a target. ``--rebuild`` rewrites ``speed.md`` from the JSON files of an
+earlier run in ``--out``.
 
 Writes ``<out>/speed_infer.json``, ``speed_train.json``, ``speed.md`` (tables and target checks) and
 ``speed_infer.png`` / ``speed_train.png`` (clips/s against multiply-adds per clip).
@@ -71,26 +72,30 @@ def best(report: BenchReport, model_prefix: str) -> tuple[str, float]:
 
 
 def check_targets(infer: BenchReport | None, train: BenchReport | None) -> list[str]:
+    """The target lines of ``speed.md``. The first r3d_18 baseline (as shipped, where it ran) is the target; the ratio
+    against r3d_18 at its best engine follows as a comparison, marked as such."""
     lines = []
     if infer is not None:
         fast = infer.row(MF).latency_ms
-        for label, how in _baselines(infer):
-            lines.append(_target(f"mfnet3d@224 (fast) vs {label} ({how})", infer.row(label).latency_ms / fast, 2.5))
+        for i, (label, how) in enumerate(_baselines(infer)):
+            ratio = infer.row(label).latency_ms / fast
+            lines.append(_target(f"mfnet3d@224 (fast) vs {label} ({how})", ratio, 2.5, compare_only=i > 0))
         lines.append(
             _target("mfnet3d@224 (fast) vs ONNX Runtime", infer.row(f"{MF}[onnxruntime]").latency_ms / fast, 1.5)
         )
         lines.append(f"- fast path vs plain mfnet3d: {infer.row(f'{MF}[plain]').latency_ms / fast:.2f}x")
     if train is not None:
         fast_row = train.row(MF_TRAIN)
-        for label, how in _baselines(train):
+        for i, (label, how) in enumerate(_baselines(train)):
             ratio = train.row(label).latency_ms / fast_row.latency_ms
-            lines.append(_target(f"mfnet3d train step (fast) vs {label} ({how})", ratio, 8.0))
-        for label, _ in _baselines(train):
+            lines.append(_target(f"mfnet3d train step (fast) vs {label} ({how})", ratio, 8.0, compare_only=i > 0))
+        for i, (label, _) in enumerate(_baselines(train)):
             r3d_mem = train.row(label).peak_mem_mb
             lower = fast_row.peak_mem_mb < r3d_mem
+            verdict = ("lower" if lower else "not lower") if i else ("lower (met)" if lower else "NOT lower")
+            prefix = "for comparison, " if i else ""
             lines.append(
-                f"- peak memory: mfnet3d {fast_row.peak_mem_mb:.0f} MB vs {label} {r3d_mem:.0f} MB: "
-                f"{'lower (met)' if lower else 'NOT lower'}"
+                f"- {prefix}peak memory: mfnet3d {fast_row.peak_mem_mb:.0f} MB vs {label} {r3d_mem:.0f} MB: {verdict}"
             )
     return lines
 
@@ -108,7 +113,10 @@ def _baselines(report: BenchReport) -> list[tuple[str, str]]:
     return out
 
 
-def _target(what: str, ratio: float, goal: float) -> str:
+def _target(what: str, ratio: float, goal: float, *, compare_only: bool = False) -> str:
+    if compare_only:  # the stricter comparison, reported beside the target
+        side = "at or above" if ratio >= goal else "below"
+        return f"- for comparison (not a target), {what}: {ratio:.2f}x ({side} {goal}x)"
     return f"- {what}: {ratio:.2f}x (target {goal}x: {'met' if ratio >= goal else 'NOT met'})"
 
 

@@ -1,4 +1,4 @@
-"""`benchmarks/bench_speed.py`: the issue's target checks, against both r3d_18 baselines, and `--rebuild`."""
+"""`benchmarks/bench_speed.py`: the issue's targets (r3d_18 as shipped), the stricter comparison, `--rebuild`."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _report(mode: str, rows: list[BenchRow]) -> BenchReport:
                        torch_version="x", rows=rows)  # fmt: skip
 
 
-def test_targets_are_checked_against_r3d_18_as_shipped_and_at_its_best_engine(bench_speed) -> None:
+def test_targets_are_checked_against_r3d_18_as_shipped_and_compared_with_its_best_engine(bench_speed) -> None:
     infer = _report("infer", [
         _row("mfnet3d@16x224x224", 150.0), _row("mfnet3d@16x224x224[plain]", 500.0),
         _row("mfnet3d@16x224x224[onnxruntime]", 240.0), _row("r3d_18@16x112x112", 350.0),
@@ -48,12 +48,18 @@ def test_targets_are_checked_against_r3d_18_as_shipped_and_at_its_best_engine(be
     ])  # fmt: skip
     lines = bench_speed.check_targets(infer, train)
     assert "- mfnet3d@224 (fast) vs r3d_18@16x112x112[plain] (as shipped): 3.07x (target 2.5x: met)" in lines
-    assert "- mfnet3d@224 (fast) vs r3d_18@16x112x112 (best engine): 2.33x (target 2.5x: NOT met)" in lines
+    assert (
+        "- for comparison (not a target), mfnet3d@224 (fast) vs r3d_18@16x112x112 (best engine): 2.33x (below 2.5x)"
+        in lines
+    )
     assert "- mfnet3d@224 (fast) vs ONNX Runtime: 1.60x (target 1.5x: met)" in lines
     assert "- mfnet3d train step (fast) vs r3d_18@16x112x112[plain] (as shipped): 8.67x (target 8.0x: met)" in lines
-    assert "- mfnet3d train step (fast) vs r3d_18@16x112x112 (best engine): 6.00x (target 8.0x: NOT met)" in lines
+    assert (
+        "- for comparison (not a target), mfnet3d train step (fast) vs r3d_18@16x112x112 (best engine): 6.00x "
+        "(below 8.0x)" in lines
+    )
     assert "- peak memory: mfnet3d 1500 MB vs r3d_18@16x112x112[plain] 1400 MB: NOT lower" in lines
-    assert "- peak memory: mfnet3d 1500 MB vs r3d_18@16x112x112 2700 MB: lower (met)" in lines
+    assert "- for comparison, peak memory: mfnet3d 1500 MB vs r3d_18@16x112x112 2700 MB: lower" in lines
 
 
 def test_a_plain_r3d_18_that_is_also_the_fastest_is_checked_once(bench_speed) -> None:

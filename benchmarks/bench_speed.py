@@ -79,7 +79,7 @@ def check_targets(infer: BenchReport | None, train: BenchReport | None) -> list[
         fast = infer.row(MF).latency_ms
         for i, (label, how) in enumerate(_baselines(infer)):
             ratio = infer.row(label).latency_ms / fast
-            lines.append(_target(f"mfnet3d@224 (fast) vs {label} ({how})", ratio, 2.5, compare_only=i > 0))
+            lines.append((_comparison if i else _target)(f"mfnet3d@224 (fast) vs {label} ({how})", ratio, 2.5))
         lines.append(
             _target("mfnet3d@224 (fast) vs ONNX Runtime", infer.row(f"{MF}[onnxruntime]").latency_ms / fast, 1.5)
         )
@@ -88,7 +88,7 @@ def check_targets(infer: BenchReport | None, train: BenchReport | None) -> list[
         fast_row = train.row(MF_TRAIN)
         for i, (label, how) in enumerate(_baselines(train)):
             ratio = train.row(label).latency_ms / fast_row.latency_ms
-            lines.append(_target(f"mfnet3d train step (fast) vs {label} ({how})", ratio, 8.0, compare_only=i > 0))
+            lines.append((_comparison if i else _target)(f"mfnet3d train step (fast) vs {label} ({how})", ratio, 8.0))
         for i, (label, _) in enumerate(_baselines(train)):
             r3d_mem = train.row(label).peak_mem_mb
             lower = fast_row.peak_mem_mb < r3d_mem
@@ -113,11 +113,14 @@ def _baselines(report: BenchReport) -> list[tuple[str, str]]:
     return out
 
 
-def _target(what: str, ratio: float, goal: float, *, compare_only: bool = False) -> str:
-    if compare_only:  # the stricter comparison, reported beside the target
-        side = "at or above" if ratio >= goal else "below"
-        return f"- for comparison (not a target), {what}: {ratio:.2f}x ({side} {goal}x)"
+def _target(what: str, ratio: float, goal: float) -> str:
     return f"- {what}: {ratio:.2f}x (target {goal}x: {'met' if ratio >= goal else 'NOT met'})"
+
+
+def _comparison(what: str, ratio: float, goal: float) -> str:
+    """A ratio reported beside a target (the stricter r3d_18 baseline), with the target's factor for scale."""
+    side = "at or above" if ratio >= goal else "below"
+    return f"- for comparison (not a target), {what}: {ratio:.2f}x ({side} {goal}x)"
 
 
 def main() -> int:

@@ -42,13 +42,15 @@ Engine = Callable[[torch.Tensor], torch.Tensor]
 _CPU = ["CPUExecutionProvider"]
 
 
-def ort_engines(model: torch.nn.Module, shape: tuple[int, ...], calib: list[torch.Tensor], threads: int) -> dict:
-    """ONNX Runtime fp32 and static int8 (QDQ) sessions on our export, as engines ``clip -> logits``."""
+def ort_engines(
+    model: torch.nn.Module, shape: tuple[int, ...], calib: list[torch.Tensor], threads: int, folder: Path
+) -> dict:
+    """ONNX Runtime fp32 and static int8 (QDQ) sessions on our export (files written to ``folder``), as engines
+    ``clip -> logits``."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    folder = Path(tempfile.mkdtemp(prefix="mfnet-int8-"))
     fp32, pre, int8 = folder / "model.onnx", folder / "model-pre.onnx", folder / "model-int8.onnx"
     export_model(model, fp32, format="onnx", input_shape=shape)
     options = ort.SessionOptions()
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     tic = time.perf_counter()
     fast = optimize_for_inference(model, example)
     engines["mfnet fast path fp32"] = (fast, time.perf_counter() - tic)
-    engines.update(ort_engines(model, shape, calib, args.threads))
+    with tempfile.TemporaryDirectory(prefix="mfnet-int8-") as folder:  # sessions keep their models in memory
+        engines.update(ort_engines(model, shape, calib, args.threads, Path(folder)))
     try:
         engines["PT2E int8 (torchao, Inductor)"] = pt2e_engine(model, example, calib)
     except ImportError:

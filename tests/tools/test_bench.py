@@ -135,3 +135,26 @@ def test_bench_cli_errors_are_one_line(capsys):
     assert err.startswith("mfnet: error: unknown model 'nope3d'") and "Traceback" not in err
     assert main(["bench", "--models", "mfnet3d", "--input", "1x4x32x32"]) == 2
     assert "TxHxW" in capsys.readouterr().err
+
+
+def test_efficiency_plot_labels_of_neighbouring_points_do_not_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mfnet.tools.bench import _label_offsets
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(1, 100)
+    ax.set_ylim(1, 10)
+    points = [("r3d_18@16x112x112[plain]", 40.7, 2.17), ("mc3_18@16x112x112[plain]", 43.3, 2.27), ("far", 2, 9)]
+    offsets = {label: dy for label, _, _, dy in _label_offsets(ax, points, fig.dpi)}
+    plt.close(fig)
+    assert offsets["far"] == 3.0 and offsets["mc3_18@16x112x112[plain]"] == 3.0  # the higher one keeps its place
+    # the lower label moves down until a line of text lies between the two labels' baselines
+    to_points = 72.0 / fig.dpi
+    gap = (ax.transData.transform((40.7, 2.27))[1] - ax.transData.transform((40.7, 2.17))[1]) * to_points
+    assert gap + 3.0 - offsets["r3d_18@16x112x112[plain]"] >= 10.0

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -40,6 +41,9 @@ from mfnet.tools.fastpath import (
     to_layout,
 )
 from mfnet.tools.flops import count_macs, count_params
+
+if TYPE_CHECKING:
+    import matplotlib.axes
 
 PEER_MODELS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d")
 ENGINES = ("fast", "plain", "compile", "onnxruntime")
@@ -570,6 +574,26 @@ def format_table(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
+def _label_offsets(
+    ax: matplotlib.axes.Axes, points: list[tuple[str, float, float]], dpi: float
+) -> list[tuple[str, float, float, float]]:
+    """``(label, x, y, dy)`` for each point: the label's vertical offset in points, moved down from 3 until its box
+    (7-point text to the right of the point) overlaps no label placed before it (points taken from the top)."""
+    line = 10.0  # points per label line
+    placed: list[tuple[float, float, float]] = []  # (x0, x1, y) of each label's box, in points on the figure
+    out = []
+    to_points = 72.0 / dpi
+    for label, x, y in sorted(points, key=lambda p: -p[2]):
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        x0, x1 = px + 6, px + 6 + 3.8 * len(label)  # about 3.8 points per character at 7 points
+        dy = 3.0
+        while any(a < x1 and x0 < b and abs(py + dy - yb) < line for a, b, yb in placed):
+            dy -= line
+        placed.append((x0, x1, py + dy))
+        out.append((label, x, y, dy))
+    return out
+
+
 def plot_efficiency(report: BenchReport, path: str | Path) -> Path:
     """Writes a PNG: clips/s against multiply-adds per clip (log-log), one labelled point per candidate.
 
@@ -599,7 +623,6 @@ def plot_efficiency(report: BenchReport, path: str | Path) -> Path:
     for r, g in zip(report.rows, gmacs, strict=True):
         ours = r.model in list_models()
         ax.scatter(g, r.clips_per_s, s=60, marker="o" if ours else "s", c="C0" if ours else "C1", zorder=3)
-        ax.annotate(r.label, (g, r.clips_per_s), textcoords="offset points", xytext=(6, 3), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi * 2.5)  # room for the labels
@@ -613,6 +636,9 @@ def plot_efficiency(report: BenchReport, path: str | Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
+    points = [(r.label, g, r.clips_per_s) for r, g in zip(report.rows, gmacs, strict=True)]
+    for label, g, clips, dy in _label_offsets(ax, points, fig.dpi):
+        ax.annotate(label, (g, clips), textcoords="offset points", xytext=(6, dy), fontsize=7)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default: 7)")
     parser.add_argument("--calib", type=int, default=4, help="calibration clips (default: 4)")
-    parser.add_argument("--clips", type=int, default=4, help="clips for the logit comparison (default: 4)")
+    parser.add_argument("--clips", type=int, default=8, help="clips for the logit comparison (default: 8)")
     parser.add_argument("--checkpoint", default=None, help="an mfnet3d checkpoint (default: random weights)")
     parser.add_argument("--out", default="benchmarks/results/int8", help="output folder")
     args = parser.parse_args(argv)

@@ -8,15 +8,20 @@ import subprocess
 import sys
 
 import torch
-from engine_helpers import tiny_cli_args
+from engine_helpers import TINY, tiny_cli_args
 
 from mfnet.cli import main
 from mfnet.engine.metrics import read_metrics
+from mfnet.models import create_model
 
 
 def test_torchrun_two_processes_match_single_process(tmp_path, ucf_root) -> None:
     data = ["--recipe", "smoke", "--format", "ucf101", "--annotations", str(ucf_root), "--data", str(ucf_root)]
-    settings = tiny_cli_args(epochs=1, drop_rate=0.0, checkpoint_every_steps=0)  # dropout would differ per rank
+    torch.manual_seed(0)  # both runs start from these weights, so that what each step changed can be measured
+    start = create_model("mfnet3d", num_classes=2, **TINY["model_kwargs"]).state_dict()
+    torch.save({"state_dict": start}, tmp_path / "start.pt")
+    # dropout would differ per rank
+    settings = tiny_cli_args(epochs=1, drop_rate=0.0, checkpoint_every_steps=0, init_weights=str(tmp_path / "start.pt"))
     flags = ["--no-progress", "--no-figures", "--device", "cpu"]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     assert main(["train", *data, *settings, "--set", "accumulate_steps=2", "--out", str(single), *flags]) == 0
@@ -50,11 +55,14 @@ def test_torchrun_two_processes_match_single_process(tmp_path, ucf_root) -> None
         assert a["top1"] == b["top1"] and a["lr"] == b["lr"]
     wa = torch.load(single / "model.pt", weights_only=True)["state_dict"]
     wb = torch.load(ddp / "model.pt", weights_only=True)["state_dict"]
-    for key in wa:
-        if "running" not in key and wa[key].is_floating_point():  # BN running stats: per-process vs sequential
-            # float sums in another order (all-reduce, 1 vs 2 threads) differ in the last bits, amplified by 3 steps
-            diff = (wa[key] - wb[key]).abs().max().item()
-            assert diff < 1e-4 * max(1.0, wa[key].abs().max().item()), (key, diff)
+    keys = [k for k in wa if "running" not in k and wa[k].is_floating_point()]  # BN running stats: per process
+    diff = torch.cat([(wa[k] - wb[k]).flatten() for k in keys]).norm()
+    update = torch.cat([(wa[k] - start[k]).flatten() for k in keys]).norm()
+    # Float sums in another order (all-reduce, 1 vs 2 threads, other CPUs' kernels) differ in the last bits, and
+    # BatchNorm's backward over a few values per channel amplifies that over 3 steps. Measured, as a fraction of
+    # what the 3 steps changed: 3e-5 here; 3e-3 between two single runs, one with oneDNN's kernels instead of ours;
+    # 8% in the stem alone on one CI machine. A real difference (other clips, BN batches or gradient scale): ~100%.
+    assert diff < 0.05 * update, (diff.item(), update.item())
     # the distributed validation gathered every process's shard: 4 test videos x 2 clips
     val = [r for r in logs["ddp"] if r["kind"] == "epoch"][-1]
     assert val["val_clips"] == 8 and val["val_videos"] == 4

@@ -60,9 +60,10 @@ def test_torchrun_two_processes_match_single_process(tmp_path, ucf_root) -> None
     update = torch.cat([(wa[k] - start[k]).flatten() for k in keys]).norm()
     # Float sums in another order (all-reduce, 1 vs 2 threads, other CPUs' kernels) differ in the last bits, and
     # BatchNorm's backward over a few values per channel amplifies that over 3 steps. Measured, as a fraction of
-    # what the 3 steps changed: 3e-5 here; 3e-3 between two single runs, one with oneDNN's kernels instead of ours;
-    # 8% in the stem alone on one CI machine. A real difference (other clips, BN batches or gradient scale): ~100%.
-    assert diff < 0.05 * update, (diff.item(), update.item())
+    # what the 3 steps changed: 3e-5 to 2e-4 here, with or without our kernels; 8% in the stem alone on one CI
+    # machine. Measured real differences: other BN batches 100%, other clips 125%, twice the step 150%.
+    worst = sorted(((wa[k] - wb[k]).norm() / (wa[k] - start[k]).norm().clamp_min(1e-12), k) for k in keys)[-3:]
+    assert diff < 0.2 * update, (diff.item(), update.item(), [(k, round(r.item(), 4)) for r, k in worst])
     # the distributed validation gathered every process's shard: 4 test videos x 2 clips
     val = [r for r in logs["ddp"] if r["kind"] == "epoch"][-1]
     assert val["val_clips"] == 8 and val["val_videos"] == 4

@@ -307,6 +307,7 @@ def test_winograd_tile_matches_the_direct_tiles_and_pytorch(fused: bool, channel
     tail.fused = fused
     expected = _reference(x_in, shortcut, scale, shift, w1, b1, w2, b2, 16, 1)
     try:
+        fiber_kernel.set_avx512(True)  # whatever MFNET_KERNEL_AVX512 says
         got = {}
         for on in (True, False):
             assert fiber_kernel.set_winograd(on) is on
@@ -316,6 +317,7 @@ def test_winograd_tile_matches_the_direct_tiles_and_pytorch(fused: bool, channel
             assert not torch.equal(got[True], got[False])
     finally:
         fiber_kernel.set_winograd()
+        fiber_kernel.set_avx512()
 
 
 def test_winograd_weights_reproduce_the_three_taps() -> None:
@@ -346,8 +348,12 @@ def test_kernel_tiles_can_be_turned_off(
     monkeypatch.setenv(variable, "0")
     try:
         assert switch() is False
+        if switch is fiber_kernel.set_avx512:
+            assert fiber_kernel.avx512_on() is False  # what the tests and the fast path ask
         monkeypatch.delenv(variable)
         assert switch() is default()
+        if switch is fiber_kernel.set_avx512:
+            assert fiber_kernel.avx512_on() is fiber_kernel.avx512_available()
     finally:
         switch()
 
@@ -399,7 +405,7 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
     assert fast.fastpath_info.kernel_units == 2  # second units; first ones have a dense conv_m2 or a spatial stride
     assert isinstance(fast.conv2.B01.kernel_m1, KernelFiberConv)  # conv2's first conv_m1 (16 -> 96, stride 2 in time)
     strided = fast.conv3.B01.kernel_m1  # conv3's first: spatial stride 2 and a dense conv_m2, with AVX-512
-    if fiber_kernel.avx512_available():
+    if fiber_kernel.avx512_on():
         assert strided.spatial_stride == 2 and strided.projection_channels == 96
         calls = []
         conv = strided.conv
@@ -434,7 +440,7 @@ def test_conv4_units_run_whole_on_the_kernels_and_match_the_model() -> None:
     assert unit.kernel_tail.weight_1.shape[-2:] == (24, 24)  # (G, kt, kh, kw, C_in/G, C_out/G)
     assert fast.fastpath_info.max_rel_diff < 1e-4
     first = fast.conv4.B01.kernel_m1  # 12 -> 24 channels per fiber at stride 2, then the dense 384 -> 384
-    if fiber_kernel.avx512_available():
+    if fiber_kernel.avx512_on():
         assert first.spatial_stride == 2 and first.weight.shape[-2:] == (12, 24)
         assert first.worth_it(torch.empty(1, 192, 2, 28, 28)) and not first.worth_it(torch.empty(1, 192, 2, 14, 14))
     # at 112 conv4's outputs are 7 wide: its first unit stays on oneDNN, with the same numbers
@@ -520,7 +526,7 @@ def test_prepared_convolutions_use_the_kernel_on_wide_frames_only() -> None:
     try:
         for on in (True, False):  # 12 channels per group, 14 wide: on the kernel where its Winograd tile runs
             fiber_kernel.set_winograd(on)
-            expected = "_FiberConv3dBackward" if on and fiber_kernel.avx512_available() else "_FastBackwardBackward"
+            expected = "_FiberConv3dBackward" if on and fiber_kernel.avx512_on() else "_FastBackwardBackward"
             assert type(flat12(mid12).grad_fn).__name__ == expected
     finally:
         fiber_kernel.set_winograd()

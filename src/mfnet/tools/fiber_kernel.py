@@ -110,6 +110,12 @@ def avx512_available() -> bool:
     return {"avx512f", "avx512vl"} <= _cpu_flags()
 
 
+def avx512_on() -> bool:
+    """Whether the AVX-512 tiles are in use now: the CPU has them and neither ``set_avx512(False)`` nor
+    ``MFNET_KERNEL_AVX512=0`` turned them off (``False`` where the kernel cannot be built)."""
+    return load() is not None and bool(_state.get("avx512"))
+
+
 def set_avx512(on: bool | None = None) -> bool:
     """Turns the AVX-512 tiles of the convolution kernel on or off (``None``: on where the CPU has AVX-512F and VL,
     unless ``MFNET_KERNEL_AVX512=0``); returns whether they are on. The AVX2 tiles compute the same numbers."""

@@ -26,7 +26,7 @@ CL3D = torch.channels_last_3d
 def test_kernel_builds_where_it_can() -> None:
     """On an x86 machine with AVX2 and a C compiler (the CI machine), the kernel must build and load, unless
     ``MFNET_KERNELS=0`` turned it off (then everything runs on oneDNN, and the kernel's tests skip)."""
-    if os.environ.get(fiber_kernel.ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not fiber_kernel.switched_on(fiber_kernel.ENV_VAR):
         assert fiber_kernel.load() is None
     elif fiber_kernel._cpu_has_avx2_fma() and (shutil.which("cc") or shutil.which("gcc")):
         assert fiber_kernel.load() is not None

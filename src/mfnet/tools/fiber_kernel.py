@@ -92,6 +92,11 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's p
     os.register_at_fork(after_in_child=lambda: _state.pop("pool", None))
 
 
+def switched_on(variable: str) -> bool:
+    """Whether the environment switch ``variable`` is on: unset or anything but ``0``, ``false``, ``no``, ``off``."""
+    return os.environ.get(variable, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def _cpu_flags() -> set[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -121,7 +126,7 @@ def set_avx512(on: bool | None = None) -> bool:
     unless ``MFNET_KERNEL_AVX512=0``); returns whether they are on. The AVX2 tiles compute the same numbers."""
     lib = _library()
     if on is None:
-        on = os.environ.get(AVX512_ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+        on = switched_on(AVX512_ENV_VAR)
     on = bool(on) and avx512_available()
     lib.mf_set_avx512(int(on))
     _state["avx512"] = on
@@ -134,7 +139,7 @@ def set_winograd(on: bool | None = None) -> bool:
     same convolution in another order (differences of a few units in the last place)."""
     lib = _library()
     if on is None:
-        on = os.environ.get(WINOGRAD_ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+        on = switched_on(WINOGRAD_ENV_VAR)
     lib.mf_set_winograd(int(bool(on)))
     _state["winograd"] = bool(on)
     return bool(on)
@@ -169,7 +174,7 @@ def load() -> ctypes.CDLL | None:
         if "lib" in _state:
             return _state["lib"]  # type: ignore[return-value]
         lib = None
-        if os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off") and _cpu_has_avx2_fma():
+        if switched_on(ENV_VAR) and _cpu_has_avx2_fma():
             try:
                 source = _source()
                 digest = hashlib.sha256((source + " ".join(CFLAGS)).encode()).hexdigest()[:16]

@@ -175,6 +175,88 @@ class VideoFeatures:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class VideoEmbedding:
+    """The pooled embedding(s) of one video.
+
+    Attributes:
+        path: The video file.
+        features: ``(1, C)`` the mean over the video's clips x crops, or ``(M, C)`` one row per clip x crop with
+            ``per_clip``; ``(0, C)`` (or ``(0, 0)``) when the video failed.
+        clip_id: Clip of each row ``(rows,)`` (-1 for the video row).
+        clips: Clips that decoded (crops not counted).
+        seconds: Duration of the video in seconds; NaN if unknown.
+        error: Why the video could not be used (one sentence), else ``None``.
+    """
+
+    path: Path
+    features: torch.Tensor
+    clip_id: torch.Tensor
+    clips: int
+    seconds: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the video gave an embedding."""
+        return self.error is None
+
+
+@dataclass
+class DecodedVideo:
+    """Every clip x crop of one video, decoded and pre-processed: what the decoding side hands the model side.
+
+    Produced by ``decode_video`` (in a DataLoader worker, a Ray task, ...) and consumed by
+    ``Predictor.predict_decoded`` / ``Predictor.features_decoded``.
+
+    Attributes:
+        path: The video file.
+        clips: ``(M, 3, T, H, W)`` float32, ``M = num_clips x crops``, in item order; zeros where an item failed.
+        ok: ``(M,)`` bool, the items that decoded.
+        clip_id: ``(M,)`` clip of each item.
+        errors: The distinct reasons of the failed items.
+        seconds: Duration of the video in seconds; NaN if unknown.
+    """
+
+    path: Path
+    clips: torch.Tensor
+    ok: torch.Tensor
+    clip_id: torch.Tensor
+    errors: list[str]
+    seconds: float
+
+
+def decode_video(path: str | Path, *, spec: ClipSpec, num_clips: int) -> DecodedVideo:
+    """Decodes and pre-processes the ``num_clips`` evenly spread clips (x crops) of one video, as ``predict`` does.
+
+    Never raises for a bad file: failed items have ``ok`` False and their reason in ``errors``.
+
+    Args:
+        path: The video file (or frame folder).
+        spec: Clip length, sampling interval, resize, crop and normalisation.
+        num_clips: Clips per video.
+    """
+    path = Path(path)
+    items = _prediction_items([path], UniformClipSampler(num_clips, spec.frames, spec.interval), spec)
+    with _quiet_data_log():
+        rows = [items[i] for i in range(len(items))]
+    errors = list(dict.fromkeys(row["error"] for row in rows if row["error"]))
+    return DecodedVideo(
+        path,
+        torch.stack([row["clip"] for row in rows]),
+        torch.tensor([row["ok"] for row in rows], dtype=torch.bool),
+        torch.tensor([row["clip_id"] for row in rows], dtype=torch.long),
+        errors,
+        float(rows[0]["seconds"]),
+    )
+
+
+def _prediction_items(paths: list[Path], sampler: Any, spec: ClipSpec, *, durations: bool = True) -> _PredictionItems:
+    records = [VideoRecord(Path(p), -1, "all") for p in paths]
+    dataset = VideoClipDataset(records, sampler=sampler, transform=spec.transform(), max_substitutions=0)
+    return _PredictionItems(dataset, (3, spec.frames, spec.crop_size, spec.crop_size), durations=durations)
+
+
 class _WindowSampler:
     """Clips of consecutive windows of one video, as one "video" with ``windows x clips`` clips.
 
@@ -383,6 +465,11 @@ class Predictor:
 
     # -- the model -----------------------------------------------------------------------------------------------
 
+    @property
+    def model(self) -> nn.Module | Callable[[torch.Tensor], torch.Tensor]:
+        """The model as given (not the prepared copy that runs)."""
+        return self._source
+
     def _module(self) -> Callable[[torch.Tensor], torch.Tensor]:
         if self._model is None:
             example = torch.zeros(self.spec.input_shape(self.batch_size), device=self.device)
@@ -417,10 +504,7 @@ class Predictor:
     # -- running items -------------------------------------------------------------------------------------------
 
     def _items(self, paths: list[Path], sampler: Any, *, durations: bool = True) -> _PredictionItems:
-        records = [VideoRecord(Path(p), -1, "all") for p in paths]
-        dataset = VideoClipDataset(records, sampler=sampler, transform=self.spec.transform(), max_substitutions=0)
-        shape = (3, self.spec.frames, self.spec.crop_size, self.spec.crop_size)
-        return _PredictionItems(dataset, shape, durations=durations)
+        return _prediction_items(paths, sampler, self.spec, durations=durations)
 
     def _run(
         self,
@@ -544,26 +628,20 @@ class Predictor:
             progress: Show a progress bar over files on stderr.
         """
         paths = [Path(p) for p in paths]
-        sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
         rows, videos, clips, errors = [], [], [], {}
-        bar = tqdm(total=len(paths), unit="video", disable=not progress, leave=False)
-        try:
-            for video in self._run(self._items(paths, sampler), features=True, progress=bar):
-                out = video.outputs  # (M_ok, C)
-                if out.shape[0] == 0:
-                    errors[str(paths[video.video])] = video.errors[0] if video.errors else "no clip decoded"
-                if per_clip:
-                    rows.append(out if out.shape[0] else None)
-                    videos.append(torch.full((out.shape[0],), video.video))
-                    clips.append(video.clip_id)
-                else:
-                    rows.append(out.mean(0, keepdim=True) if out.shape[0] else None)
-                    videos.append(torch.tensor([video.video]))
-                    clips.append(torch.tensor([-1]))
-        finally:
-            bar.close()
+        for index, video in enumerate(self.iter_features(paths, per_clip=per_clip, progress=progress)):
+            if not video.ok:
+                errors[str(video.path)] = video.error
+            if per_clip:  # a failed video has no rows
+                rows.append(video.features if video.ok else None)
+                videos.append(torch.full((video.features.shape[0] if video.ok else 0,), index))
+                clips.append(video.clip_id)
+            else:
+                rows.append(video.features if video.ok else None)
+                videos.append(torch.tensor([index]))
+                clips.append(torch.tensor([-1]))
         width = next((r.shape[1] for r in rows if r is not None and r.shape[0]), 0)
-        if per_clip:  # a failed video has no rows
+        if per_clip:
             rows = [r for r in rows if r is not None]
         rows = [r if r is not None else torch.full((1, width), math.nan) for r in rows]
         return VideoFeatures(
@@ -573,6 +651,58 @@ class Predictor:
             torch.cat(clips).long() if clips else torch.zeros(0, dtype=torch.long),
             errors,
         )
+
+    def iter_features(
+        self, paths: Sequence[str | Path], *, per_clip: bool = False, progress: bool = False
+    ) -> Iterator[VideoEmbedding]:
+        """Like ``features`` but yields each video's ``VideoEmbedding`` as soon as it is done, in input order."""
+        paths = [Path(p) for p in paths]
+        if not paths:
+            return
+        sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
+        bar = tqdm(total=len(paths), unit="video", disable=not progress, leave=False)
+        try:
+            for video in self._run(self._items(paths, sampler), features=True, progress=bar):
+                yield _video_embedding(paths[video.video], video, per_clip=per_clip, crops=self.spec.crops)
+        finally:
+            bar.close()
+
+    # -- videos decoded elsewhere (Ray tasks): the same model code and the same averaging --------------------------
+
+    def predict_decoded(self, videos: Sequence[DecodedVideo]) -> list[VideoPrediction]:
+        """Predictions of videos decoded by ``decode_video`` (in other processes); the numbers of ``predict``.
+
+        The good clips of all ``videos`` share batches of ``batch_size``.
+        """
+        outputs = self._run_decoded(videos, features=False)
+        return [
+            _video_prediction(v.path, out.outputs, out.errors, out.seconds, self.spec.crops)
+            for v, out in zip(videos, outputs, strict=True)
+        ]
+
+    def features_decoded(self, videos: Sequence[DecodedVideo], *, per_clip: bool = False) -> list[VideoEmbedding]:
+        """Embeddings of videos decoded by ``decode_video``; the numbers of ``iter_features``."""
+        outputs = self._run_decoded(videos, features=True)
+        return [
+            _video_embedding(v.path, out, per_clip=per_clip, crops=self.spec.crops)
+            for v, out in zip(videos, outputs, strict=True)
+        ]
+
+    def _run_decoded(self, videos: Sequence[DecodedVideo], *, features: bool) -> list[_VideoOutputs]:
+        good = [v.clips[v.ok] for v in videos]  # (M_ok, 3, T, H, W) each
+        flat = torch.cat(good) if good else torch.zeros(0)
+        outs = (
+            torch.cat([self._forward(chunk, features=features) for chunk in flat.split(self.batch_size)])
+            if flat.shape[0]
+            else torch.zeros(0, 0)
+        )
+        result, start = [], 0
+        for index, (video, clips) in enumerate(zip(videos, good, strict=True)):
+            n = clips.shape[0]
+            out = outs[start : start + n] if n else torch.zeros(0, 0)
+            result.append(_VideoOutputs(index, out, video.clip_id[video.ok], list(video.errors), video.seconds))
+            start += n
+        return result
 
 
 @dataclass
@@ -592,6 +722,18 @@ class _VideoOutputs:
         clip_id = torch.tensor([clip for clip, _ in good], dtype=torch.long)
         errors = list(dict.fromkeys(err for *_, err, _ in items if err))
         return cls(items[0][0], outputs, clip_id, errors, items[0][4])
+
+
+def _video_embedding(path: Path, video: _VideoOutputs, *, per_clip: bool, crops: int) -> VideoEmbedding:
+    """A video's embedding: the mean of its decoded clips x crops ``(M, C)``, or every row with ``per_clip``."""
+    out = video.outputs  # (M_ok, C)
+    if out.shape[0] == 0:
+        reason = video.errors[0] if video.errors else f"no clip of {path} could be decoded: re-encode or remove it"
+        return VideoEmbedding(path, out, torch.zeros(0, dtype=torch.long), 0, video.seconds, reason)
+    clips = -(-out.shape[0] // max(1, crops))
+    if per_clip:
+        return VideoEmbedding(path, out, video.clip_id, clips, video.seconds)
+    return VideoEmbedding(path, out.mean(0, keepdim=True), torch.tensor([-1]), clips, video.seconds)
 
 
 def _video_prediction(

@@ -108,6 +108,9 @@ def _add_scaleout_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
     g.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray model actor (default 0: CPU)")
+    g.add_argument(
+        "--threads-per-worker", type=int, default=None, help="PyTorch threads per CPU Ray model actor (default 1)"
+    )
 
 
 def _add_clip_options(p: argparse.ArgumentParser) -> None:
@@ -217,6 +220,7 @@ def run_sharded(args: argparse.Namespace, task: str) -> int:
         "address": args.ray_address,
         "workers": 1 if args.workers is None else args.workers,
         "gpus_per_worker": args.gpus_per_worker,
+        "threads_per_worker": args.threads_per_worker,
     }
     summary = run_job(
         entries,

@@ -36,7 +36,7 @@ except ImportError:  # the engine is optional
     ray = None
 
 
-DECODER_BYTES = 256 * 2**20  # memory of a decoder and its frames, besides the clips it hands on
+DECODER_BYTES = 768 * 2**20  # memory of a decode worker (Python, PyTorch, the decoder), besides the clips
 
 
 def _require_ray() -> None:
@@ -83,7 +83,9 @@ def _decode_row(row: dict[str, Any], *, predictor: Predictor) -> dict[str, Any]:
 class _ModelActor:
     """One model replica: the driver's predictor rebuilt on this actor's device."""
 
-    def __init__(self, predictor: Predictor, options: JobOptions, device: str) -> None:
+    def __init__(self, predictor: Predictor, options: JobOptions, device: str, threads: int | None) -> None:
+        if threads is not None and device == "cpu":
+            torch.set_num_threads(threads)  # this actor's own process; Ray starts it with one per reserved CPU
         self.predictor = Predictor(
             predictor.model,
             spec=predictor.spec,
@@ -124,6 +126,7 @@ def ray_results(
     workers: int = 1,
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float = 1.0,
+    threads_per_worker: int | None = None,
     videos_per_batch: int | None = None,
 ) -> ray.data.Dataset:
     """The pipeline on a Ray dataset of ``{"video_id": str, "path": str}`` rows (lazy; nothing runs yet).
@@ -141,14 +144,16 @@ def ray_results(
         workers: Model actors.
         gpus_per_worker: GPUs per actor (0: CPU actors; a fraction packs several actors on a GPU).
         cpus_per_worker: CPUs reserved per actor.
+        threads_per_worker: PyTorch threads of a CPU actor (default: Ray's, one per reserved CPU). More than
+            the reserved CPUs lets the model use CPUs that decoding leaves idle (as the local engine does).
         videos_per_batch: Videos per actor call (default: enough clips for one forward pass).
 
     Returns:
         A dataset of result rows, one block per actor call (whole videos).
     """
     _require_ray()
-    if workers <= 0 or gpus_per_worker < 0 or cpus_per_worker < 0:
-        raise MfnetError("--workers must be positive and --gpus-per-worker non-negative")
+    if workers <= 0 or gpus_per_worker < 0 or cpus_per_worker < 0 or (threads_per_worker or 1) <= 0:
+        raise MfnetError("--workers and --threads-per-worker must be positive, --gpus-per-worker non-negative")
     items = predictor.num_clips * predictor.spec.crops
     per_batch = videos_per_batch or max(1, -(-predictor.batch_size // items))
     # A decode task reserves the memory of a video's clips (M, 3, T, H, W) float32 and the decoder's buffers. The
@@ -167,6 +172,7 @@ def ray_results(
             "predictor": predictor,
             "options": options,
             "device": "cuda" if gpus_per_worker > 0 else "cpu",
+            "threads": threads_per_worker,
         },
         batch_size=per_batch,
         batch_format="numpy",
@@ -193,6 +199,7 @@ def ray_tables(
     address: str | None = None,
     workers: int = 1,
     gpus_per_worker: float = 0.0,
+    threads_per_worker: int | None = None,
     progress_bars: bool = False,
 ) -> Iterator[pa.Table]:
     """Runs ``entries`` on Ray (``connect(address)``), yielding tables of whole videos as they finish.
@@ -205,7 +212,14 @@ def ray_tables(
     rows = [{"video_id": e.video_id, "path": str(e.path)} for e in entries]
     blocks = max(1, min(len(rows), math.ceil(len(rows) / 4)))
     dataset = ray.data.from_items(rows, override_num_blocks=blocks)
-    results = ray_results(dataset, predictor, options, workers=workers, gpus_per_worker=gpus_per_worker)
+    results = ray_results(
+        dataset,
+        predictor,
+        options,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        threads_per_worker=threads_per_worker,
+    )
     pending: list[pa.Table] = []
     videos = 0
     for block in results.iter_batches(batch_size=None, batch_format="pyarrow"):

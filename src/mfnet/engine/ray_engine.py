@@ -195,17 +195,13 @@ def ray_tables(
     predictor: Predictor,
     options: JobOptions,
     *,
-    videos_per_table: int,
     address: str | None = None,
     workers: int = 1,
     gpus_per_worker: float = 0.0,
     threads_per_worker: int | None = None,
     progress_bars: bool = False,
 ) -> Iterator[pa.Table]:
-    """Runs ``entries`` on Ray (``connect(address)``), yielding tables of whole videos as they finish.
-
-    A table holds at least ``videos_per_table`` videos (fewer at the end), in order of completion.
-    """
+    """Runs ``entries`` on Ray (``connect(address)``), yielding a table of whole videos per finished block."""
     connect(address)
     _check_resources(workers, gpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = progress_bars
@@ -220,18 +216,9 @@ def ray_tables(
         gpus_per_worker=gpus_per_worker,
         threads_per_worker=threads_per_worker,
     )
-    pending: list[pa.Table] = []
-    videos = 0
     for block in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-        if block.num_rows == 0:
-            continue
-        pending.append(block)
-        videos += len(set(block.column("video_id").to_pylist()))
-        if videos >= videos_per_table:
-            yield pa.concat_tables(pending)
-            pending, videos = [], 0
-    if pending:
-        yield pa.concat_tables(pending)
+        if block.num_rows:
+            yield block
 
 
 def _check_resources(workers: int, gpus_per_worker: float) -> None:

@@ -42,6 +42,7 @@ from mfnet.engine.shards import ShardFolder
 from mfnet.errors import MfnetError
 
 TASKS = ("predict", "features")
+PROGRESS_VIDEOS = 8  # the local engine hands over results (and moves the progress bar) this many videos at a time
 MAX_ERRORS_SHOWN = 10  # failures listed in the summary (all of them are rows in the shards)
 ENGINES = ("local", "ray")
 
@@ -268,25 +269,23 @@ def run_job(
     try:
         if todo:
             if engine == "local":
-                tables = local_tables(todo, predictor, options, videos_per_table=shard_size)
+                tables = local_tables(todo, predictor, options, videos_per_table=min(shard_size, PROGRESS_VIDEOS))
             else:
                 from mfnet.engine.ray_engine import ray_tables
 
-                tables = ray_tables(todo, predictor, options, videos_per_table=shard_size, **(ray_options or {}))
-            for table in tables:
-                path = folder.write(table)
-                videos = {}
-                for video_id, status, error in zip(
-                    *(table.column(c).to_pylist() for c in ("video_id", "status", "error")), strict=True
-                ):
-                    videos[video_id] = status
-                    if status != "ok" and video_id not in failures and len(failures) < MAX_ERRORS_SHOWN:
-                        failures[video_id] = error
-                summary.done += sum(s == "ok" for s in videos.values())
-                summary.failed += sum(s != "ok" for s in videos.values())
-                bar.update(len(videos))
-                if on_shard is not None:
-                    on_shard(path)
+                tables = ray_tables(todo, predictor, options, **(ray_options or {}))
+            pending: list[pa.Table] = []
+            pending_videos = 0
+            for table in tables:  # whole videos each
+                videos = len(set(table.column("video_id").to_pylist()))
+                pending.append(table)
+                pending_videos += videos
+                bar.update(videos)
+                if pending_videos >= shard_size:
+                    _write_shard(folder, pa.concat_tables(pending), summary, failures, on_shard)
+                    pending, pending_videos = [], 0
+            if pending:
+                _write_shard(folder, pa.concat_tables(pending), summary, failures, on_shard)
     finally:
         bar.close()
         summary.seconds = round(time.perf_counter() - start, 3)
@@ -299,6 +298,27 @@ def run_job(
         summary.extra["first_errors"] = [{"video_id": k, "error": v} for k, v in failures.items()]
         folder.write_summary(summary.to_dict())
     return summary
+
+
+def _write_shard(
+    folder: ShardFolder,
+    table: pa.Table,
+    summary: JobSummary,
+    failures: dict[str, str],
+    on_shard: Callable[[Path], None] | None,
+) -> None:
+    """Writes one shard and counts its videos into ``summary`` (only written videos count as done)."""
+    path = folder.write(table)
+    videos: dict[str, str] = {}
+    columns = (table.column(c).to_pylist() for c in ("video_id", "status", "error"))
+    for video_id, status, error in zip(*columns, strict=True):
+        videos[video_id] = status
+        if status != "ok" and video_id not in failures and len(failures) < MAX_ERRORS_SHOWN:
+            failures[video_id] = error
+    summary.done += sum(s == "ok" for s in videos.values())
+    summary.failed += sum(s != "ok" for s in videos.values())
+    if on_shard is not None:
+        on_shard(path)
 
 
 def run_settings(predictor: Predictor, options: JobOptions, **extra: Any) -> dict[str, Any]:

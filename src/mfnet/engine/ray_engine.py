@@ -57,7 +57,7 @@ def connect(address: str | None = None) -> None:
         raise MfnetError(f"cannot reach the Ray cluster at {where} ({err}): check the address") from None
 
 
-def _decode_row(row: dict[str, Any], *, predictor: Predictor) -> dict[str, Any]:
+def _decode_row(row: dict[str, Any], *, predictor: _DecodeOnly) -> dict[str, Any]:
     """A Ray Data row ``{video_id, path}`` -> the same with the decoded clips (fixed shapes, zeros where failed)."""
     spec = predictor.spec
     try:

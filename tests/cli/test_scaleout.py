@@ -112,6 +112,17 @@ def test_predict_to_shards_and_resume_rules(
     assert "no videos given" in capsys.readouterr().err
 
 
+def test_a_manifest_also_feeds_the_printing_commands(job: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["predict", "--manifest", str(job["manifest"]), "--weights", str(job["ckpt"]), "--json", "--workers", "0"]
+    assert main([*argv, *CLIP_ARGS]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    names = [Path(r["path"]).name for r in records]
+    assert names == [Path(line).name for line in job["manifest"].read_text().split()]
+    assert "error" in records[2] and "topk" in records[0]
+    assert main([*argv, *CLIP_ARGS, "--manifest-format", "kinetics"]) == 2
+    assert "unknown manifest format 'kinetics'" in capsys.readouterr().err
+
+
 _KILL_AFTER_FIRST_SHARD = """
 import os, signal, sys
 from mfnet.engine import shards

@@ -221,6 +221,7 @@ def run_sharded(args: argparse.Namespace, task: str) -> int:
         "workers": 1 if args.workers is None else args.workers,
         "gpus_per_worker": args.gpus_per_worker,
         "threads_per_worker": args.threads_per_worker,
+        "progress_bars": False,  # the command shows its own bar over videos
     }
     summary = run_job(
         entries,

@@ -199,12 +199,16 @@ def ray_tables(
     workers: int = 1,
     gpus_per_worker: float = 0.0,
     threads_per_worker: int | None = None,
-    progress_bars: bool = False,
+    progress_bars: bool | None = None,
 ) -> Iterator[pa.Table]:
-    """Runs ``entries`` on Ray (``connect(address)``), yielding a table of whole videos per finished block."""
+    """Runs ``entries`` on Ray (``connect(address)``), yielding a table of whole videos per finished block.
+
+    ``progress_bars`` switches Ray Data's own progress bars in this process (``None``: leaves them as they are).
+    """
     connect(address)
     _check_resources(workers, gpus_per_worker)
-    ray.data.DataContext.get_current().enable_progress_bars = progress_bars
+    if progress_bars is not None:
+        ray.data.DataContext.get_current().enable_progress_bars = progress_bars
     rows = [{"video_id": e.video_id, "path": str(e.path)} for e in entries]
     blocks = max(1, min(len(rows), math.ceil(len(rows) / 4)))
     dataset = ray.data.from_items(rows, override_num_blocks=blocks)

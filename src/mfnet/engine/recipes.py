@@ -54,7 +54,13 @@ class Recipe:
     frame_interval: int = 2
     train_frame_intervals: tuple[int, ...] = ()  # drawn per clip when given, e.g. (1, 2, 2, 3)
     crop_size: int = 224
-    resize: int = 256  # short side before the centre crop(s) at evaluation
+    # Evaluation geometry (see mfnet.data.transforms): "authors" resizes every frame to a fixed (H, W), aspect not
+    # kept (the paper's 256x256); "keep-aspect" resizes the short side. `resize` is a short side or an (H, W) pair.
+    test_protocol: str = "keep-aspect"
+    resize: int | tuple[int, int] = 256
+    # Training augmentation: "authors" squashes frames to a square and jitters w/h in [0.64, 1.56];
+    # "keep-aspect" keeps the video's aspect ratio and jitters w/h in [0.8, 1.25].
+    train_protocol: str = "keep-aspect"
     train_scale: tuple[int, int] = (224, 288)  # short side drawn in this range before the random crop
     train_flip: bool = True  # random horizontal flip in training (off where left/right is the label, as in the demo)
     normalization: str = "mfnet"  # see mfnet.data.transforms: mfnet | imagenet | none
@@ -255,6 +261,8 @@ def _convert_or_raise(value: Any, hint: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         inner = [a for a in args if a is not type(None)]
+        if int in inner and any(typing.get_origin(a) is tuple for a in inner):  # a size: 256, [256, 256], 340x256
+            return _convert_size(value)
         return _convert_or_raise(value, inner[0])
     if origin is tuple:
         if isinstance(value, str):
@@ -290,6 +298,27 @@ def _convert_or_raise(value: Any, hint: Any) -> Any:
     if hint is str:
         return str(value)
     raise TypeError(f"unsupported field type {hint}")
+
+
+def _convert_size(value: Any) -> int | tuple[int, int]:
+    """A short side (``256``) or an ``(H, W)`` pair (``[256, 340]``, ``"256,340"``, or ``"340x256"`` as W x H)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if "x" in text:
+            width, height = (int(p) for p in text.split("x"))
+            return (height, width)
+        parts = [p for p in text.strip("()[]").replace(" ", "").split(",") if p]
+        value = int(parts[0]) if len(parts) == 1 else parts
+    if isinstance(value, bool):
+        raise TypeError("expected a size")
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("expected an integer")
+        return int(value)
+    items = [int(v) for v in value]
+    if len(items) != 2:
+        raise ValueError("expected a short side or two values (height, width)")
+    return (items[0], items[1])
 
 
 def _type_name(hint: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 # Importing the families registers their builders.
+from mfnet.models import baselines as _baselines  # noqa: F401
 from mfnet.models import mf_mobilenet as _mf_mobilenet  # noqa: F401
 from mfnet.models import mf_resnet as _mf_resnet  # noqa: F401
 from mfnet.models import mfnet as _mfnet  # noqa: F401

@@ -93,12 +93,28 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frames", type=int, default=None, help="frames per clip (default 16, or the exported graph's)")
     g.add_argument("--interval", type=int, default=2, help="frames between clip frames (default 2)")
     g.add_argument("--size", type=int, default=None, help="crop size (default 224, or the exported graph's)")
-    g.add_argument("--resize", type=int, default=None, help="short side before cropping (default size * 8/7)")
+    g.add_argument(
+        "--resize",
+        type=_resize_arg,
+        default=None,
+        metavar="N|WxH",
+        help="N: short side before cropping, aspect kept; WxH (e.g. 256x256): every frame resized to that size, "
+        "aspect not kept (the authors' protocol). Default: the checkpoint's protocol; 256x256 for the authors' files",
+    )
     g.add_argument("--crops", type=int, choices=(1, 3), default=1, help="crops per clip: centre, or three (default 1)")
     g.add_argument("--normalization", default="mfnet", help="mfnet (default), imagenet or none")
     g.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+
+def _resize_arg(text: str) -> int | tuple[int, int]:
+    from mfnet.data.transforms import parse_resize
+
+    try:
+        return parse_resize(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 # -- inputs -----------------------------------------------------------------------------------------------------
@@ -141,6 +157,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def _predictor(args: argparse.Namespace, loaded: Any, num_clips: int) -> Any:
+    from mfnet.engine.inputs import resolve_test_geometry
     from mfnet.engine.predictor import ClipSpec, Predictor
 
     frames, size, fixed_batch = args.frames or 16, args.size or 224, None
@@ -154,14 +171,16 @@ def _predictor(args: argparse.Namespace, loaded: Any, num_clips: int) -> Any:
         frames, size, fixed_batch = t, h, n
     if min(frames, size, args.interval, num_clips, args.batch_size) <= 0 or args.workers < 0:
         raise MfnetError("--frames, --size, --interval, --clips and --batch-size must be positive, --workers >= 0")
-    resize = args.resize or round(size * 8 / 7)  # 224 -> 256
+    geometry = resolve_test_geometry(size, resize=args.resize, meta=loaded.meta)
+    print(f"mfnet: {geometry.describe()}", file=sys.stderr)
     spec = ClipSpec(
         frames=frames,
         interval=args.interval,
-        resize=resize,
+        resize=geometry.resize,
         crop_size=size,
         crops=args.crops,
         normalization=args.normalization,
+        test_protocol=geometry.protocol,
     )
     try:
         spec.transform()

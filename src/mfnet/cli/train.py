@@ -70,6 +70,13 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     p.add_argument("--clip-length", type=int, help="frames per clip (default: from the run's recipe, else 16)")
     p.add_argument("--frame-interval", type=int, help="frame interval (default: from the recipe, else 2)")
     p.add_argument("--crop-size", type=int, help="crop size (default: from the recipe, else 224)")
+    p.add_argument(
+        "--resize",
+        type=_resize_arg,
+        metavar="N|WxH",
+        help="N: short side before cropping, aspect kept; WxH (e.g. 256x256): every frame resized to that size, "
+        "aspect not kept (the authors' protocol). Default: the run's recipe; 256x256 for the authors' files",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch and process (default 8)")
     p.add_argument("--workers", type=int, default=2, help="data loader workers (default 2)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -112,6 +119,15 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-annotations", type=Path, help="a separate annotation file for validation/testing")
     p.add_argument("--data", "--root", dest="root", type=Path, help="folder the video paths start from")
     p.add_argument("--split", type=int, choices=(1, 2, 3), help="UCF-101 / HMDB51 split")
+
+
+def _resize_arg(text: str) -> int | tuple[int, int]:
+    from mfnet.data.transforms import parse_resize
+
+    try:
+        return parse_resize(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _setup_logging() -> None:
@@ -247,6 +263,7 @@ def _eval_splits(args: argparse.Namespace, ctx: Any, fmt: str, splits: list[int 
             clip_length=args.clip_length,
             frame_interval=args.frame_interval,
             crop_size=args.crop_size,
+            resize=args.resize,
             batch_size=args.batch_size,
             num_workers=args.workers,
             out_dir=out_dir,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,13 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mfnet.engine.distributed import DistContext, all_gather_objects, cleanup, init_distributed
-from mfnet.engine.inputs import DataSpec, build_eval_dataset, make_loader
+from mfnet.engine.inputs import DataSpec, build_eval_dataset, make_loader, resolve_test_geometry
 from mfnet.engine.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_correct
 from mfnet.engine.predictor import average_by_video
 from mfnet.errors import MfnetError
 from mfnet.tools.fastpath import to_channels_last
+
+logger = logging.getLogger("mfnet")
 
 
 @dataclass
@@ -296,7 +299,7 @@ def evaluate(
     clip_length: int | None = None,
     frame_interval: int | None = None,
     crop_size: int | None = None,
-    resize: int | None = None,
+    resize: int | tuple[int, int] | None = None,
     batch_size: int = 8,
     num_workers: int = 2,
     device: str | None = None,
@@ -316,6 +319,9 @@ def evaluate(
         clips: Clips per video, spread uniformly over it.
         crops: 1 (centre) or 3 (left/centre/right, or top/centre/bottom).
         out_dir: Where to write ``metrics.json``, ``predictions.csv/json`` and ``scores.pt`` (rank 0).
+        resize: A short side (aspect kept) or ``(H, W)`` (the authors' fixed-size protocol); by default the run's
+            recipe, else the checkpoint's clip spec, else the authors' 256x256 for a file in the authors' layout,
+            else the short side 256 (see ``mfnet.engine.inputs.resolve_test_geometry``).
         fast: Run the inference fast path of ``mfnet.engine.predictor.prepare_for_inference``.
         ctx: A process group already joined (e.g. by a caller evaluating several splits); by default the
             ``torchrun`` environment is joined and left here.
@@ -335,7 +341,11 @@ def evaluate(
             raise MfnetError(f"{weights} is an exported graph: evaluate the .pt checkpoint it was exported from")
         model, meta = loaded.model, loaded.meta
         model.to(ctx.device)
-        settings = _clip_settings(Path(weights), clip_length, frame_interval, crop_size, resize, model)
+        settings = _clip_settings(Path(weights), clip_length, frame_interval, crop_size, resize, model, meta)
+        if ctx.is_main:
+            logger.info("%s", settings.pop("geometry"))
+        else:
+            settings.pop("geometry")
         built = build_eval_dataset(data, clips=clips, crops=crops, subset=subset, **settings)
         classes = meta.get("classes") or built.classes
         if built.classes and len(built.classes) != model.num_classes:
@@ -372,22 +382,27 @@ def _clip_settings(
     clip_length: int | None,
     frame_interval: int | None,
     crop_size: int | None,
-    resize: int | None,
+    resize: int | tuple[int, int] | None,
     model: nn.Module,
+    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Clip settings from the arguments, else the run's recipe, else the paper's defaults."""
+    """Clip settings from the arguments, else the run's recipe, else the checkpoint's, else the paper's defaults."""
     recipe: dict[str, Any] = {}
     for candidate in (weights.parent / "recipe.json", weights.parent.parent / "recipe.json"):
         if candidate.exists():
             recipe = json.loads(candidate.read_text())
             break
     image = getattr(model, "input_ndim", 5) == 4 and recipe.get("clip_length", 16) == 1
+    crop = crop_size or recipe.get("crop_size", 224)
+    geometry = resolve_test_geometry(crop, resize=resize, recipe=recipe, meta=meta)
     return {
         "clip_length": clip_length or recipe.get("clip_length", 1 if image else 16),
         "frame_interval": frame_interval or recipe.get("frame_interval", 2),
-        "crop_size": crop_size or recipe.get("crop_size", 224),
-        "resize": resize or recipe.get("resize", 256),
+        "crop_size": crop,
+        "resize": geometry.resize,
+        "test_protocol": geometry.protocol,
         "normalization": recipe.get("normalization", "mfnet"),
+        "geometry": geometry.describe(),
     }
 
 

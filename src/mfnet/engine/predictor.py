@@ -25,7 +25,7 @@ from mfnet.data.datasets import VideoClipDataset
 from mfnet.data.loader import build_loader
 from mfnet.data.readers import open_video
 from mfnet.data.sampling import ClipIndices, UniformClipSampler
-from mfnet.data.transforms import eval_transform
+from mfnet.data.transforms import build_eval_transform, protocol_of_resize
 from mfnet.errors import MfnetError
 from mfnet.tools.fastpath import autocast_context
 
@@ -75,10 +75,12 @@ class ClipSpec:
     Attributes:
         frames: Frames per clip ``T``.
         interval: Frames between consecutive clip frames.
-        resize: Short side after resizing (or ``(height, width)``).
+        resize: Short side after resizing (``"keep-aspect"``), or ``(height, width)`` (``"authors"``).
         crop_size: Square crop ``H = W``.
         crops: Crops per clip: 1 (centre) or 3 (along the longer side).
         normalization: A normalisation of ``mfnet.data.transforms`` (``"mfnet"``, ``"imagenet"``, ``"none"``).
+        test_protocol: ``"authors"`` or ``"keep-aspect"`` (see ``mfnet.data.transforms``); ``None``: the one
+            ``resize`` implies (a pair is the authors' fixed size, a number keeps the aspect ratio).
     """
 
     frames: int = 16
@@ -87,11 +89,16 @@ class ClipSpec:
     crop_size: int = 224
     crops: int = 1
     normalization: str = "mfnet"
+    test_protocol: str | None = None
 
     def transform(self) -> Any:
         """The evaluation transform: uint8 ``(T, H, W, C)`` -> float ``(C, T, crop, crop)``."""
-        return eval_transform(
-            resize=self.resize, crop_size=self.crop_size, crops=self.crops, normalization=self.normalization
+        return build_eval_transform(
+            self.test_protocol or protocol_of_resize(self.resize),
+            resize=self.resize,
+            crop_size=self.crop_size,
+            crops=self.crops,
+            normalization=self.normalization,
         )
 
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int, int]:
@@ -333,8 +340,11 @@ def load_model(weights: str | Path, *, model_name: str | None = None) -> LoadedM
         return LoadedModel(runner, dict(runner.meta), runner.input_shape)
     from mfnet.models.checkpoint import model_from_checkpoint, read_checkpoint
 
-    name = model_name or (read_checkpoint(path).meta or {}).get("model") or "mfnet3d"
+    stored = read_checkpoint(path).meta
+    name = model_name or (stored or {}).get("model") or "mfnet3d"
     model, meta = model_from_checkpoint(path, model_name=name)
+    if stored is None:  # the authors' files and plain state dicts: the paper's test geometry applies
+        meta["source_layout"] = "authors"
     return LoadedModel(model.eval(), meta)
 
 

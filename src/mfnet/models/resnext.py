@@ -193,13 +193,11 @@ class ResNeXt3D(ClassifierBase):
 
 @register_model
 def resnext26_3d(*, num_classes: int = 400, **kwargs) -> ResNeXt3D:
-    """3D ResNeXt-26 (32x2d) on clips at 3D MF-Net's cost (this package's baseline, not a row of the paper):
-    9,061,120 parameters, 11.44 G multiply-adds at 16x224x224."""
+    """3D ResNeXt-26 (32x2d) at 3D MF-Net's cost, not a paper row: 9,061,120 params, 11.44 G MACs at 16x224x224."""
     return ResNeXt3D(num_classes, **kwargs)
 
 
 @register_model
 def resnext26_2d(*, num_classes: int = 1000, **kwargs) -> ResNeXt2D:
-    """2D ResNeXt-26 (32x1d) on images, Table 1's ResNeXt row at 2D MF-Net's cost: 7,320,392 parameters,
-    0.868 G multiply-adds at 224x224."""
+    """2D ResNeXt-26 (32x1d), Table 1's row at 2D MF-Net's cost: 7,320,392 params, 0.868 G MACs at 224x224."""
     return ResNeXt2D(num_classes, **kwargs)

@@ -27,8 +27,9 @@ def create_model(
         weights: A checkpoint path: the authors' released files, one of ours (training run or export), or
             safetensors. A 2D checkpoint given to a 3D model is inflated. A classifier of another size is
             skipped (and reported) only when ``num_classes`` was given explicitly.
-        inflate: How 2D kernels fill time when inflating: ``"average"`` (repeat and divide by T) or
-            ``"random"`` (the authors' alternative: zero-sum noise over time); see ``inflate_kernel``.
+        inflate: How 2D kernels fill time when inflating: ``"average"`` (repeat and divide by T, sums to W),
+            ``"random"`` (the authors' method: one W/T tap, cancelling noise, shuffled; sums to W/3 for 3 taps) or
+            ``"average-noise"`` (zero-sum noise on the average; sums to W); see ``inflate_kernel``.
         **arch_kwargs: Architecture options of the builder (``fibers``, ``multiplexer``, ``drop_rate``, ...).
     """
     if weights is None:

@@ -173,8 +173,8 @@ def _fine_tune_authors(
     return Recipe(
         name=name,
         description=f"Fine-tune mfnet3d from Kinetics-400 weights on {what} as the authors' script does: LR 0.005 at "
-        f"batch 32, x0.1 at {', '.join(f'{s:.0f}' for s in samples)} samples, backbone LR x0.2, no dropout, "
-        f"{epochs} epochs.",
+        f"batch 32, x0.1 at {', '.join(f'{s:.0f}' for s in samples)} samples ({len(milestones)} of them within "
+        f"{epochs} epochs), backbone LR x0.2, no dropout.",
         model="mfnet3d",
         num_classes=num_classes,
         drop_rate=0.0,

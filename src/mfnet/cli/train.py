@@ -106,6 +106,15 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     p.add_argument("run_dir", type=Path, help="the run directory of `mfnet train`")
     p.add_argument("--samples", type=int, default=4, help="sample videos in the predictions figure (default 4)")
     p.add_argument("--eval-dir", type=Path, help="an `mfnet eval --out` folder (default: RUN_DIR/eval)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="CSV",
+        help="more rows for the accuracy-against-GFLOPs chart: dataset,model,params_m,gflops,top1,top5,source "
+        "(repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(handler=_report)
 
@@ -329,10 +338,10 @@ def _recipes_show(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from mfnet.tools.report import write_report
 
-    paths = write_report(args.run_dir, samples=args.samples, eval_dir=args.eval_dir)
+    paths = write_report(args.run_dir, samples=args.samples, eval_dir=args.eval_dir, results=args.results)
     if args.json:
         print_json({k: str(v) for k, v in paths.items()})
     else:
         for name, path in paths.items():
-            print(f"{name:<10} {path}")
+            print(f"{name:<18} {path}")
     return 0

@@ -54,6 +54,12 @@ def test_build_eval_dataset_uses_the_protocol(ucf_spec: DataSpec) -> None:
     assert authors.dataset.transform.protocol == "authors" and keep.dataset.transform.protocol == "keep-aspect"
     a, k = authors.dataset[0]["clip"], keep.dataset[0]["clip"]
     assert a.shape == k.shape == (3, 4, 32, 32) and not torch.equal(a, k)  # 40x48 frames: different crops
+    # The authors' test script's random crop: seeded per item, so the same item gives the same crop.
+    random = build_eval_dataset(ucf_spec, resize=(37, 37), test_protocol="authors", random_crop=True, **common)
+    crops = [random.dataset[i]["clip"] for i in range(len(random.dataset))]
+    assert all(torch.equal(c, random.dataset[i]["clip"]) for i, c in enumerate(crops))
+    centres = [authors.dataset[i]["clip"] for i in range(len(authors.dataset))]
+    assert any(not torch.equal(c, d) for c, d in zip(crops, centres, strict=True))
 
 
 def test_an_authors_layout_checkpoint_is_evaluated_with_the_authors_geometry(

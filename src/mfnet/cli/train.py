@@ -67,6 +67,11 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     p.add_argument("--subset", help="part of the annotations to evaluate (default: test, else val)")
     p.add_argument("--clips", type=int, default=10, help="clips per video (default 10)")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="crops per clip (default 1)")
+    p.add_argument(
+        "--random-crop",
+        action="store_true",
+        help="one crop per clip at a seeded random position instead of the centre (the authors' test script)",
+    )
     p.add_argument("--clip-length", type=int, help="frames per clip (default: from the run's recipe, else 16)")
     p.add_argument("--frame-interval", type=int, help="frame interval (default: from the recipe, else 2)")
     p.add_argument("--crop-size", type=int, help="crop size (default: from the recipe, else 224)")
@@ -268,6 +273,7 @@ def _eval_splits(args: argparse.Namespace, ctx: Any, fmt: str, splits: list[int 
             spec,
             clips=args.clips,
             crops=args.crops,
+            random_crop=args.random_crop,
             subset=args.subset,
             clip_length=args.clip_length,
             frame_interval=args.frame_interval,

@@ -295,6 +295,7 @@ def evaluate(
     *,
     clips: int = 10,
     crops: int = 1,
+    random_crop: bool = False,
     subset: str | None = None,
     clip_length: int | None = None,
     frame_interval: int | None = None,
@@ -318,6 +319,8 @@ def evaluate(
         data: The dataset; ``subset`` chooses its part (default: the test/val part).
         clips: Clips per video, spread uniformly over it.
         crops: 1 (centre) or 3 (left/centre/right, or top/centre/bottom).
+        random_crop: One crop per clip at a seeded random position instead of the centre (the authors' test
+            script); needs ``crops=1``.
         out_dir: Where to write ``metrics.json``, ``predictions.csv/json`` and ``scores.pt`` (rank 0).
         resize: A short side (aspect kept) or ``(H, W)`` (the authors' fixed-size protocol); by default the run's
             recipe, else the checkpoint's clip spec, else the authors' 256x256 for a file in the authors' layout,
@@ -333,6 +336,8 @@ def evaluate(
 
     if crops not in (1, 3):
         raise MfnetError(f"crops must be 1 or 3, got {crops}")
+    if random_crop and crops != 1:
+        raise MfnetError("a random crop is one crop per clip: drop --crops 3 or --random-crop")
     own_ctx = ctx is None
     ctx = ctx or init_distributed(device)
     try:
@@ -346,7 +351,7 @@ def evaluate(
             logger.info("%s", settings.pop("geometry"))
         else:
             settings.pop("geometry")
-        built = build_eval_dataset(data, clips=clips, crops=crops, subset=subset, **settings)
+        built = build_eval_dataset(data, clips=clips, crops=crops, random_crop=random_crop, subset=subset, **settings)
         classes = meta.get("classes") or built.classes
         if built.classes and len(built.classes) != model.num_classes:
             raise MfnetError(

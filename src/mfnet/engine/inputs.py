@@ -214,7 +214,11 @@ def build_datasets(spec: DataSpec, recipe: Recipe, *, train: bool = True, val: b
         val_records = _records(val_ann, recipe.val_subset, spec, any_subset=spec.val_annotations is not None)
         sampler = UniformClipSampler(recipe.val_clips, recipe.clip_length, recipe.frame_interval)
         transform = build_eval_transform(
-            recipe.test_protocol, crop_size=recipe.crop_size, resize=recipe.resize, normalization=recipe.normalization
+            recipe.test_protocol,
+            crop_size=recipe.crop_size,
+            resize=recipe.resize,
+            normalization=recipe.normalization,
+            random_crop=recipe.test_random_crop,
         )
         val_ds = _dataset(spec, val_records, sampler=sampler, transform=transform)
         val_names = [str(r.path) for r in val_records]
@@ -233,11 +237,14 @@ def build_eval_dataset(
     resize: int | Sequence[int] | None,
     normalization: str = "mfnet",
     test_protocol: str | None = None,
+    random_crop: bool = False,
 ) -> EvalData:
     """The test dataset: ``clips`` uniform clips x ``crops`` crops per video of ``subset`` (default: test or val).
 
     ``test_protocol`` (``"authors"`` or ``"keep-aspect"``, see ``mfnet.data.transforms``) with ``resize`` gives the
     geometry; without a protocol, a ``(H, W)`` resize is the authors' and a number keeps the aspect ratio.
+    ``random_crop`` takes one crop per clip at a position drawn from the item's seeded generator (reproducible)
+    instead of the centre, as the authors' released test script does.
     """
     from mfnet.data.sampling import UniformClipSampler
     from mfnet.data.transforms import build_eval_transform, protocol_of_resize
@@ -257,6 +264,7 @@ def build_eval_dataset(
             resize=resize,
             crops=crops,
             normalization=normalization,
+            random_crop=random_crop,
         ),
     )
     return EvalData(dataset, list(ann.classes) if ann.classes else None, [str(r.path) for r in records], subset)

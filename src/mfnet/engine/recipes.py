@@ -65,6 +65,7 @@ class Recipe:
     # kept (the paper's 256x256); "keep-aspect" resizes the short side. `resize` is a short side or an (H, W) pair.
     test_protocol: str = "keep-aspect"
     resize: int | tuple[int, int] = 256
+    test_random_crop: bool = False  # one random crop per clip instead of the centre (the authors' test script)
     # Training augmentation: "authors" squashes frames to a square and jitters w/h in [0.64, 1.56];
     # "keep-aspect" keeps the video's aspect ratio and jitters w/h in [0.8, 1.25].
     train_protocol: str = "keep-aspect"

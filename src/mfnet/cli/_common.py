@@ -52,3 +52,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not shape or any(d <= 0 for d in shape):
         raise MfnetError(f"invalid shape {text!r}: write positive sizes joined by 'x', e.g. 1x3x16x224x224")
     return shape
+
+
+def parse_resize(text: str) -> int | tuple[int, int]:
+    """Parses ``"256"`` (the short side) or ``"340x256"`` (width x height) into ``256`` or ``(256, 340)`` (H, W)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts, default=0) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid resize {text!r}: give the short side (256) or WIDTHxHEIGHT (256x256)"
+        )
+    return parts[0] if len(parts) == 1 else (parts[1], parts[0])

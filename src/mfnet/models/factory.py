@@ -9,7 +9,7 @@ from torch import nn
 
 from mfnet.errors import MfnetError
 from mfnet.models.checkpoint import load_weights, read_checkpoint
-from mfnet.models.hub import resolve_weights
+from mfnet.models.hub import HF_PREFIX, is_converted_folder, resolve_weights
 from mfnet.models.registry import build_model, list_models
 from mfnet.models.weights import WeightsRecord, default_weights, get_weights, is_weights_name, list_weights
 
@@ -26,8 +26,10 @@ def create_model(
     """Builds model ``name`` and loads ``weights`` into it.
 
     Args:
-        name: A name from ``list_models()`` (``"mfnet3d"``), or a registered weights name from ``list_weights()``
-            (``"mfnet3d.k400_authors"``): its architecture, built with the record's arguments and class count.
+        name: A name from ``list_models()`` (``"mfnet3d"``), a registered weights name from ``list_weights()``
+            (``"mfnet3d.k400_authors"``: its architecture, built with the record's arguments and class count), or a
+            folder written by ``mfnet weights convert`` / ``hf-hub:ORG/NAME`` (built and loaded from its
+            ``config.json`` and weights).
         num_classes: Classes of the classifier; ``None`` takes them from ``weights`` when given, else the
             record's or the builder's default.
         weights: A checkpoint path (the authors' released files, one of ours, safetensors, or a folder written by
@@ -45,6 +47,12 @@ def create_model(
         UnknownModelError, MfnetError: An unknown name, weights that are not available (the message says which file
             to put where), or weights that do not fit.
     """
+    if name.startswith(HF_PREFIX) or is_converted_folder(Path(name)):  # a folder of `mfnet weights convert`
+        resolved = resolve_weights(name)
+        config = resolved.config or {}
+        name, weights = str(config.get("architecture", "mfnet3d")), resolved.path
+        arch_kwargs = {**(config.get("arch_kwargs") or {}), **arch_kwargs}
+        pretrained = False
     record = _record_of(name, pretrained=pretrained, weights=weights)
     if record is not None:
         name = record.architecture

@@ -70,7 +70,7 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         "random clip and prints the largest absolute difference of the logits; the command fails (exit 1) above "
         "--tolerance.",
     )
-    p.add_argument("--weights", required=True, help="checkpoint to export")
+    p.add_argument("--weights", required=True, help="checkpoint to export (a path or a registered name)")
     p.add_argument("--model", default=None, help="model name (default: the checkpoint's, else mfnet3d)")
     p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx", help="artifact format (default onnx)")
     p.add_argument("--out", required=True, help="output file (.onnx, or .pt2 for torch-export)")
@@ -89,7 +89,12 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="VIDEO", help="video files, folders (searched recursively) or globs")
-    p.add_argument("--weights", required=True, help="checkpoint (.pth/.pt/.safetensors) or exported .onnx / .pt2")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint (.pth/.pt/.safetensors), converted folder, exported .onnx / .pt2, or a registered name "
+        "(mfnet weights list)",
+    )
     p.add_argument("--model", default=None, help="model name (default: the checkpoint's, else mfnet3d)")
 
 

@@ -32,7 +32,7 @@ def test_predict_defaults_to_the_authors_geometry_for_their_files(
     assert main(["predict", str(files["video"]), "--weights", str(files["authors"]), "--json", *CLIP_ARGS]) == 0
     err = capsys.readouterr().err
     assert "test protocol: authors (frames resized to 37x37, aspect not kept; centre crop 32x32)" in err
-    assert "[the authors' checkpoint]" in err
+    assert "[the paper's defaults]" in err
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,8 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         description="Runs --clips evenly spread clips of each video through the model and prints the top classes "
         "of the averaged probabilities. With --window, predicts consecutive windows of each video instead "
         "(a timeline). --weights may be a checkpoint or an exported .onnx / .pt2 model. The exit status is 1 "
-        "if any video failed to decode (the others are still predicted).",
+        "if any video failed to decode (the others are still predicted). With --out DIR the top classes go to "
+        "a folder of Parquet shards instead (resumable with --resume; --engine ray runs the job on Ray).",
     )
     _add_inputs(p)
     p.add_argument("--labels", default=None, help="class names: kinetics400, ucf101, hmdb51 or a text file")
@@ -55,7 +56,8 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         help="write pooled clip or video embeddings of videos to .npy or .safetensors",
         description="Writes the pooled embeddings (forward_features + global average pooling, before the "
         "classifier) of --clips clips per video: one row per video (mean over its clips) or, with --per-clip, "
-        "one row per clip. A .npy file gets an index FILE.json beside it; a .safetensors file holds the index.",
+        "one row per clip. A .npy file gets an index FILE.json beside it; a .safetensors file holds the index. "
+        "Any other --out is a folder of Parquet shards (resumable with --resume; --engine ray runs the job on Ray).",
     )
     _add_inputs(p)
     p.add_argument("--out", required=True, help="output file, .npy or .safetensors, or a folder for Parquet shards")

@@ -36,6 +36,8 @@ except ImportError:  # the engine is optional
     ray = None
 
 
+VIDEOS_PER_DECODE_TASK = 4
+MAX_DECODE_TASKS = 10_000
 DECODER_BYTES = 768 * 2**20  # memory of a decode worker (Python, PyTorch, the decoder), besides the clips
 
 
@@ -210,7 +212,9 @@ def ray_tables(
     if progress_bars is not None:
         ray.data.DataContext.get_current().enable_progress_bars = progress_bars
     rows = [{"video_id": e.video_id, "path": str(e.path)} for e in entries]
-    blocks = max(1, min(len(rows), math.ceil(len(rows) / 4)))
+    # Decode tasks of a few videos each (many tasks keep every CPU busy), but not more tasks than Ray Data handles
+    # lightly: a task's output still streams out in blocks of Ray Data's target size.
+    blocks = max(1, min(math.ceil(len(rows) / VIDEOS_PER_DECODE_TASK), MAX_DECODE_TASKS))
     dataset = ray.data.from_items(rows, override_num_blocks=blocks)
     results = ray_results(
         dataset,

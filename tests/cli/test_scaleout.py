@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,3 +218,55 @@ def test_ray_run_killed_part_way_resumes_with_the_remaining_videos(
     assert summary["skipped"] == written and summary["done"] + summary["failed"] == 8 - written
     assert summary["complete"] and summary["folder_failed"] == 2
     assert sorted(_rows(out)) == sorted(job["manifest"].read_text().split())  # exactly one row per video
+
+
+def _model_actor_pid() -> int | None:
+    """The process of this test's Ray model actor (a descendant of this process), found in /proc."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"_ModelActor" not in (entry / "cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        pid = int(entry.name)
+        while pid > 1:
+            try:
+                pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                break
+            if pid == me:
+                return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+def test_ray_restarts_a_model_actor_that_dies(
+    job: dict[str, Path], tmp_path: Path, ray_cluster: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = job["manifest"].read_text().split()
+    manifest = tmp_path / "many.csv"  # 40 rows over the 8 files, so that work remains when the actor is killed
+    manifest.write_text("id,path\n" + "".join(f"k{i:02d},{job['root'] / names[i % 8]}\n" for i in range(40)))
+    out = tmp_path / "restarted"
+    killed: list[int] = []
+
+    def kill_the_actor_after_the_first_shard() -> None:
+        deadline = time.monotonic() + 300
+        while not killed and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pid = _model_actor_pid() if list(out.glob("part-*.parquet")) else None
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    killer = threading.Thread(target=kill_the_actor_after_the_first_shard, daemon=True)
+    killer.start()
+    argv = ["features", "--manifest", str(manifest), "--weights", str(job["ckpt"]), "--out", str(out)]
+    assert main([*argv, *CLIP_ARGS, "--engine", "ray", "--shard-size", "4"]) == 1  # the two bad files
+    killer.join(timeout=1)
+    assert killed, "the model actor was not found"
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["done"], summary["failed"], summary["complete"]) == (30, 10, True)
+    assert sorted(_rows(out)) == [f"k{i:02d}" for i in range(40)]

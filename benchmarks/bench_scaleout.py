@@ -9,7 +9,7 @@ It writes ``--videos`` generated H.264 videos and a manifest, then runs, on the 
 - ``ray, --threads-per-worker CPUS``: the same with as many PyTorch threads in the actor as the local engine's
   model has (it then also uses the CPU time that decoding leaves idle).
 
-Each rate is the job's own figure (``summary.json``: videos / wall seconds of the run, the model load and, for
+Each rate is the job's own figure (``_summary.json``: videos / wall seconds of the run, the model load and, for
 Ray, the actors' start included). It also measures the two rates a cluster is sized by, on one core each:
 
 - ``decode_videos_per_s_per_core``: ``decode_video`` (open, seek, decode, resize, crop, normalise) of every clip;
@@ -62,7 +62,7 @@ def _run(argv: list[str], out: Path) -> dict:
     status = mfnet_main([*argv, "--out", str(out)])
     if status != 0:
         raise SystemExit(f"mfnet {' '.join(argv)} exited with {status}")
-    return json.loads((out / "summary.json").read_text())
+    return json.loads((out / "_summary.json").read_text())
 
 
 def _per_core_rates(paths: list[Path], model: torch.nn.Module, spec: ClipSpec, clips: int) -> dict[str, float]:

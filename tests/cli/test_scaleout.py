@@ -78,7 +78,7 @@ def test_features_manifest_to_shards_with_failed_rows(
     assert len(rows) == 8 and len(list(out.glob("part-*.parquet"))) == 3
     assert rows["videos/empty.mp4"]["status"] == "failed" and "empty.mp4" in rows["videos/empty.mp4"]["error"]
     assert rows["videos/v0.mp4"]["status"] == "ok" and len(rows["videos/v0.mp4"]["embedding"]) == 64
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["done"], summary["failed"], summary["skipped"], summary["complete"]) == (6, 2, 0, True)
     # The same videos written to .npy by the single-file path: the same numbers.
     npy = tmp_path / "feats.npy"
@@ -149,7 +149,7 @@ def test_a_killed_run_resumes_with_only_the_remaining_videos(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     killed = subprocess.run([sys.executable, "-c", _KILL_AFTER_FIRST_SHARD, *argv], env=env, capture_output=True)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
-    assert len(_rows(out)) == 3 and not (out / "summary.json").exists()
+    assert len(_rows(out)) == 3 and not (out / "_summary.json").exists()
     assert main([*argv, "--resume"]) == 1
     assert "4 done, 1 failed, 3 skipped of 8 videos" in capsys.readouterr().out  # corrupt.mp4 was in shard 1
     assert len(_rows(out)) == 8
@@ -214,7 +214,7 @@ def test_ray_run_killed_part_way_resumes_with_the_remaining_videos(
     written = len(_rows(out))
     assert 3 <= written < 8
     assert main([*argv, "--resume"]) == 1
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["skipped"] == written and summary["done"] + summary["failed"] == 8 - written
     assert summary["complete"] and summary["folder_failed"] == 2
     assert sorted(_rows(out)) == sorted(job["manifest"].read_text().split())  # exactly one row per video
@@ -267,6 +267,6 @@ def test_ray_restarts_a_model_actor_that_dies(
     assert main([*argv, *CLIP_ARGS, "--engine", "ray", "--shard-size", "4"]) == 1  # the two bad files
     killer.join(timeout=1)
     assert killed, "the model actor was not found"
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["done"], summary["failed"], summary["complete"]) == (30, 10, True)
     assert sorted(_rows(out)) == [f"k{i:02d}" for i in range(40)]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset
 import pytest
 import torch
 
@@ -154,7 +155,9 @@ def test_local_job_rows_match_the_predictor_and_failures_are_rows(
         else:
             assert row["status"] == "ok" and row["error"] is None and row["clips"] == 2 and row["clip_id"] == -1
             np.testing.assert_allclose(row["embedding"], reference.features[index].numpy(), atol=1e-6)
-    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    # Any Parquet reader takes the folder as one table (the JSON files and temporary shards are skipped).
+    assert pyarrow.dataset.dataset(tmp_path / "out", format="parquet").to_table().num_rows == len(videos)
+    saved = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert saved["done"] == 5 and saved["failed"] == 2 and saved["folder_failed"] == 2
 
 
@@ -166,7 +169,7 @@ def test_interrupted_local_job_resumes_with_the_remaining_videos(
 
     with pytest.raises(KeyboardInterrupt):
         _run(predictor, videos, tmp_path / "out", shard_size=2, on_shard=stop)
-    first = json.loads((tmp_path / "out" / "summary.json").read_text())
+    first = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert first["done"] + first["failed"] == 2 and not first["complete"]
     summary = _run(predictor, videos, tmp_path / "out", shard_size=2, resume=True)
     assert summary.skipped == 2 and summary.done + summary.failed == len(videos) - 2 and summary.complete

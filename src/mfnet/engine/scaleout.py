@@ -90,7 +90,7 @@ class JobOptions:
 
 @dataclass
 class JobSummary:
-    """What a run did (``summary.json``).
+    """What a run did (``_summary.json``).
 
     Attributes:
         videos: Videos in the manifest.
@@ -242,7 +242,7 @@ def run_job(
             and DataLoader workers; Ray actors build the same predictor on their own device).
         options: What to compute.
         out: The output folder.
-        run: Settings stored in ``run.json`` (a resumed run must match them).
+        run: Settings stored in ``_run.json`` (a resumed run must match them).
         resume: Skip the videos already in ``out``.
         engine: ``local`` or ``ray``.
         shard_size: Videos per shard (the most a killed run can lose).
@@ -252,7 +252,7 @@ def run_job(
         on_shard: Called with each shard's path once it is written.
 
     Returns:
-        The summary (also written to ``out/summary.json``, even when the run is interrupted).
+        The summary (also written to ``out/_summary.json``, even when the run is interrupted).
     """
     if engine not in ENGINES:
         raise MfnetError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
@@ -322,7 +322,7 @@ def _write_shard(
 
 
 def run_settings(predictor: Predictor, options: JobOptions, **extra: Any) -> dict[str, Any]:
-    """The settings a resumed run must share with the first one (``run.json``)."""
+    """The settings a resumed run must share with the first one (``_run.json``)."""
     spec = asdict(predictor.spec)
     return {
         "task": options.task,

@@ -2,14 +2,16 @@
 
 Layout of ``OUT/``::
 
-    run.json                       the settings of the job (command, model, clip spec, ...); checked on --resume
+    _run.json                      the settings of the job (command, model, clip spec, ...); checked on --resume
     part-<run>-<000000>.parquet    result rows, one shard per finished group of videos
-    summary.json                   counts and speed of the last run (written when it ends or is interrupted)
+    _summary.json                  counts and speed of the last run (written when it ends or is interrupted)
 
 A shard is written under a temporary name in the same folder, flushed to disk and renamed, so a shard is either
 complete or absent: a run killed at any moment loses only the videos of the shard it was writing, and
 ``ShardFolder(..., resume=True)`` finds every video already written (``done``). The rows of one video are
-always in one shard. Temporary files left by a killed run are removed when the folder is opened again.
+always in one shard. Temporary files left by a killed run are removed when the folder is opened again. The
+names of the other files start with ``_`` or ``.``, so Parquet readers (``pandas.read_parquet(OUT)``,
+``pyarrow.dataset.dataset(OUT)``) read the folder as one table.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import pyarrow.parquet as pq
 
 from mfnet.errors import DataError
 
-RUN_FILE = "run.json"
-SUMMARY_FILE = "summary.json"
+RUN_FILE = "_run.json"
+SUMMARY_FILE = "_summary.json"
 _TEMP_PREFIX = ".tmp-"
 
 
@@ -93,7 +95,7 @@ class ShardFolder:
 
     Args:
         folder: The folder (created if needed).
-        run: The job's settings, stored in ``run.json``; a resumed run must have the same ones.
+        run: The job's settings, stored in ``_run.json``; a resumed run must have the same ones.
         resume: Continue a folder that already holds results (else such a folder is an error).
 
     Raises:
@@ -159,7 +161,7 @@ class ShardFolder:
         return {"ok": counter.get("ok", 0), "failed": counter.get("failed", 0)}
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
-        """Writes ``summary.json`` atomically."""
+        """Writes ``_summary.json`` atomically."""
         path = self.folder / SUMMARY_FILE
         write_json_atomic(path, summary)
         return path

@@ -24,6 +24,7 @@ import torch
 from torch import fx, nn
 
 from mfnet.errors import MfnetError
+from mfnet.models.pt2_safety import check_pt2_archive
 
 FORMATS = ("onnx", "torch-export")
 DEFAULT_TOLERANCE = 1e-3
@@ -307,6 +308,7 @@ class ExportedRunner:
 
     def _init_program(self) -> None:
         extra = {META_KEY: ""}
+        check_pt2_archive(self.path)  # torch.export.load can run code from a crafted file: refuse those first
         try:
             program = torch.export.load(str(self.path), extra_files=extra)
         except Exception as err:

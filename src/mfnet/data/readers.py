@@ -84,6 +84,8 @@ def open_video(
         return FrameFolderReader(path, fps=fps or 25.0)
     if not path.exists():
         raise VideoError(f"video {path} does not exist: check the dataset root and the annotation paths")
+    if not path.is_file():
+        raise VideoError(f"{path} is not a regular file (a FIFO, socket or device): give a video file")
     return PyAVReader(path, num_threads=num_threads, max_short_side=max_short_side)
 
 

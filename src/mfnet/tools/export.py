@@ -281,6 +281,8 @@ class ExportedRunner:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():
+            raise MfnetError(f"{self.path} is not a regular file (a folder, FIFO or device): give the exported file")
         if not self.path.is_file():
             raise MfnetError(f"no exported model at {self.path}: check the path or run `mfnet export` first")
         if self.path.suffix.lower() == ".onnx":

@@ -407,7 +407,7 @@ class _Trainer:
             total=self.steps_per_epoch,
             initial=first_step,
             desc=f"epoch {epoch + 1}/{r.epochs}",
-            disable=not self.progress,
+            disable=None if self.progress else True,  # None: no bar when stderr is not a terminal
             unit="step",
             dynamic_ncols=True,
             leave=False,

@@ -52,6 +52,16 @@ def test_interrupt_mid_epoch_and_resume(tmp_path, ucf_spec, uninterrupted) -> No
     second = train(tiny_recipe(), out_dir=tmp_path, data=ucf_spec, resume=True, progress=False, figures=False)
     assert second.finished and second.steps == 6 and second.epochs_done == 2
     _assert_identical(uninterrupted, tmp_path)
+    # The interrupted epoch's train_loss covers all its steps, before and after the resume.
+    epochs = [
+        [
+            (r["epoch"], r["train_loss"], r["train_top1"])
+            for r in read_metrics(run / "metrics.jsonl")
+            if r["kind"] == "epoch"
+        ]
+        for run in (uninterrupted, tmp_path)
+    ]
+    assert epochs[0] == epochs[1] and len(epochs[0]) == 2
 
 
 def test_sigkill_then_resume(tmp_path, ucf_root, uninterrupted) -> None:

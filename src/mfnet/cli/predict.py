@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mfnet.cli._common import parse_resize, parse_shape, print_json
+from mfnet.cli._common import non_negative_int, parse_resize, parse_shape, positive_float, positive_int, print_json
 from mfnet.errors import MfnetError, VideoError
 
 _GLOB_CHARS = frozenset("*?[")
@@ -32,12 +32,19 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     )
     _add_inputs(p)
     p.add_argument("--labels", default=None, help="class names: kinetics400, ucf101, hmdb51 or a text file")
-    p.add_argument("--topk", type=int, default=5, help="classes shown per video (default 5)")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes shown per video (default 5)")
     p.add_argument(
-        "--clips", type=int, default=None, help="clips per video (default 10), or per window with --window (default 3)"
+        "--clips",
+        type=positive_int,
+        default=None,
+        help="clips per video (default 10), or per window with --window (default 3)",
     )
-    p.add_argument("--window", type=float, default=None, metavar="SECONDS", help="predict windows of this length")
-    p.add_argument("--stride", type=float, default=None, metavar="SECONDS", help="seconds between windows (--window)")
+    p.add_argument(
+        "--window", type=positive_float, default=None, metavar="SECONDS", help="predict windows of this length"
+    )
+    p.add_argument(
+        "--stride", type=positive_float, default=None, metavar="SECONDS", help="seconds between windows (--window)"
+    )
     p.add_argument(
         "--plot",
         default=None,
@@ -57,7 +64,7 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     )
     _add_inputs(p)
     p.add_argument("--out", required=True, help="output file, .npy or .safetensors")
-    p.add_argument("--clips", type=int, default=10, help="clips per video (default 10)")
+    p.add_argument("--clips", type=positive_int, default=10, help="clips per video (default 10)")
     p.add_argument("--per-clip", action="store_true", help="one row per clip instead of one per video")
     _add_clip_options(p)
     p.set_defaults(handler=_features)
@@ -82,7 +89,9 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     )
     p.add_argument("--dynamic-batch", action="store_true", help="let the exported graph take any batch size")
     p.add_argument("--labels", default=None, help="class names stored in the artifact (default: the checkpoint's)")
-    p.add_argument("--tolerance", type=float, default=None, help="largest accepted logit difference (default 1e-3)")
+    p.add_argument(
+        "--tolerance", type=positive_float, default=None, help="largest accepted logit difference (default 1e-3)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_export)
 
@@ -102,9 +111,11 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "clips and pre-processing (defaults: the clip spec stored in the checkpoint, else the paper's test setting)"
     )
-    g.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
-    g.add_argument("--interval", type=int, default=None, help="frames between clip frames (default: the checkpoint's)")
-    g.add_argument("--size", type=int, default=None, help="crop size (default: the checkpoint's)")
+    g.add_argument("--frames", type=positive_int, default=None, help="frames per clip (default: the checkpoint's)")
+    g.add_argument(
+        "--interval", type=positive_int, default=None, help="frames between clip frames (default: the checkpoint's)"
+    )
+    g.add_argument("--size", type=positive_int, default=None, help="crop size (default: the checkpoint's)")
     g.add_argument(
         "--resize",
         type=parse_resize,
@@ -115,10 +126,9 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--crops", type=int, choices=(1, 3), default=1, help="crops per clip: centre, or three (default 1)")
     g.add_argument("--normalization", default=None, help="mfnet, imagenet or none (default: the checkpoint's)")
-    g.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
-    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="clips per forward pass (default 8)")
+    g.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes (default 2)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-
 
 
 # -- inputs -----------------------------------------------------------------------------------------------------
@@ -154,6 +164,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             found = videos_in([Path(p) for p in sorted(glob.glob(text, recursive=True))])
             if not found:
                 raise VideoError(f"no video files match {text!r}: check the pattern (quote it to stop the shell)")
+        elif path.exists():
+            raise VideoError(f"{path} is not a regular file (a FIFO, socket or device): give a video file")
         else:
             raise VideoError(f"{path} does not exist: check the path")
         out += found
@@ -261,6 +273,8 @@ def _predict(args: argparse.Namespace) -> int:
             if args.json:
                 print_json({"path": str(prediction.path), "error": prediction.error})
             continue
+        if prediction.probs is not None and not bool(prediction.probs.isfinite().all()):
+            raise MfnetError(f"the model gives NaN or infinite scores for {prediction.path}: its weights are broken")
         if args.json:
             record = {
                 "path": str(prediction.path),

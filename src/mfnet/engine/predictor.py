@@ -572,7 +572,7 @@ class Predictor:
         if not paths:
             return
         sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
-        bar = tqdm(total=len(paths), unit="video", disable=not progress, leave=False)
+        bar = tqdm(total=len(paths), unit="video", disable=None if progress else True, leave=False)
         try:
             for video in self._run(self._items(paths, sampler), features=False, progress=bar):
                 yield _video_prediction(paths[video.video], video.outputs, video.errors, video.seconds, self.spec.crops)
@@ -611,7 +611,7 @@ class Predictor:
         items = self._items([path], _WindowSampler(starts, lengths, inner), durations=False)
         # One "video" whose items are the windows' clips: count progress in windows.
         items_per_window = self.num_clips * self.spec.crops
-        bar = tqdm(total=len(starts), unit="window", disable=not progress, leave=False)
+        bar = tqdm(total=len(starts), unit="window", disable=None if progress else True, leave=False)
         outputs = []
         try:
             for video in self._run(
@@ -642,7 +642,7 @@ class Predictor:
         paths = [Path(p) for p in paths]
         sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
         rows, videos, clips, errors = [], [], [], {}
-        bar = tqdm(total=len(paths), unit="video", disable=not progress, leave=False)
+        bar = tqdm(total=len(paths), unit="video", disable=None if progress else True, leave=False)
         try:
             for video in self._run(self._items(paths, sampler), features=True, progress=bar):
                 out = video.outputs  # (M_ok, C)

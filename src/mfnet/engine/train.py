@@ -173,6 +173,8 @@ class _Trainer:
                 f"{recipe.accumulate_steps} accumulation steps: set --set batch_size=... to a multiple"
             )
         self.rank_batch = recipe.batch_size // ctx.world_size
+        self._resumed_sums: dict[str, float] | None = None  # the epoch sums of the checkpoint resumed from
+        self._meter: RunningMeans | None = None  # the running sums of the epoch in progress
 
     # ------------------------------------------------------------------ set-up
     def _build_model(self, num_classes: int) -> nn.Module:
@@ -271,6 +273,7 @@ class _Trainer:
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             start_epoch, start_epoch_step, step = state["epoch"], state["epoch_step"], state["step"]
+            self._resumed_sums = dict(state.get("epoch_sums") or {}) if start_epoch_step else None
             rng = state.get("rng") or []
             saved_rng = rng[ctx.rank] if len(rng) == ctx.world_size else None
             if start_epoch_step and saved_rng is None:
@@ -397,12 +400,16 @@ class _Trainer:
             ckpt.restore_rng(saved_rng)
         self.net.train()
         meter = RunningMeans()
+        if first_step and self._resumed_sums:  # the steps of this epoch before the resume count too
+            meter.count = int(self._resumed_sums.pop("count", 0))
+            meter.sums = {k: float(v) for k, v in self._resumed_sums.items()}
+        self._resumed_sums, self._meter = None, meter
         window = RunningMeans()
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=first_step,
             desc=f"epoch {epoch + 1}/{r.epochs}",
-            disable=not self.progress,
+            disable=None if self.progress else True,  # None: no bar when stderr is not a terminal
             unit="step",
             dynamic_ncols=True,
             leave=False,
@@ -565,6 +572,7 @@ class _Trainer:
                 rng=rng,
                 recipe=self.recipe.to_dict(),
                 keep=self.recipe.keep_checkpoints,
+                epoch_sums={"count": self._meter.count, **self._meter.sums} if epoch_step and self._meter else None,
             )
         barrier(self.ctx)
         return path

@@ -24,6 +24,7 @@ import torch
 from torch import fx, nn
 
 from mfnet.errors import MfnetError
+from mfnet.models.pt2_safety import check_pt2_archive
 
 FORMATS = ("onnx", "torch-export")
 DEFAULT_TOLERANCE = 1e-3
@@ -280,6 +281,8 @@ class ExportedRunner:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():
+            raise MfnetError(f"{self.path} is not a regular file (a folder, FIFO or device): give the exported file")
         if not self.path.is_file():
             raise MfnetError(f"no exported model at {self.path}: check the path or run `mfnet export` first")
         if self.path.suffix.lower() == ".onnx":
@@ -307,6 +310,7 @@ class ExportedRunner:
 
     def _init_program(self) -> None:
         extra = {META_KEY: ""}
+        check_pt2_archive(self.path)  # torch.export.load can run code from a crafted file: refuse those first
         try:
             program = torch.export.load(str(self.path), extra_files=extra)
         except Exception as err:

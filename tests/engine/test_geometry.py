@@ -43,6 +43,9 @@ def test_recipe_then_checkpoint_then_authors_layout_then_default() -> None:
         )
     authors = resolve_test_geometry(112, meta={"model": "mfnet3d", "source_layout": "authors"})
     assert (authors.protocol, authors.resize, authors.source) == ("authors", (128, 128), "the authors' checkpoint")
+    smoke = get_recipe("smoke").to_dict()  # 64 crops of a 64 short side: asked for 224 crops, 256 it is
+    assert resolve_test_geometry(224, recipe=smoke).resize == 256
+    assert resolve_test_geometry(64, recipe=smoke).resize == 64
     plain = resolve_test_geometry(224, meta={"model": "mfnet3d"})
     assert (plain.protocol, plain.resize, plain.source) == ("keep-aspect", 256, "default")
 

@@ -157,7 +157,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def _predictor(args: argparse.Namespace, loaded: Any, num_clips: int) -> Any:
-    from mfnet.engine.inputs import resolve_test_geometry
+    from mfnet.engine.inputs import recipe_beside, resolve_test_geometry
     from mfnet.engine.predictor import ClipSpec, Predictor
 
     frames, size, fixed_batch = args.frames or 16, args.size or 224, None
@@ -171,7 +171,8 @@ def _predictor(args: argparse.Namespace, loaded: Any, num_clips: int) -> Any:
         frames, size, fixed_batch = t, h, n
     if min(frames, size, args.interval, num_clips, args.batch_size) <= 0 or args.workers < 0:
         raise MfnetError("--frames, --size, --interval, --clips and --batch-size must be positive, --workers >= 0")
-    geometry = resolve_test_geometry(size, resize=args.resize, meta=loaded.meta)
+    recipe = {} if loaded.exported else recipe_beside(args.weights)
+    geometry = resolve_test_geometry(size, resize=args.resize, recipe=recipe, meta=loaded.meta)
     print(f"mfnet: {geometry.describe()}", file=sys.stderr)
     spec = ClipSpec(
         frames=frames,

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mfnet.engine.distributed import DistContext, all_gather_objects, cleanup, init_distributed
-from mfnet.engine.inputs import DataSpec, build_eval_dataset, make_loader, resolve_test_geometry
+from mfnet.engine.inputs import DataSpec, build_eval_dataset, make_loader, recipe_beside, resolve_test_geometry
 from mfnet.engine.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_correct
 from mfnet.engine.predictor import average_by_video
 from mfnet.errors import MfnetError
@@ -392,11 +392,7 @@ def _clip_settings(
     meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Clip settings from the arguments, else the run's recipe, else the checkpoint's, else the paper's defaults."""
-    recipe: dict[str, Any] = {}
-    for candidate in (weights.parent / "recipe.json", weights.parent.parent / "recipe.json"):
-        if candidate.exists():
-            recipe = json.loads(candidate.read_text())
-            break
+    recipe = recipe_beside(weights)
     image = getattr(model, "input_ndim", 5) == 4 and recipe.get("clip_length", 16) == 1
     crop = crop_size or recipe.get("crop_size", 224)
     geometry = resolve_test_geometry(crop, resize=resize, recipe=recipe, meta=meta)

@@ -8,6 +8,7 @@ every dataset built here are dicts with ``"clip"`` (float ``(C, T, H, W)``, or `
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,18 @@ def _as_resize(value: Any) -> int | tuple[int, int]:
     return int(value) if isinstance(value, int | float) else (int(value[0]), int(value[1]))
 
 
+def recipe_beside(weights: str | Path) -> dict[str, Any]:
+    """The ``recipe.json`` of the run a checkpoint belongs to (beside it, or one folder up), else ``{}``."""
+    weights = Path(weights)
+    for candidate in (weights.parent / "recipe.json", weights.parent.parent / "recipe.json"):
+        if candidate.is_file():
+            try:
+                return dict(json.loads(candidate.read_text()))
+            except (ValueError, TypeError):
+                return {}
+    return {}
+
+
 def resolve_test_geometry(
     crop_size: int,
     *,
@@ -80,6 +93,8 @@ def resolve_test_geometry(
             ``test_protocol`` and kept the aspect ratio.
         meta: The checkpoint's metadata (``predictor.load_model``'s ``meta``): a clip spec with
             ``test_protocol`` and ``resize``, or ``source_layout == "authors"``.
+
+    A recipe or clip spec made for another ``crop_size`` gives its protocol with this crop's default resize.
     """
     from mfnet.data.transforms import default_resize, protocol_of_resize
 
@@ -90,6 +105,8 @@ def resolve_test_geometry(
     for source, found in (("the run's recipe", recipe or {}), ("the checkpoint's clip spec", spec)):
         if "test_protocol" in found or (source == "the run's recipe" and "resize" in found):
             value = _as_resize(found["resize"]) if found.get("resize") is not None else None
+            if found.get("crop_size") not in (None, crop_size):  # another crop: its protocol at this crop's size
+                value = None
             protocol = found.get("test_protocol") or ("keep-aspect" if value is None else protocol_of_resize(value))
             if value is None:
                 value = default_resize(protocol, crop_size)

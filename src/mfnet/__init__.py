@@ -4,6 +4,7 @@ The public entry points::
 
     import mfnet
     model = mfnet.create_model("mfnet3d", num_classes=400, weights="MFNet3D_Kinetics-400_72.8.pth")
+    model = mfnet.create_model("mfnet3d.k400_authors", pretrained=True)  # cached, downloaded or imported; checked
     mfnet.count_params(model), mfnet.count_macs(model, (1, 3, 16, 224, 224))
 """
 
@@ -20,7 +21,7 @@ if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mfnet.errors import MfnetError
-from mfnet.models import create_model, list_models
+from mfnet.models import create_model, get_weights, list_models, list_weights
 from mfnet.tools.fastpath import optimize_for_inference
 from mfnet.tools.flops import count_macs, count_params
 
@@ -32,6 +33,8 @@ __all__ = [
     "count_macs",
     "count_params",
     "create_model",
+    "get_weights",
     "list_models",
+    "list_weights",
     "optimize_for_inference",
 ]

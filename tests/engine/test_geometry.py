@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -10,44 +11,49 @@ import torch
 
 import mfnet
 from mfnet.engine.evaluate import evaluate
-from mfnet.engine.inputs import DataSpec, build_datasets, build_eval_dataset, resolve_test_geometry
+from mfnet.engine.input_spec import apply_overrides, input_spec_of
+from mfnet.engine.inputs import DataSpec, build_datasets, build_eval_dataset
 from mfnet.engine.recipes import get_recipe
+from mfnet.models.weights import InputSpec
 
 
 def test_explicit_resize_wins_and_its_form_names_the_protocol() -> None:
-    recipe = {"test_protocol": "authors", "resize": [256, 256]}
-    short = resolve_test_geometry(224, resize=288, recipe=recipe)
-    assert (short.protocol, short.resize, short.source) == ("keep-aspect", 288, "--resize")
-    fixed = resolve_test_geometry(224, resize=(256, 340), meta={"source_layout": "authors"})
-    assert (fixed.protocol, fixed.resize) == ("authors", (256, 340))
-    assert fixed.describe() == (
+    stored = input_spec_of({"input_spec": InputSpec(resize=(256, 256), test_protocol="authors").to_dict()})
+    short = apply_overrides(stored, resize=288)
+    assert (short.spec.test_protocol, short.spec.eval_resize) == ("keep-aspect", 288)
+    assert short.describe_geometry() == (
+        "test protocol: keep-aspect (short side resized to 288, aspect kept; centre crop 224x224) [--resize]"
+    )
+    fixed = apply_overrides(input_spec_of(None), resize=(256, 340))
+    assert (fixed.spec.test_protocol, fixed.spec.eval_resize) == ("authors", (256, 340))
+    assert fixed.describe_geometry() == (
         "test protocol: authors (frames resized to 340x256, aspect not kept; centre crop 224x224) [--resize]"
     )
 
 
-def test_recipe_then_checkpoint_then_authors_layout_then_default() -> None:
-    run = get_recipe("kinetics400").to_dict()
-    assert resolve_test_geometry(224, recipe=run).resize == (256, 256)
-    old_run = {"crop_size": 224, "resize": 256}  # recipe.json written before protocols existed
-    assert (resolve_test_geometry(224, recipe=old_run).protocol, resolve_test_geometry(224, recipe=old_run).resize) == (
-        "keep-aspect",
-        256,
+def test_checkpoint_then_run_recipe_then_paper_default(tmp_path: Path) -> None:
+    stored = input_spec_of(
+        {"input_spec": InputSpec(crop_size=112, resize=(128, 128), test_protocol="authors").to_dict()}
     )
-    # A clip spec in the checkpoint's metadata, at the top level or nested.
-    for meta in ({"test_protocol": "authors", "resize": [256, 256]}, {"clip": {"test_protocol": "authors"}}):
-        geometry = resolve_test_geometry(224, meta=meta)
-        assert (geometry.protocol, geometry.resize, geometry.source) == (
-            "authors",
-            (256, 256),
-            "the checkpoint's clip spec",
-        )
-    authors = resolve_test_geometry(112, meta={"model": "mfnet3d", "source_layout": "authors"})
-    assert (authors.protocol, authors.resize, authors.source) == ("authors", (128, 128), "the authors' checkpoint")
-    smoke = get_recipe("smoke").to_dict()  # 64 crops of a 64 short side: asked for 224 crops, 256 it is
-    assert resolve_test_geometry(224, recipe=smoke).resize == 256
-    assert resolve_test_geometry(64, recipe=smoke).resize == 64
-    plain = resolve_test_geometry(224, meta={"model": "mfnet3d"})
-    assert (plain.protocol, plain.resize, plain.source) == ("keep-aspect", 256, "default")
+    assert (stored.spec.test_protocol, stored.spec.eval_resize, stored.source) == (
+        "authors",
+        (128, 128),
+        "the checkpoint",
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.json").write_text(json.dumps(get_recipe("kinetics400").to_dict()))
+    from_recipe = input_spec_of({}, weights=run / "model.pt")
+    assert (from_recipe.spec.test_protocol, from_recipe.spec.eval_resize) == ("authors", (256, 256))
+    (run / "recipe.json").write_text(json.dumps({"crop_size": 224, "resize": 256}))  # written before protocols
+    old = input_spec_of({}, weights=run / "model.pt")
+    assert (old.spec.test_protocol, old.spec.eval_resize) == ("keep-aspect", 256)
+    authors = input_spec_of(None)  # the authors' files store nothing: the paper's test setting
+    assert (authors.spec.test_protocol, authors.spec.eval_resize, authors.source) == (
+        "authors",
+        (256, 256),
+        "the paper's defaults",
+    )
 
 
 def test_build_eval_dataset_uses_the_protocol(ucf_spec: DataSpec) -> None:

@@ -18,6 +18,7 @@ from mfnet.cli._common import run_handler
 # Modules that add commands, in the order their commands are listed by ``mfnet --help``.
 COMMAND_MODULES = (
     "mfnet.cli.models",
+    "mfnet.cli.weights",
     "mfnet.cli.data",
     "mfnet.cli.train",
     "mfnet.cli.predict",

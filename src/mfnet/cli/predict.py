@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mfnet.cli._common import parse_shape, print_json
+from mfnet.cli._common import parse_resize, parse_shape, print_json
 from mfnet.errors import MfnetError, VideoError
 
 _GLOB_CHARS = frozenset("*?[")
@@ -70,11 +70,16 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         "random clip and prints the largest absolute difference of the logits; the command fails (exit 1) above "
         "--tolerance.",
     )
-    p.add_argument("--weights", required=True, help="checkpoint to export")
+    p.add_argument("--weights", required=True, help="checkpoint to export (a path or a registered name)")
     p.add_argument("--model", default=None, help="model name (default: the checkpoint's, else mfnet3d)")
     p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx", help="artifact format (default onnx)")
     p.add_argument("--out", required=True, help="output file (.onnx, or .pt2 for torch-export)")
-    p.add_argument("--input", type=parse_shape, default=None, help="input shape NxCxTxHxW (default 1x3x16x224x224)")
+    p.add_argument(
+        "--input",
+        type=parse_shape,
+        default=None,
+        help="input shape NxCxTxHxW (default: 1x3xTxSxS of the checkpoint's clip spec, else 1x3x16x224x224)",
+    )
     p.add_argument("--dynamic-batch", action="store_true", help="let the exported graph take any batch size")
     p.add_argument("--labels", default=None, help="class names stored in the artifact (default: the checkpoint's)")
     p.add_argument("--tolerance", type=float, default=None, help="largest accepted logit difference (default 1e-3)")
@@ -84,37 +89,36 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="VIDEO", help="video files, folders (searched recursively) or globs")
-    p.add_argument("--weights", required=True, help="checkpoint (.pth/.pt/.safetensors) or exported .onnx / .pt2")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint (.pth/.pt/.safetensors), converted folder, exported .onnx / .pt2, or a registered name "
+        "(mfnet weights list)",
+    )
     p.add_argument("--model", default=None, help="model name (default: the checkpoint's, else mfnet3d)")
 
 
 def _add_clip_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("clips and pre-processing (defaults: the paper's test setting)")
-    g.add_argument("--frames", type=int, default=None, help="frames per clip (default 16, or the exported graph's)")
-    g.add_argument("--interval", type=int, default=2, help="frames between clip frames (default 2)")
-    g.add_argument("--size", type=int, default=None, help="crop size (default 224, or the exported graph's)")
+    g = p.add_argument_group(
+        "clips and pre-processing (defaults: the clip spec stored in the checkpoint, else the paper's test setting)"
+    )
+    g.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
+    g.add_argument("--interval", type=int, default=None, help="frames between clip frames (default: the checkpoint's)")
+    g.add_argument("--size", type=int, default=None, help="crop size (default: the checkpoint's)")
     g.add_argument(
         "--resize",
-        type=_resize_arg,
+        type=parse_resize,
         default=None,
         metavar="N|WxH",
         help="N: short side before cropping, aspect kept; WxH (e.g. 256x256): every frame resized to that size, "
-        "aspect not kept (the authors' protocol). Default: the checkpoint's protocol; 256x256 for the authors' files",
+        "aspect not kept (the authors' protocol). Default: the checkpoint's; with --size alone, scaled like the crop",
     )
     g.add_argument("--crops", type=int, choices=(1, 3), default=1, help="crops per clip: centre, or three (default 1)")
-    g.add_argument("--normalization", default="mfnet", help="mfnet (default), imagenet or none")
+    g.add_argument("--normalization", default=None, help="mfnet, imagenet or none (default: the checkpoint's)")
     g.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
-
-def _resize_arg(text: str) -> int | tuple[int, int]:
-    from mfnet.data.transforms import parse_resize
-
-    try:
-        return parse_resize(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 # -- inputs -----------------------------------------------------------------------------------------------------
@@ -157,32 +161,22 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def _predictor(args: argparse.Namespace, loaded: Any, num_clips: int) -> Any:
-    from mfnet.engine.inputs import recipe_beside, resolve_test_geometry
-    from mfnet.engine.predictor import ClipSpec, Predictor
+    from mfnet.engine.predictor import Predictor, clip_spec_for
 
-    frames, size, fixed_batch = args.frames or 16, args.size or 224, None
-    if loaded.exported:
-        n, _, t, h, w = loaded.input_shape
-        if (args.frames not in (None, t)) or (args.size not in (None, h)) or h != w:
-            raise MfnetError(
-                f"{args.weights} takes clips of {t} frames of {h}x{w}: drop --frames/--size or re-export with "
-                f"`mfnet export --input 1x3x{args.frames or t}x{args.size or h}x{args.size or w}`"
-            )
-        frames, size, fixed_batch = t, h, n
-    if min(frames, size, args.interval, num_clips, args.batch_size) <= 0 or args.workers < 0:
-        raise MfnetError("--frames, --size, --interval, --clips and --batch-size must be positive, --workers >= 0")
-    recipe = {} if loaded.exported else recipe_beside(args.weights)
-    geometry = resolve_test_geometry(size, resize=args.resize, recipe=recipe, meta=loaded.meta)
-    print(f"mfnet: {geometry.describe()}", file=sys.stderr)
-    spec = ClipSpec(
-        frames=frames,
-        interval=args.interval,
-        resize=geometry.resize,
-        crop_size=size,
+    if num_clips <= 0 or args.batch_size <= 0 or args.workers < 0:
+        raise MfnetError("--clips and --batch-size must be positive, --workers >= 0")
+    spec, resolved, fixed_batch = clip_spec_for(
+        loaded,
         crops=args.crops,
+        frames=args.frames,
+        interval=args.interval,
+        crop_size=args.size,
+        resize=args.resize,
         normalization=args.normalization,
-        test_protocol=geometry.protocol,
     )
+    print(f"mfnet: {resolved.describe_geometry()}", file=sys.stderr)
+    if resolved.note:
+        print(f"mfnet: note: {resolved.note}", file=sys.stderr)
     try:
         spec.transform()
     except ValueError as err:
@@ -402,6 +396,7 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from mfnet.engine.input_spec import apply_overrides as spec_overrides
     from mfnet.engine.predictor import EXPORTED_SUFFIXES, load_model
     from mfnet.tools.export import DEFAULT_TOLERANCE, export_model
 
@@ -409,10 +404,18 @@ def _export(args: argparse.Namespace) -> int:
         raise MfnetError(f"{args.weights} is already exported: pass the PyTorch checkpoint it came from")
     loaded = load_model(args.weights, model_name=args.model)
     model, meta = loaded.model, dict(loaded.meta)
-    shape = args.input or ((1, 3, 16, 224, 224) if getattr(model, "input_ndim", 5) == 5 else (1, 3, 224, 224))
-    allowed = (5,) if getattr(model, "input_ndim", 5) == 5 else (4, 5)  # image models also take clips
+    resolved = loaded.input_spec
+    video = getattr(model, "input_ndim", 5) == 5
+    shape = args.input or (resolved.spec.input_shape(1) if video or resolved.spec.frames == 1 else (1, 3, 224, 224))
+    allowed = (5,) if video else (4, 5)  # image models also take clips
     if len(shape) not in allowed or shape[1] != 3:
         raise MfnetError(f"--input {'x'.join(map(str, shape))} does not fit {meta.get('model')}: give NxCxTxHxW, C=3")
+    if args.input is not None:  # the graph's clip size is what the exported file will expect
+        frames = shape[2] if len(shape) == 5 else None
+        resolved = spec_overrides(resolved, frames=frames, crop_size=shape[-1])
+    if resolved.note:
+        print(f"mfnet: note: {resolved.note}", file=sys.stderr)
+    meta["input_spec"] = resolved.spec.to_dict()
     if args.labels is not None:
         meta["classes"] = _class_names(args.labels, meta)
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance

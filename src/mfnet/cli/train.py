@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mfnet.cli._common import print_json
+from mfnet.cli._common import parse_resize, print_json
 from mfnet.errors import MfnetError
 
 
@@ -26,7 +26,11 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         description="Train a model with a named recipe. Run it under `torchrun --nproc-per-node N` for distributed "
         "data parallel training. RUN_DIR receives checkpoints, metrics.jsonl, TensorBoard logs, model.pt and figures.",
     )
-    p.add_argument("--recipe", help="a recipe name (see `mfnet recipes`); not needed with --resume")
+    p.add_argument(
+        "--recipe",
+        help="a recipe name (see `mfnet recipes`) or a recipe file (.json/.yaml, e.g. a run's recipe.json); not "
+        "needed with --resume",
+    )
     _add_data_args(p)
     p.add_argument(
         "--set",
@@ -72,15 +76,15 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         action="store_true",
         help="one crop per clip at a seeded random position instead of the centre (the authors' test script)",
     )
-    p.add_argument("--clip-length", type=int, help="frames per clip (default: from the run's recipe, else 16)")
-    p.add_argument("--frame-interval", type=int, help="frame interval (default: from the recipe, else 2)")
-    p.add_argument("--crop-size", type=int, help="crop size (default: from the recipe, else 224)")
+    p.add_argument("--clip-length", type=int, help="frames per clip (default: the checkpoint's clip spec)")
+    p.add_argument("--frame-interval", type=int, help="frame interval (default: the checkpoint's)")
+    p.add_argument("--crop-size", type=int, help="crop size (default: the checkpoint's)")
     p.add_argument(
         "--resize",
-        type=_resize_arg,
+        type=parse_resize,
         metavar="N|WxH",
         help="N: short side before cropping, aspect kept; WxH (e.g. 256x256): every frame resized to that size, "
-        "aspect not kept (the authors' protocol). Default: the run's recipe; 256x256 for the authors' files",
+        "aspect not kept (the authors' protocol). Default: the checkpoint's clip spec; 256x256 for the authors' files",
     )
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch and process (default 8)")
     p.add_argument("--workers", type=int, default=2, help="data loader workers (default 2)")
@@ -90,12 +94,17 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_eval)
 
-    p = commands.add_parser("recipes", help="list the training recipes, or show one (recipes show NAME)")
+    p = commands.add_parser("recipes", help="list the training recipes, or show one (recipes show NAME|FILE)")
     sub = p.add_subparsers(title="recipes commands", metavar="RECIPES_COMMAND")
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(handler=_recipes_list)
-    show = sub.add_parser("show", help="print every field of a recipe")
-    show.add_argument("name", help="a recipe name")
+    show = sub.add_parser(
+        "show",
+        help="print every field of a recipe (a name, or a .json/.yaml file such as a run's recipe.json)",
+        description="Prints every field of a built-in recipe or a recipe file. `mfnet recipes show NAME --json > "
+        "my.json`, edited, is a recipe file for `mfnet train --recipe my.json`; unknown fields are refused by name.",
+    )
+    show.add_argument("name", help="a recipe name or file")
     show.add_argument(
         "--set",
         dest="overrides",
@@ -135,22 +144,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", type=int, choices=(1, 2, 3), help="UCF-101 / HMDB51 split")
 
 
-def _resize_arg(text: str) -> int | tuple[int, int]:
-    from mfnet.data.transforms import parse_resize
-
-    try:
-        return parse_resize(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="mfnet: %(message)s", stream=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> int:
     from mfnet.engine.inputs import DataSpec
-    from mfnet.engine.recipes import apply_overrides, get_recipe
+    from mfnet.engine.recipes import apply_overrides, resolve_recipe
     from mfnet.engine.train import recipe_of_run, train
 
     _setup_logging()
@@ -162,9 +162,9 @@ def _train(args: argparse.Namespace) -> int:
         saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
     else:
         if not args.recipe or args.out is None:
-            raise MfnetError("give --recipe NAME and --out RUN_DIR (or --resume RUN_DIR); see `mfnet recipes`")
+            raise MfnetError("give --recipe NAME|FILE and --out RUN_DIR (or --resume RUN_DIR); see `mfnet recipes`")
         run_dir = args.out
-        recipe = get_recipe(args.recipe, args.overrides)
+        recipe = resolve_recipe(args.recipe, args.overrides)
         saved = {}
     if args.amp:
         recipe = apply_overrides(recipe, {"amp": True})
@@ -331,9 +331,9 @@ def _recipes_list(args: argparse.Namespace) -> int:
 
 
 def _recipes_show(args: argparse.Namespace) -> int:
-    from mfnet.engine.recipes import describe, get_recipe
+    from mfnet.engine.recipes import describe, resolve_recipe
 
-    recipe = get_recipe(args.name, args.overrides)
+    recipe = resolve_recipe(args.name, args.overrides)
     if args.json:
         print_json({**recipe.to_dict(), "scaled_lr": recipe.scaled_lr()})
     else:

@@ -99,6 +99,7 @@ def save_training_state(
     rng: list[dict[str, Any]],
     recipe: Mapping[str, Any],
     keep: int = 3,
+    input_spec: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes ``RUN_DIR/checkpoints/step-<step>.pt`` atomically and deletes all but the newest ``keep`` files.
 
@@ -106,6 +107,7 @@ def save_training_state(
         model: The bare model (not the DDP wrapper).
         rng: One :func:`capture_rng` state per process, in rank order.
         keep: How many checkpoints to keep (at least 1).
+        input_spec: The clips the weights expect (``InputSpec.to_dict()``), stored in the ``"mfnet"`` metadata.
     """
     path = checkpoint_path(run_dir, step)
     extra = {
@@ -118,7 +120,15 @@ def save_training_state(
         "rng": rng,
         "recipe": dict(recipe),
     }
-    save_checkpoint(path, model, model_name=model_name, model_kwargs=model_kwargs, classes=classes, extra=extra)
+    save_checkpoint(
+        path,
+        model,
+        model_name=model_name,
+        model_kwargs=model_kwargs,
+        classes=classes,
+        extra=extra,
+        input_spec=input_spec,
+    )
     for old in list_checkpoints(run_dir)[: -max(1, keep)]:
         old.unlink(missing_ok=True)
     return path

@@ -26,7 +26,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mfnet.engine.distributed import DistContext, all_gather_objects, cleanup, init_distributed
-from mfnet.engine.inputs import DataSpec, build_eval_dataset, make_loader, recipe_beside, resolve_test_geometry
+from mfnet.engine.input_spec import ResolvedSpec
+from mfnet.engine.input_spec import apply_overrides as spec_overrides
+from mfnet.engine.inputs import DataSpec, build_eval_dataset, make_loader
 from mfnet.engine.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_correct
 from mfnet.engine.predictor import average_by_video
 from mfnet.errors import MfnetError
@@ -311,8 +313,9 @@ def evaluate(
 ) -> EvalResult:
     """Evaluates a checkpoint on a dataset with ``clips`` clips x ``crops`` crops per video.
 
-    Clip settings default to those of the training recipe stored next to the checkpoint (``recipe.json`` of its
-    run directory) and otherwise to the paper's 16 frames, interval 2, 224 crops. Works under ``torchrun``.
+    Clip settings default to the clip spec the checkpoint stores (``mfnet.engine.input_spec``: for older runs the
+    ``recipe.json`` of its run directory, else the paper's test setting); arguments given override it, and what they
+    change is logged in one line. Works under ``torchrun``.
 
     Args:
         weights: A checkpoint of the package (``model.pt`` or a training checkpoint), or the authors' file.
@@ -322,9 +325,9 @@ def evaluate(
         random_crop: One crop per clip at a seeded random position instead of the centre (the authors' test
             script); needs ``crops=1``.
         out_dir: Where to write ``metrics.json``, ``predictions.csv/json`` and ``scores.pt`` (rank 0).
-        resize: A short side (aspect kept) or ``(H, W)`` (the authors' fixed-size protocol); by default the run's
-            recipe, else the checkpoint's clip spec, else the authors' 256x256 for a file in the authors' layout,
-            else the short side 256 (see ``mfnet.engine.inputs.resolve_test_geometry``).
+        resize: A short side (aspect kept) or ``(H, W)`` (the authors' fixed-size protocol); by default the
+            checkpoint's clip spec (``mfnet.engine.input_spec.input_spec_of``: its stored spec, its run's recipe,
+            its registry record, else the paper's 256x256 test setting).
         fast: Run the inference fast path of ``mfnet.engine.predictor.prepare_for_inference``.
         ctx: A process group already joined (e.g. by a caller evaluating several splits); by default the
             ``torchrun`` environment is joined and left here.
@@ -346,11 +349,11 @@ def evaluate(
             raise MfnetError(f"{weights} is an exported graph: evaluate the .pt checkpoint it was exported from")
         model, meta = loaded.model, loaded.meta
         model.to(ctx.device)
-        settings = _clip_settings(Path(weights), clip_length, frame_interval, crop_size, resize, model, meta)
+        settings, resolved = _clip_settings(loaded, clip_length, frame_interval, crop_size, resize)
         if ctx.is_main:
-            logger.info("%s", settings.pop("geometry"))
-        else:
-            settings.pop("geometry")
+            logger.info("%s", resolved.describe_geometry())
+            if resolved.note:
+                logger.warning("%s", resolved.note)
         built = build_eval_dataset(data, clips=clips, crops=crops, random_crop=random_crop, subset=subset, **settings)
         classes = meta.get("classes") or built.classes
         if built.classes and len(built.classes) != model.num_classes:
@@ -383,28 +386,26 @@ def evaluate(
 
 
 def _clip_settings(
-    weights: Path,
+    loaded: Any,
     clip_length: int | None,
     frame_interval: int | None,
     crop_size: int | None,
     resize: int | tuple[int, int] | None,
-    model: nn.Module,
-    meta: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Clip settings from the arguments, else the run's recipe, else the checkpoint's, else the paper's defaults."""
-    recipe = recipe_beside(weights)
-    image = getattr(model, "input_ndim", 5) == 4 and recipe.get("clip_length", 16) == 1
-    crop = crop_size or recipe.get("crop_size", 224)
-    geometry = resolve_test_geometry(crop, resize=resize, recipe=recipe, meta=meta)
-    return {
-        "clip_length": clip_length or recipe.get("clip_length", 1 if image else 16),
-        "frame_interval": frame_interval or recipe.get("frame_interval", 2),
-        "crop_size": crop,
-        "resize": geometry.resize,
-        "test_protocol": geometry.protocol,
-        "normalization": recipe.get("normalization", "mfnet"),
-        "geometry": geometry.describe(),
+) -> tuple[dict[str, Any], ResolvedSpec]:
+    """Clip settings: the checkpoint's clip spec with the given arguments applied, and where they came from."""
+    resolved = spec_overrides(
+        loaded.input_spec, frames=clip_length, interval=frame_interval, crop_size=crop_size, resize=resize
+    )
+    spec = resolved.spec
+    settings = {
+        "clip_length": spec.frames,
+        "frame_interval": spec.interval,
+        "crop_size": spec.crop_size,
+        "resize": spec.eval_resize,
+        "normalization": spec.normalization,
+        "test_protocol": spec.test_protocol,
     }
+    return settings, resolved
 
 
 def average_splits(results: list[EvalResult]) -> dict[str, float]:

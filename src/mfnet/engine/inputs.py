@@ -8,8 +8,7 @@ every dataset built here are dicts with ``"clip"`` (float ``(C, T, H, W)``, or `
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,101 +20,6 @@ from mfnet.engine.recipes import Recipe
 from mfnet.errors import DataError
 
 IMAGE_FORMATS = ("image-folder",)
-
-
-@dataclass(frozen=True)
-class TestGeometry:
-    """How test frames are resized and cropped, and who decided it.
-
-    Attributes:
-        protocol: ``"authors"`` (fixed size, aspect not kept) or ``"keep-aspect"`` (short side).
-        resize: ``(H, W)`` for ``"authors"``, the short side for ``"keep-aspect"``.
-        crop_size: The square crop.
-        source: Where the choice came from, for the one line the commands print.
-    """
-
-    protocol: str
-    resize: int | tuple[int, int]
-    crop_size: int
-    source: str
-
-    def describe(self) -> str:
-        """``test protocol: authors (frames resized to 256x256, aspect not kept; centre crop 224x224) [source]``."""
-        from mfnet.data.transforms import describe_test_protocol
-
-        text = describe_test_protocol(self.protocol, crop_size=self.crop_size, resize=self.resize)
-        return f"test protocol: {text} [{self.source}]"
-
-
-def _clip_spec(meta: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    """The clip spec a checkpoint carries (top level of its metadata, or a nested clip-spec entry), else ``{}``."""
-    if not meta:
-        return {}
-    if "test_protocol" in meta:
-        return meta
-    for value in meta.values():
-        if isinstance(value, Mapping) and "test_protocol" in value:
-            return value
-    return {}
-
-
-def _as_resize(value: Any) -> int | tuple[int, int]:
-    return int(value) if isinstance(value, int | float) else (int(value[0]), int(value[1]))
-
-
-def recipe_beside(weights: str | Path) -> dict[str, Any]:
-    """The ``recipe.json`` of the run a checkpoint belongs to (beside it, or one folder up), else ``{}``."""
-    weights = Path(weights)
-    for candidate in (weights.parent / "recipe.json", weights.parent.parent / "recipe.json"):
-        if candidate.is_file():
-            try:
-                return dict(json.loads(candidate.read_text()))
-            except (ValueError, TypeError):
-                return {}
-    return {}
-
-
-def resolve_test_geometry(
-    crop_size: int,
-    *,
-    resize: int | Sequence[int] | None = None,
-    recipe: Mapping[str, Any] | None = None,
-    meta: Mapping[str, Any] | None = None,
-) -> TestGeometry:
-    """The test geometry of a checkpoint: an explicit ``resize``, else its run's recipe, else its clip spec, else
-    the authors' protocol for a file in the authors' layout (no mfnet metadata), else the aspect-keeping one.
-
-    Args:
-        crop_size: The square crop.
-        resize: An explicit choice (``--resize``): a short side keeps the aspect ratio, ``(H, W)`` is the
-            authors' fixed-size resize.
-        recipe: The run's ``recipe.json`` as a dict (``test_protocol``, ``resize``); older runs have no
-            ``test_protocol`` and kept the aspect ratio.
-        meta: The checkpoint's metadata (``predictor.load_model``'s ``meta``): a clip spec with
-            ``test_protocol`` and ``resize``, or ``source_layout == "authors"``.
-
-    A recipe or clip spec made for another ``crop_size`` gives its protocol with this crop's default resize.
-    """
-    from mfnet.data.transforms import default_resize, protocol_of_resize
-
-    if resize is not None:
-        value = _as_resize(resize)
-        return TestGeometry(protocol_of_resize(value), value, crop_size, "--resize")
-    spec = _clip_spec(meta)
-    for source, found in (("the run's recipe", recipe or {}), ("the checkpoint's clip spec", spec)):
-        if "test_protocol" in found or (source == "the run's recipe" and "resize" in found):
-            value = _as_resize(found["resize"]) if found.get("resize") is not None else None
-            if found.get("crop_size") not in (None, crop_size):  # another crop: its protocol at this crop's size
-                value = None
-            protocol = found.get("test_protocol") or ("keep-aspect" if value is None else protocol_of_resize(value))
-            if value is None:
-                value = default_resize(protocol, crop_size)
-            elif protocol == "authors" and isinstance(value, int):
-                value = (value, value)
-            return TestGeometry(protocol, value, crop_size, source)
-    if meta is not None and meta.get("source_layout") == "authors":
-        return TestGeometry("authors", default_resize("authors", crop_size), crop_size, "the authors' checkpoint")
-    return TestGeometry("keep-aspect", default_resize("keep-aspect", crop_size), crop_size, "default")
 
 
 @dataclass

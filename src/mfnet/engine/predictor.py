@@ -26,7 +26,11 @@ from mfnet.data.loader import build_loader
 from mfnet.data.readers import open_video
 from mfnet.data.sampling import ClipIndices, UniformClipSampler
 from mfnet.data.transforms import build_eval_transform, protocol_of_resize
+from mfnet.engine.input_spec import ResolvedSpec, input_spec_of
+from mfnet.engine.input_spec import apply_overrides as spec_overrides
 from mfnet.errors import MfnetError
+from mfnet.models.hub import resolve_weights
+from mfnet.models.weights import InputSpec
 from mfnet.tools.fastpath import autocast_context
 
 
@@ -90,6 +94,13 @@ class ClipSpec:
     crops: int = 1
     normalization: str = "mfnet"
     test_protocol: str | None = None
+
+    @classmethod
+    def from_input_spec(cls, spec: InputSpec, *, crops: int = 1) -> ClipSpec:
+        """The clips of a checkpoint's ``InputSpec`` (its test protocol chooses the resize)."""
+        return cls(
+            spec.frames, spec.interval, spec.eval_resize, spec.crop_size, crops, spec.normalization, spec.test_protocol
+        )
 
     def transform(self) -> Any:
         """The evaluation transform: uint8 ``(T, H, W, C)`` -> float ``(C, T, crop, crop)``."""
@@ -307,13 +318,17 @@ class LoadedModel:
 
     Attributes:
         model: The classifier (``nn.Module``) or an ``ExportedRunner`` (ONNX Runtime / ExportedProgram).
-        meta: The ``"mfnet"`` meta: ``model``, ``num_classes``, ``model_kwargs``, ``classes`` (may be ``None``).
+        meta: The ``"mfnet"`` meta: ``model``, ``num_classes``, ``model_kwargs``, ``classes``, ``input_spec``.
         input_shape: For an exported graph, its input ``(N or None, 3, T, H, W)``; ``None`` for a checkpoint.
+        input_spec: The clips the weights expect and where that came from (``mfnet.engine.input_spec``).
+        path: The file the weights were read from.
     """
 
     model: Any
     meta: dict[str, Any]
     input_shape: tuple[int | None, ...] | None = None
+    input_spec: ResolvedSpec | None = None
+    path: Path | None = None
 
     @property
     def exported(self) -> bool:
@@ -325,27 +340,61 @@ def load_model(weights: str | Path, *, model_name: str | None = None) -> LoadedM
     """Loads weights for prediction: our checkpoints, the authors' files, or an exported ``.onnx`` / ``.pt2``.
 
     Args:
-        weights: The file.
+        weights: The file, a folder of ``mfnet weights convert``, a registered name (``mfnet3d.k400_authors``,
+            fetched and checked by ``mfnet.models.hub.resolve_weights``) or ``hf-hub:ORG/NAME``.
         model_name: The registered model to build; default: the one the checkpoint names, else ``mfnet3d``
             (the authors' files name none). Ignored for exported graphs.
 
     Raises:
         CheckpointError, MfnetError: Missing file, unreadable file, or weights that do not fit the model.
     """
-    path = Path(weights)
+    resolved = resolve_weights(weights)
+    path, record = resolved.path, resolved.record
     if path.suffix.lower() in EXPORTED_SUFFIXES:
         from mfnet.tools.export import load_exported
 
         runner = load_exported(path)
-        return LoadedModel(runner, dict(runner.meta), runner.input_shape)
+        spec = input_spec_of(runner.meta, weights=path)
+        return LoadedModel(runner, dict(runner.meta), runner.input_shape, spec, path)
     from mfnet.models.checkpoint import model_from_checkpoint, read_checkpoint
 
-    stored = read_checkpoint(path).meta
-    name = model_name or (stored or {}).get("model") or "mfnet3d"
-    model, meta = model_from_checkpoint(path, model_name=name)
-    if stored is None:  # the authors' files and plain state dicts: the paper's test geometry applies
-        meta["source_layout"] = "authors"
-    return LoadedModel(model.eval(), meta)
+    stored = read_checkpoint(path).meta or {}
+    name = model_name or stored.get("model") or (record.architecture if record else None) or "mfnet3d"
+    model, meta = model_from_checkpoint(path, model_name=name, **(record.arch_kwargs if record else {}))
+    if record is not None and not meta.get("classes"):
+        meta["classes"] = record.classes()
+    spec = input_spec_of(meta, weights=path, record=record, image=getattr(model, "input_ndim", 5) == 4)
+    return LoadedModel(model.eval(), meta, None, spec, path)
+
+
+def clip_spec_for(
+    loaded: LoadedModel, *, crops: int = 1, **overrides: Any
+) -> tuple[ClipSpec, ResolvedSpec, int | None]:
+    """The clips for a loaded model: its stored ``InputSpec`` with the user's ``overrides`` applied.
+
+    An exported graph fixes the frames and the crop size (``overrides`` that differ raise ``MfnetError``) and
+    possibly the batch.
+
+    Returns:
+        The predictor's ``ClipSpec``, the resolved spec with its note for the user, and the graph's fixed batch
+        size (``None`` when any batch size runs).
+    """
+    resolved = loaded.input_spec or input_spec_of(loaded.meta, weights=loaded.path)
+    fixed_batch = None
+    if loaded.exported and loaded.input_shape is not None and len(loaded.input_shape) == 5:
+        n, _, t, h, w = loaded.input_shape
+        frames, size = overrides.get("frames"), overrides.get("crop_size")
+        if (frames not in (None, t)) or (size not in (None, h)) or h != w:
+            raise MfnetError(
+                f"{loaded.path} takes clips of {t} frames of {h}x{w}: drop --frames/--size or re-export with "
+                f"`mfnet export --input 1x3x{frames or t}x{size or h}x{size or w}`"
+            )
+        if (resolved.spec.frames, resolved.spec.crop_size) != (t, h):  # the graph is authoritative
+            graph = spec_overrides(ResolvedSpec(resolved.spec, resolved.source, True), frames=t, crop_size=h)
+            resolved = ResolvedSpec(graph.spec, resolved.source, resolved.stored, resolved.note)
+        fixed_batch = n
+    resolved = spec_overrides(resolved, **overrides)
+    return ClipSpec.from_input_spec(resolved.spec, crops=crops), resolved, fixed_batch
 
 
 class Predictor:
@@ -390,6 +439,43 @@ class Predictor:
         self.device = torch.device(device or ("cuda" if on_gpu else "cpu"))
         self._source = model
         self._model: Callable[[torch.Tensor], torch.Tensor] | None = None if isinstance(model, nn.Module) else model
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: str | Path,
+        *,
+        model_name: str | None = None,
+        crops: int = 1,
+        num_clips: int = 10,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        device: str | torch.device | None = None,
+        **clip_overrides: Any,
+    ) -> Predictor:
+        """A predictor that cuts clips the way the weights expect (the ``InputSpec`` they carry).
+
+        Args:
+            weights: A checkpoint, a registered weights name, or an exported ``.onnx`` / ``.pt2``.
+            model_name: The model to build (default: the checkpoint's).
+            crops: Crops per clip, 1 or 3.
+            **clip_overrides: ``frames``, ``interval``, ``crop_size``, ``resize``, ``normalization`` or
+                ``test_protocol`` to use instead of the stored ones; what they change is logged in one line
+                (as is the fallback to the paper's setting for checkpoints that store no spec).
+        """
+        loaded = load_model(weights, model_name=model_name)
+        spec, resolved, fixed_batch = clip_spec_for(loaded, crops=crops, **clip_overrides)
+        if resolved.note:
+            logging.getLogger("mfnet").warning("%s", resolved.note)
+        return cls(
+            loaded.model,
+            spec=spec,
+            num_clips=num_clips,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            fixed_batch=fixed_batch,
+        )
 
     # -- the model -----------------------------------------------------------------------------------------------
 

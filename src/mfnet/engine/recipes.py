@@ -1,9 +1,10 @@
 """Training recipes: the paper's settings as named, typed, printable data.
 
 A :class:`Recipe` is a flat dataclass; ``mfnet train --recipe NAME --set key=value`` and
-:func:`apply_overrides` change single fields with the field's own type. Two sets of built-in recipes exist,
-because the paper's text (Chen et al., ECCV 2018, Sec. 4) and the authors' released scripts differ; every field
-where they do is listed in docs/training.md with the reason for mfnet's default:
+:func:`apply_overrides` change single fields with the field's own type. A recipe can also be a file
+(``mfnet train --recipe FILE.json|FILE.yaml``, :func:`load_recipe`), such as the ``recipe.json`` every run writes.
+Two sets of built-in recipes exist, because the paper's text (Chen et al., ECCV 2018, Sec. 4) and the authors'
+released scripts differ; every field where they do is listed in docs/training.md with the reason for mfnet's default:
 
 * ``kinetics400``: the paper's text. ``mfnet3d`` from inflated ImageNet ``mfnet2d`` weights; SGD with Nesterov
   momentum 0.9, weight decay 1e-4, LR 0.1 at a global batch of 1024 (scaled linearly with the real batch), step
@@ -28,6 +29,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mfnet.data.transforms import TEST_PROTOCOLS, TRAIN_PROTOCOLS
@@ -316,6 +318,59 @@ def get_recipe(name: str, overrides: dict[str, Any] | list[str] | None = None) -
         raise MfnetError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)} (run `mfnet recipes`)")
     recipe = dataclasses.replace(RECIPES[name], model_kwargs=dict(RECIPES[name].model_kwargs))
     return apply_overrides(recipe, overrides or {})
+
+
+RECIPE_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def is_recipe_file(name: str | Path) -> bool:
+    """Whether ``name`` names a recipe file (a ``.json`` / ``.yaml`` path) rather than a built-in recipe."""
+    return Path(name).suffix.lower() in RECIPE_FILE_SUFFIXES or Path(name).is_file()
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """Reads a recipe file (JSON, or YAML with PyYAML installed), such as the ``recipe.json`` a run writes.
+
+    Every key must be a field of :class:`Recipe` (the ``scaled_lr`` that ``mfnet recipes show --json`` adds is
+    ignored); fields left out keep :class:`Recipe`'s defaults. ``overrides`` are applied after the file.
+
+    Raises:
+        MfnetError: A missing or malformed file, an unknown field (named), or a value of the wrong type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MfnetError(f"recipe file {path} does not exist: give a .json or .yaml file, or a built-in recipe name")
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")
+    if yaml_file:
+        try:
+            import yaml
+        except ImportError:
+            raise MfnetError(f"reading {path} needs PyYAML: pip install 'mfnet[yaml]', or use JSON") from None
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise MfnetError(f"recipe file {path} is not valid YAML ({first}): fix its syntax") from None
+    else:
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as err:
+            raise MfnetError(f"recipe file {path} is not valid JSON ({err}): fix its syntax") from None
+    if not isinstance(data, dict):
+        raise MfnetError(f"recipe file {path} must hold one mapping of recipe fields (key: value)")
+    data.pop("scaled_lr", None)
+    try:
+        recipe = Recipe.from_dict(data)
+    except MfnetError as err:
+        raise MfnetError(f"{path}: {err}") from None
+    return apply_overrides(recipe, overrides or {})
+
+
+def resolve_recipe(name_or_path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """A built-in recipe by name, or a recipe file by path (see :func:`load_recipe`), with ``overrides``."""
+    if is_recipe_file(name_or_path):
+        return load_recipe(name_or_path, overrides)
+    return get_recipe(str(name_or_path), overrides)
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from mfnet.engine import checkpoints as ckpt
 from mfnet.engine.distributed import DistContext, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
+from mfnet.engine.input_spec import input_spec_of_recipe
 from mfnet.engine.inputs import DataSpec, batches_after, build_datasets, make_loader, video_names_of
 from mfnet.engine.metrics import MetricsLog, RunningMeans, topk_correct
 from mfnet.engine.optim import build_optimizer
@@ -345,6 +346,7 @@ class _Trainer:
                 model_name=r.model,
                 model_kwargs=self.model_kwargs,
                 classes=self.classes,
+                input_spec=input_spec_of_recipe(r).to_dict(),
             )
             (self.run_dir / "summary.json").write_text(
                 json.dumps({"recipe": r.name, "history": history}, indent=2) + "\n"
@@ -554,6 +556,7 @@ class _Trainer:
                 model_name=self.recipe.model,
                 model_kwargs=self.model_kwargs,
                 classes=self.classes,
+                input_spec=input_spec_of_recipe(self.recipe).to_dict(),
                 optimizer=self.optimizer,
                 scaler=self.scaler,
                 epoch=epoch,

@@ -12,5 +12,17 @@ from mfnet.models.base import ClassifierBase
 from mfnet.models.factory import create_model
 from mfnet.models.fiber import MultiFiberUnit
 from mfnet.models.registry import list_models, register_model
+from mfnet.models.weights import InputSpec, WeightsRecord, get_weights, list_weights, register_weights
 
-__all__ = ["ClassifierBase", "MultiFiberUnit", "create_model", "list_models", "register_model"]
+__all__ = [
+    "ClassifierBase",
+    "InputSpec",
+    "MultiFiberUnit",
+    "WeightsRecord",
+    "create_model",
+    "get_weights",
+    "list_models",
+    "list_weights",
+    "register_model",
+    "register_weights",
+]

@@ -250,15 +250,23 @@ def inflate_kernel(
 
 
 def make_meta(
-    model_name: str, *, num_classes: int, model_kwargs: Mapping[str, Any] | None = None, classes: list[str] | None
+    model_name: str,
+    *,
+    num_classes: int,
+    model_kwargs: Mapping[str, Any] | None = None,
+    classes: list[str] | None,
+    input_spec: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``"mfnet"`` metadata entry of our checkpoints."""
-    return {
+    """The ``"mfnet"`` metadata entry of our checkpoints (``input_spec``: ``mfnet.models.weights.InputSpec``)."""
+    meta = {
         "model": model_name,
         "num_classes": int(num_classes),
         "model_kwargs": dict(model_kwargs or {}),
         "classes": list(classes) if classes is not None else None,
     }
+    if input_spec:
+        meta["input_spec"] = dict(input_spec)
+    return meta
 
 
 def save_checkpoint(
@@ -269,8 +277,11 @@ def save_checkpoint(
     model_kwargs: Mapping[str, Any] | None = None,
     classes: list[str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    input_spec: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes ``{"state_dict", "mfnet", **extra}`` atomically (a temporary file renamed over ``path``).
+
+    ``input_spec`` (``InputSpec.to_dict()``) records the clips the weights expect, for predict, eval and export.
 
     A ``.safetensors`` path writes the tensors with the metadata as JSON (``extra`` is not allowed there).
     Every value must be loadable with ``torch.load(weights_only=True)``: tensors and plain Python types.
@@ -278,7 +289,9 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     num_classes = int(getattr(model, "num_classes", 0))
-    meta = make_meta(model_name, num_classes=num_classes, model_kwargs=model_kwargs, classes=classes)
+    meta = make_meta(
+        model_name, num_classes=num_classes, model_kwargs=model_kwargs, classes=classes, input_spec=input_spec
+    )
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -317,4 +330,10 @@ def model_from_checkpoint(
     num_classes = ckpt.num_classes
     model = build_model(name, num_classes=num_classes, **kwargs)
     load_weights(model, ckpt)
-    return model, make_meta(name, num_classes=num_classes or 0, model_kwargs=kwargs, classes=meta.get("classes"))
+    return model, make_meta(
+        name,
+        num_classes=num_classes or 0,
+        model_kwargs=kwargs,
+        classes=meta.get("classes"),
+        input_spec=meta.get("input_spec"),
+    )

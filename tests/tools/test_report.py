@@ -142,3 +142,5 @@ def test_fig8_takes_the_hardest_categories_with_an_easy_and_a_hard_sample() -> N
     assert [p["top"][0]["prob"] if p["correct"] else None for p in picked][2] == 0.7  # the easy sample of class 1
     assert picked[3]["category_accuracy"] == pytest.approx(1 / 3)
     assert [p["label"] for p in pick_samples(predictions, 3)] == [3, 3, 1]
+    single = pick_samples([_prediction(0, 0.9, True), _prediction(1, 0.2, False)], 2)
+    assert [(p["label"], p["difficulty"]) for p in single] == [(1, "only"), (0, "only")]

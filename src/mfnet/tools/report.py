@@ -95,8 +95,8 @@ def pick_samples(predictions: list[dict[str, Any]], count: int) -> list[dict[str
 
     Categories are ranked by video accuracy (lowest first; ties: lower mean probability of the true class). From
     each of the ``ceil(count / 2)`` hardest, the easy sample is the video with the highest probability of its true
-    class and the hard sample the one with the lowest. Each returned record gains ``"difficulty"`` (``"easy"`` or
-    ``"hard"``) and ``"category_accuracy"``.
+    class and the hard sample the one with the lowest. Each returned record gains ``"difficulty"`` (``"easy"``,
+    ``"hard"``, or ``"only"`` for a category of one video) and ``"category_accuracy"``.
     """
     by_class: dict[int, list[dict[str, Any]]] = {}
     for p in predictions:
@@ -113,7 +113,7 @@ def pick_samples(predictions: list[dict[str, Any]], count: int) -> list[dict[str
             break
         accuracy = hardness(videos)[0]
         ordered = sorted(videos, key=_true_prob)
-        pairs = [("easy", ordered[-1]), ("hard", ordered[0])] if len(ordered) > 1 else [("hard", ordered[0])]
+        pairs = [("easy", ordered[-1]), ("hard", ordered[0])] if len(ordered) > 1 else [("only", ordered[0])]
         for difficulty, video in pairs[: count - len(picked)]:
             picked.append({**video, "difficulty": difficulty, "category_accuracy": accuracy})
     return picked

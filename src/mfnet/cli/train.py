@@ -129,9 +129,9 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         type=Path,
         action="append",
         default=[],
-        metavar="CSV",
-        help="more rows for the accuracy-against-GFLOPs chart: dataset,model,params_m,gflops,top1,top5,source "
-        "(repeatable)",
+        metavar="CSV_OR_RUN_DIR",
+        help="more rows for the accuracy-against-GFLOPs chart: another evaluated run directory, or a CSV with "
+        "dataset,model,params_m,gflops,top1,top5,source (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(handler=_report)

@@ -256,6 +256,7 @@ class _Trainer:
             gamma=r.lr_gamma,
             warmup_epochs=r.warmup_epochs,
             warmup_start_factor=r.warmup_start_factor,
+            warmup_mode=r.warmup_mode,
         )
 
         seed_everything(r.seed)

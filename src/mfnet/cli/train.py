@@ -156,6 +156,7 @@ def _train(args: argparse.Namespace) -> int:
     from mfnet.engine.inputs import DataSpec
     from mfnet.engine.recipes import apply_overrides, resolve_recipe
     from mfnet.engine.train import recipe_of_run, train
+    from mfnet.tools.report import write_figures
 
     _setup_logging()
     if args.resume is not None:
@@ -194,7 +195,7 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         max_steps=args.max_steps,
         progress=not args.no_progress,
-        figures=not args.no_figures,
+        on_finish=None if args.no_figures else write_figures,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 import mfnet
 from mfnet.cli import main
 from mfnet.data.video_writer import write_video
+from mfnet.engine.recipes import get_recipe
 
 CLIP_ARGS = ["--frames", "4", "--size", "32", "--workers", "0", "--clips", "1"]
 
@@ -55,3 +57,18 @@ def test_bad_resize_is_one_line(files: dict[str, Path], capsys: pytest.CaptureFi
         main(["predict", str(files["video"]), "--weights", str(files["authors"]), "--resize", "wide"])
     assert exit_info.value.code == 2
     assert "invalid resize 'wide'" in capsys.readouterr().err
+
+
+def test_predict_takes_the_geometry_of_the_run(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    model = mfnet.create_model("mfnet3d", num_classes=5)
+    run.mkdir()
+    weights = run / "model.pt"
+    torch.save(model.state_dict(), weights)  # a plain state dict: the run's recipe.json says how it was trained
+    recipe = get_recipe("ucf101", {"crop_size": 32, "resize": "40x36"}).to_dict()
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    assert main(["predict", str(files["video"]), "--weights", str(weights), "--json", *CLIP_ARGS]) == 0
+    err = capsys.readouterr().err
+    assert "authors (frames resized to 40x36, aspect not kept; centre crop 32x32) [the run's recipe.json]" in err

@@ -162,3 +162,19 @@ def test_training_protocols_aspect_ranges(
     assert min(ratios) < middle < max(ratios)
     with pytest.raises(ValueError, match="unknown train protocol"):
         build_train_transform("bogus")
+
+
+def test_authors_training_draws_the_aspect_as_their_random_scale(ramp_frames: torch.Tensor) -> None:
+    transform = build_train_transform(
+        "authors", crop_size=32, short_side=(40, 48), flip=False, hls_jitter=None, normalization="none"
+    )
+    assert transform.aspect_draw == "authors" and transform.square
+    for seed in range(8):
+        # Replay the draws: short side, then q uniform in [0.8, 1.25], then the inversion; w/h = q**2.
+        generator = torch.Generator().manual_seed(seed)
+        short = 40 + 8 * float(torch.rand((), generator=generator))
+        q = 0.8 + (1.25 - 0.8) * float(torch.rand((), generator=generator))
+        ratio = (1 / q if float(torch.rand((), generator=generator)) > 0.5 else q) ** 2
+        height, width = _resized_shape(transform(ramp_frames, generator=torch.Generator().manual_seed(seed)))
+        assert width / height == pytest.approx(ratio, rel=0.05)
+        assert min(height, width) == pytest.approx(short, rel=0.05)

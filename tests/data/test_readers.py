@@ -86,7 +86,7 @@ def test_truncated_avi_reports_fewer_frames_and_lowers_its_count(tmp_path: Path)
     with PyAVReader(cut) as reader:
         assert reader.header_frames == 60  # the header still claims the whole video
         count = reader.num_frames
-        assert 10 < count < 60
+        assert 10 <= count < 60  # AVI frames are counted by decoding: exactly what decodes
         try:
             frames = reader.read(list(range(count)))
         except VideoError:  # the last packet was cut in half: the count drops to what decodes

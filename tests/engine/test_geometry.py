@@ -12,7 +12,7 @@ import torch
 import mfnet
 from mfnet.engine.evaluate import evaluate
 from mfnet.engine.input_spec import apply_overrides, input_spec_of
-from mfnet.engine.inputs import DataSpec, build_eval_dataset
+from mfnet.engine.inputs import DataSpec, build_datasets, build_eval_dataset
 from mfnet.engine.recipes import get_recipe
 from mfnet.models.weights import InputSpec
 
@@ -88,3 +88,14 @@ def test_an_authors_layout_checkpoint_is_evaluated_with_the_authors_geometry(
         weights, ucf_spec, clips=1, clip_length=4, crop_size=32, resize=37, num_workers=0, progress=False, fast=False
     )
     assert short.extra["test_protocol"] == "keep-aspect" and short.extra["resize"] == 37
+
+
+def test_training_datasets_follow_the_recipe_geometry(ucf_spec: DataSpec) -> None:
+    small = {"clip_length": 4, "frame_interval": 1, "crop_size": 32, "train_scale": "32,40"}
+    authors = build_datasets(ucf_spec, get_recipe("ucf101", {**small, "resize": "37x37"}))
+    assert authors.train.transform.square and authors.train.transform.aspect_ratio == (0.64, 1.5625)
+    assert (authors.val.transform.protocol, authors.val.transform.resize) == ("authors", (37, 37))
+    keep = build_datasets(ucf_spec, get_recipe("smoke", {**small, "resize": 37}))
+    assert not keep.train.transform.square and keep.train.transform.aspect_ratio == (0.8, 1.25)
+    assert (keep.val.transform.protocol, keep.val.transform.resize) == ("keep-aspect", 37)
+    assert authors.train[0]["clip"].shape == keep.train[0]["clip"].shape == (3, 4, 32, 32)

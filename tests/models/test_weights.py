@@ -175,8 +175,8 @@ def test_offline_and_missing_says_which_file_to_put_where(
 def test_create_model_name_errors(tiny_record: WeightsRecord, tiny_file: Path) -> None:
     with pytest.raises(MfnetError, match="not both"):
         mfnet.create_model("mfnet3d.tiny_test", pretrained=True, weights=tiny_file)
-    with pytest.raises(MfnetError, match="no pretrained weights are registered for 'resnext26'"):
-        mfnet.create_model("resnext26", pretrained=True)
+    with pytest.raises(MfnetError, match="no pretrained weights are registered for 'resnext26_3d'"):
+        mfnet.create_model("resnext26_3d", pretrained=True)
     with pytest.raises(CheckpointError, match="does not exist"):
         mfnet.create_model("mfnet3d", weights="missing/model.pt")
     assert mfnet.create_model("mfnet3d.tiny_test").num_classes == 3  # the architecture, not the weights

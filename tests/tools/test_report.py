@@ -16,7 +16,7 @@ from mfnet.models import create_model
 from mfnet.models.checkpoint import save_checkpoint
 from mfnet.tools.flops import count_macs, count_params
 from mfnet.tools.plots import plot_accuracy_vs_gflops
-from mfnet.tools.report import pick_samples, write_report
+from mfnet.tools.report import pick_samples, results_table, write_report
 from mfnet.tools.results import paper_results, read_results, run_result
 
 SMALL = {"depths": [1, 1, 1, 1], "widths": [32, 32, 64, 64]}
@@ -65,6 +65,13 @@ def test_report_from_run_dir(tmp_path) -> None:
     extra = tmp_path / "mine.csv"
     extra.write_text("dataset,model,params_m,gflops,top1,top5,source\nUCF-101,my net,3.5,4.2,91.0,,lab\n")
     assert main(["report", str(run), "--results", str(extra)]) == 0
+    other = tmp_path / "other"
+    _fake_run(other)
+    rows = results_table(run, None, [extra, other])
+    assert [r.model for r in rows if not r.published] == ["my net", "mfnet3d (other)"]
+    with pytest.raises(MfnetError, match="not an evaluated training run"):
+        results_table(run, None, [tmp_path])
+    assert main(["report", str(run), "--results", str(tmp_path)]) == 2
 
 
 def test_report_rejects_other_folders(tmp_path) -> None:
@@ -135,3 +142,5 @@ def test_fig8_takes_the_hardest_categories_with_an_easy_and_a_hard_sample() -> N
     assert [p["top"][0]["prob"] if p["correct"] else None for p in picked][2] == 0.7  # the easy sample of class 1
     assert picked[3]["category_accuracy"] == pytest.approx(1 / 3)
     assert [p["label"] for p in pick_samples(predictions, 3)] == [3, 3, 1]
+    single = pick_samples([_prediction(0, 0.9, True), _prediction(1, 0.2, False)], 2)
+    assert [(p["label"], p["difficulty"]) for p in single] == [(1, "only"), (0, "only")]

@@ -13,7 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from mfnet.cli._common import run_handler
+from mfnet.cli._common import OneLineParser, report_error, run_handler
+from mfnet.errors import MfnetError
 
 # Modules that add commands, in the order their commands are listed by ``mfnet --help``.
 COMMAND_MODULES = (
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Builds the full ``mfnet`` parser from every command module."""
     from mfnet import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mfnet",
         description="Multi-Fiber Networks for video recognition: models, data, training, prediction, export.",
     )
@@ -53,5 +54,9 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``mfnet`` with ``argv`` (default: ``sys.argv[1:]``) and returns the exit status."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    except MfnetError as err:  # raised by an argument type
+        report_error(str(err))
+        return 2
     return run_handler(args.handler, args)

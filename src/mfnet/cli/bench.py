@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mfnet.cli._common import print_json
+from mfnet.cli._common import non_negative_int, positive_int, print_json
 
 DEFAULT_MODELS = "mfnet3d,r3d_18,mc3_18,r2plus1d_18,s3d"
 
@@ -23,9 +23,9 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     )
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated names (default: {DEFAULT_MODELS})")
     parser.add_argument("--input", default=None, help="clip size TxHxW (default: 16x224x224 infer, 16x112x112 train)")
-    parser.add_argument("--batch", type=int, default=None, help="clips per step (default: 1 infer, 8 train)")
+    parser.add_argument("--batch", type=positive_int, default=None, help="clips per step (default: 1 infer, 8 train)")
     parser.add_argument("--mode", choices=("infer", "train"), default="infer", help="what a step is (default: infer)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's setting)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: PyTorch's setting)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     parser.add_argument(
         "--fast",
@@ -36,8 +36,8 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     parser.add_argument("--plain", action="store_true", help="also time every model without the fast path")
     parser.add_argument("--onnx", action="store_true", help="also time our ONNX export in ONNX Runtime (infer)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile fast path (infer)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (default: 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default: 2)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="interleaved timed rounds (default: 5)")
+    parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps per model first (default: 2)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory step")
     parser.add_argument(
         "--same-process",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from mfnet.cli._common import print_json
+from mfnet.cli._common import positive_int, print_json
 
 if TYPE_CHECKING:
     from mfnet.data.annotations import Annotations
@@ -32,15 +32,21 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         parser.add_argument("--format", required=True, choices=FORMATS, metavar="FORMAT", help=f"one of: {formats}")
         parser.add_argument("--annotations", metavar="PATH", help="annotation file or folder (not for folder formats)")
         parser.add_argument("--root", metavar="DIR", required=True, help="folder holding the videos")
-        parser.add_argument("--split", metavar="N", type=int, help="official split 1-3 of ucf101/hmdb51 (default 1)")
+        parser.add_argument(
+            "--split", metavar="N", type=positive_int, help="official split 1-3 of ucf101/hmdb51 (default 1)"
+        )
         parser.add_argument("--classes", metavar="FILE", help="file of class names fixing the label order")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
     index.add_argument("--per-class", action="store_true", help="also print the count of every class")
     index.set_defaults(handler=_index)
     check.add_argument("--subset", metavar="NAME", help="check only this subset (train, val, test)")
-    check.add_argument("--frames-per-clip", metavar="T", type=int, default=16, help="clip length (default 16)")
-    check.add_argument("--interval", metavar="K", type=int, default=2, help="frames between clip frames (default 2)")
-    check.add_argument("--workers", metavar="N", type=int, help="decoding processes (default: CPU count, at most 8)")
+    check.add_argument("--frames-per-clip", metavar="T", type=positive_int, default=16, help="clip length (default 16)")
+    check.add_argument(
+        "--interval", metavar="K", type=positive_int, default=2, help="frames between clip frames (default 2)"
+    )
+    check.add_argument(
+        "--workers", metavar="N", type=positive_int, help="decoding processes (default: CPU count, at most 8)"
+    )
     check.add_argument("--quick", action="store_true", help="decode 3 frames per video instead of all")
     check.set_defaults(handler=_check)
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from mfnet.cli._common import print_json
+from mfnet.cli._common import fraction, positive_float, positive_int, print_json
 
 
 def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -24,7 +24,7 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     demo.add_argument(
         "--minutes",
-        type=float,
+        type=positive_float,
         default=DEFAULT_MINUTES,
         help=f"time budget the training is sized for; epochs scale with it (default: {DEFAULT_MINUTES:g})",
     )
@@ -42,10 +42,10 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         "trainlist01.txt and testlist01.txt. Load it with --format ucf101 --annotations DIR --root DIR.",
     )
     make.add_argument("--out", required=True, help="dataset folder")
-    make.add_argument("--videos-per-class", type=int, default=60, help="videos per class (default: 60)")
-    make.add_argument("--test-fraction", type=float, default=0.25, help="share of test videos (default: 0.25)")
-    make.add_argument("--frames", type=int, default=32, help="frames per video (default: 32)")
-    make.add_argument("--size", type=int, default=64, help="height and width in pixels (default: 64)")
+    make.add_argument("--videos-per-class", type=positive_int, default=60, help="videos per class (default: 60)")
+    make.add_argument("--test-fraction", type=fraction, default=0.25, help="share of test videos (default: 0.25)")
+    make.add_argument("--frames", type=positive_int, default=32, help="frames per video (default: 32)")
+    make.add_argument("--size", type=positive_int, default=64, help="height and width in pixels (default: 64)")
     make.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     make.add_argument("--overwrite", action="store_true", help="regenerate even if the folder holds a dataset")
     make.add_argument("--json", action="store_true", help="print a JSON summary")

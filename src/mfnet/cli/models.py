@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from mfnet.cli._common import parse_shape, print_json
+from mfnet.cli._common import parse_shape, positive_int, print_json
 from mfnet.errors import MfnetError
 
 
@@ -26,9 +26,11 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     p.add_argument(
         "--input", type=parse_shape, default=None, help="input shape, default 1x3x16x224x224 (3D) or 1x3x224x224 (2D)"
     )
-    p.add_argument("--num-classes", type=int, default=None, help="classes of the classifier (default: the model's)")
+    p.add_argument(
+        "--num-classes", type=positive_int, default=None, help="classes of the classifier (default: the model's)"
+    )
     p.add_argument("--weights", default=None, help="checkpoint to load (its class count is used)")
-    p.add_argument("--fibers", type=int, default=None, help="fibers per unit (ablation; default 16)")
+    p.add_argument("--fibers", type=positive_int, default=None, help="fibers per unit (ablation; default 16)")
     p.add_argument("--no-multiplexer", action="store_true", help="drop the multiplexers (ablation)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_summary)

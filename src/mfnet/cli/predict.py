@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mfnet.cli._common import parse_resize, parse_shape, print_json
+from mfnet.cli._common import non_negative_int, parse_resize, parse_shape, positive_float, positive_int, print_json
 from mfnet.errors import MfnetError, VideoError
 
 _GLOB_CHARS = frozenset("*?[")
@@ -33,12 +33,19 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     )
     _add_inputs(p)
     p.add_argument("--labels", default=None, help="class names: kinetics400, ucf101, hmdb51 or a text file")
-    p.add_argument("--topk", type=int, default=5, help="classes shown per video (default 5)")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes shown per video (default 5)")
     p.add_argument(
-        "--clips", type=int, default=None, help="clips per video (default 10), or per window with --window (default 3)"
+        "--clips",
+        type=positive_int,
+        default=None,
+        help="clips per video (default 10), or per window with --window (default 3)",
     )
-    p.add_argument("--window", type=float, default=None, metavar="SECONDS", help="predict windows of this length")
-    p.add_argument("--stride", type=float, default=None, metavar="SECONDS", help="seconds between windows (--window)")
+    p.add_argument(
+        "--window", type=positive_float, default=None, metavar="SECONDS", help="predict windows of this length"
+    )
+    p.add_argument(
+        "--stride", type=positive_float, default=None, metavar="SECONDS", help="seconds between windows (--window)"
+    )
     p.add_argument(
         "--plot",
         default=None,
@@ -61,7 +68,7 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     )
     _add_inputs(p)
     p.add_argument("--out", required=True, help="output file, .npy or .safetensors, or a folder for Parquet shards")
-    p.add_argument("--clips", type=int, default=10, help="clips per video (default 10)")
+    p.add_argument("--clips", type=positive_int, default=10, help="clips per video (default 10)")
     p.add_argument("--per-clip", action="store_true", help="one row per clip instead of one per video")
     _add_clip_options(p)
     _add_scaleout_options(p)
@@ -87,7 +94,9 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     )
     p.add_argument("--dynamic-batch", action="store_true", help="let the exported graph take any batch size")
     p.add_argument("--labels", default=None, help="class names stored in the artifact (default: the checkpoint's)")
-    p.add_argument("--tolerance", type=float, default=None, help="largest accepted logit difference (default 1e-3)")
+    p.add_argument(
+        "--tolerance", type=positive_float, default=None, help="largest accepted logit difference (default 1e-3)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_export)
 
@@ -116,12 +125,17 @@ def _add_scaleout_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", type=int, default=None, help="official split of ucf101 / hmdb51 manifests")
     g.add_argument("--subset", default=None, help="only this subset of an annotation manifest (train, val, test)")
     g.add_argument("--resume", action="store_true", help="skip the videos already in the --out folder")
-    g.add_argument("--shard-size", type=int, default=256, metavar="N", help="videos per Parquet shard (default 256)")
+    g.add_argument(
+        "--shard-size", type=positive_int, default=256, metavar="N", help="videos per Parquet shard (default 256)"
+    )
     g.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
     g.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray model actor (default 0: CPU)")
     g.add_argument(
-        "--threads-per-worker", type=int, default=None, help="PyTorch threads per CPU Ray model actor (default 1)"
+        "--threads-per-worker",
+        type=positive_int,
+        default=None,
+        help="PyTorch threads per CPU Ray model actor (default 1)",
     )
 
 
@@ -129,9 +143,11 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "clips and pre-processing (defaults: the clip spec stored in the checkpoint, else the paper's test setting)"
     )
-    g.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
-    g.add_argument("--interval", type=int, default=None, help="frames between clip frames (default: the checkpoint's)")
-    g.add_argument("--size", type=int, default=None, help="crop size (default: the checkpoint's)")
+    g.add_argument("--frames", type=positive_int, default=None, help="frames per clip (default: the checkpoint's)")
+    g.add_argument(
+        "--interval", type=positive_int, default=None, help="frames between clip frames (default: the checkpoint's)"
+    )
+    g.add_argument("--size", type=positive_int, default=None, help="crop size (default: the checkpoint's)")
     g.add_argument(
         "--resize",
         type=parse_resize,
@@ -142,9 +158,12 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--crops", type=int, choices=(1, 3), default=1, help="crops per clip: centre, or three (default 1)")
     g.add_argument("--normalization", default=None, help="mfnet, imagenet or none (default: the checkpoint's)")
-    g.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="clips per forward pass (default 8)")
     g.add_argument(
-        "--workers", type=int, default=None, help="DataLoader worker processes (default 2); --engine ray: model actors"
+        "--workers",
+        type=non_negative_int,
+        default=None,
+        help="DataLoader worker processes (default 2); --engine ray: model actors",
     )
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
@@ -182,6 +201,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             found = videos_in([Path(p) for p in sorted(glob.glob(text, recursive=True))])
             if not found:
                 raise VideoError(f"no video files match {text!r}: check the pattern (quote it to stop the shell)")
+        elif path.exists():
+            raise VideoError(f"{path} is not a regular file (a FIFO, socket or device): give a video file")
         else:
             raise VideoError(f"{path} does not exist: check the path")
         out += found
@@ -373,6 +394,8 @@ def _predict(args: argparse.Namespace) -> int:
             if args.json:
                 print_json({"path": str(prediction.path), "error": prediction.error})
             continue
+        if prediction.probs is not None and not bool(prediction.probs.isfinite().all()):
+            raise MfnetError(f"the model gives NaN or infinite scores for {prediction.path}: its weights are broken")
         if args.json:
             record = {
                 "path": str(prediction.path),

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mfnet.cli._common import parse_resize, print_json
+from mfnet.cli._common import non_negative_int, parse_resize, positive_int, print_json
 from mfnet.errors import MfnetError
 
 
@@ -46,7 +46,9 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="mixed precision on GPU (bf16; --set amp_dtype=fp16)")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (and checkpoint)")
+    p.add_argument(
+        "--max-steps", type=positive_int, help="stop after this many optimizer steps in total (and checkpoint)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true", help="do not draw the figures at the end")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -69,16 +71,16 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     _add_data_args(p)
     p.add_argument("--splits", help="evaluate splits, e.g. 1,2,3, and report their average (UCF-101/HMDB51)")
     p.add_argument("--subset", help="part of the annotations to evaluate (default: test, else val)")
-    p.add_argument("--clips", type=int, default=10, help="clips per video (default 10)")
+    p.add_argument("--clips", type=positive_int, default=10, help="clips per video (default 10)")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="crops per clip (default 1)")
     p.add_argument(
         "--random-crop",
         action="store_true",
         help="one crop per clip at a seeded random position instead of the centre (the authors' test script)",
     )
-    p.add_argument("--clip-length", type=int, help="frames per clip (default: the checkpoint's clip spec)")
-    p.add_argument("--frame-interval", type=int, help="frame interval (default: the checkpoint's)")
-    p.add_argument("--crop-size", type=int, help="crop size (default: the checkpoint's)")
+    p.add_argument("--clip-length", type=positive_int, help="frames per clip (default: the checkpoint's clip spec)")
+    p.add_argument("--frame-interval", type=positive_int, help="frame interval (default: the checkpoint's)")
+    p.add_argument("--crop-size", type=positive_int, help="crop size (default: the checkpoint's)")
     p.add_argument(
         "--resize",
         type=parse_resize,
@@ -86,8 +88,8 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         help="N: short side before cropping, aspect kept; WxH (e.g. 256x256): every frame resized to that size, "
         "aspect not kept (the authors' protocol). Default: the checkpoint's clip spec; 256x256 for the authors' files",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="clips per batch and process (default 8)")
-    p.add_argument("--workers", type=int, default=2, help="data loader workers (default 2)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="clips per batch and process (default 8)")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="data loader workers (default 2)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", type=Path, help="write metrics.json, predictions.csv/json and scores.pt here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -118,16 +120,18 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
 
     p = commands.add_parser("report", help="redraw a run's figures and write report.md / report.html")
     p.add_argument("run_dir", type=Path, help="the run directory of `mfnet train`")
-    p.add_argument("--samples", type=int, default=4, help="sample videos in the predictions figure (default 4)")
+    p.add_argument(
+        "--samples", type=positive_int, default=4, help="sample videos in the predictions figure (default 4)"
+    )
     p.add_argument("--eval-dir", type=Path, help="an `mfnet eval --out` folder (default: RUN_DIR/eval)")
     p.add_argument(
         "--results",
         type=Path,
         action="append",
         default=[],
-        metavar="CSV",
-        help="more rows for the accuracy-against-GFLOPs chart: dataset,model,params_m,gflops,top1,top5,source "
-        "(repeatable)",
+        metavar="CSV_OR_RUN_DIR",
+        help="more rows for the accuracy-against-GFLOPs chart: another evaluated run directory, or a CSV with "
+        "dataset,model,params_m,gflops,top1,top5,source (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(handler=_report)
@@ -152,6 +156,7 @@ def _train(args: argparse.Namespace) -> int:
     from mfnet.engine.inputs import DataSpec
     from mfnet.engine.recipes import apply_overrides, resolve_recipe
     from mfnet.engine.train import recipe_of_run, train
+    from mfnet.tools.report import write_figures
 
     _setup_logging()
     if args.resume is not None:
@@ -190,7 +195,7 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         max_steps=args.max_steps,
         progress=not args.no_progress,
-        figures=not args.no_figures,
+        on_finish=None if args.no_figures else write_figures,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports

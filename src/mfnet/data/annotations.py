@@ -15,6 +15,12 @@ annotated videos exist under ``root``. Formats (see docs/data.md for the exact f
 Subsets are named ``train``, ``val`` and ``test`` (``validate``/``validation`` become ``val``; the official
 UCF-101 and HMDB51 test lists are ``test``). Unlabelled test clips get label ``-1``. Annotated videos that are
 not on disk are reported in ``Annotations.missing`` instead of failing.
+
+Labels are validated as they load: a label outside the class list (a 0 in UCF-101's 1-based lists, a negative
+label other than the ``-1`` that marks an unlabelled clip, a label beyond the class names given) is a
+``DataError`` naming the file and line. Lists without class names take their class count from the largest label;
+when that leaves more than half of the classes without any video, the largest label is reported as a likely typo
+(pass the class names with ``classes`` to keep it). Annotations that list no video at all are an error too.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from mfnet.data.readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from mfnet.errors import DataError
@@ -133,15 +139,51 @@ def load_annotations(
         raise DataError(f"{format} has splits 1, 2 and 3, not {split}: pass --split 1, 2 or 3")
     fixed = _read_class_names(classes) if classes is not None else None
     entries, names = parser(Path(annotations) if annotations is not None else None, root, split or 1)
+    if not entries:
+        where = annotations if annotations is not None else root
+        raise DataError(f"the {format} annotations {where} list no videos: check the files (they may be empty)")
     class_list = list(fixed) if fixed is not None else names
+    if fixed is None:
+        _check_label_gaps(entries, class_list)
     return _check_files(entries, class_list, root)
+
+
+def _label_error(source: str, label: int, count: int, hint: str = "") -> DataError:
+    where = f"{source}: " if source else ""
+    return DataError(
+        f"{where}label {label} is out of range: labels run from 0 to {count - 1} ({count} classes), or -1 for an "
+        f"unlabelled clip{hint}; fix the label or pass the matching class list"
+    )
+
+
+def _negative_label(path: Path, number: int, label: int) -> DataError:
+    return DataError(
+        f"{path}:{number}: label {label} is negative: labels are 0-based class indices, and -1 marks an "
+        "unlabelled clip; fix the line"
+    )
+
+
+def _check_label_gaps(entries: list[_Entry], classes: list[str]) -> None:
+    """Class counts taken from the largest label: refuse one that leaves most classes without a video."""
+    numbers = {label for _, label, _, _ in entries if isinstance(label, int)}
+    if not numbers or len(numbers) * 2 >= len(classes) or classes != [str(i) for i in range(len(classes))]:
+        return
+    top = max(numbers)
+    source = next(src for _, label, _, src in entries if label == top)
+    below = sorted(numbers - {top})
+    raise DataError(
+        f"{source}: label {top} makes {top + 1} classes, but only {len(numbers)} of them have videos "
+        f"(the others go up to {below[-1] if below else 'none'}): fix the label, or pass the class names "
+        "(--classes FILE) if the classes really are that many"
+    )
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
 
-# A parser returns (entries, class names); an entry is (relative path or absolute Path, label, subset) where the
-# label is an int index or a class name (str) to be looked up in the final class list (None: unlabelled).
-_Entry = tuple[object, int | str | None, str]
+# A parser returns (entries, class names); an entry is (relative path or absolute Path, label, subset, source) where
+# the label is an int index or a class name (str) to be looked up in the final class list (None: unlabelled), and
+# the source is "file:line" (or "" when the entry comes from a folder layout).
+_Entry = tuple[object, int | str | None, str, str]
 
 
 def _lines(path: Path) -> Iterable[tuple[int, str]]:
@@ -176,6 +218,13 @@ def _read_class_names(source: Sequence[str] | str | Path) -> list[str]:
     return plain
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not valid UTF-8 JSON ({str(err).splitlines()[0]}): re-download it") from None
+
+
 def _subset_from_name(name: str) -> str:
     lowered = name.lower()
     for key in ("train", "val", "test"):
@@ -190,18 +239,19 @@ def _check_files(entries: list[_Entry], classes: list[str], root: Path) -> Annot
     resolver = _Resolver(root)
     records: list[VideoRecord] = []
     missing: list[VideoRecord] = []
-    for location, label, subset in entries:
+    for location, label, subset, source in entries:
         if isinstance(label, str):
             found = index.get(label, folded.get(_fold(label)))
             if found is None:
-                raise DataError(f"class {label!r} is not in the class list: pass the matching class list")
+                where = f"{source}: " if source else ""
+                raise DataError(f"{where}class {label!r} is not in the class list: pass the matching class list")
             label_index = found
         elif label is None:
             label_index = -1
         else:
             label_index = label
-            if classes and label_index >= len(classes):
-                raise DataError(f"label {label_index} has no class name (only {len(classes)} classes)")
+            if not 0 <= label_index < len(classes):
+                raise _label_error(source, label_index, len(classes))
         path = location if isinstance(location, Path) else resolver.resolve(str(location))
         if path is None:
             missing.append(VideoRecord(root / str(location), label_index, subset))
@@ -260,9 +310,14 @@ def _parse_ucf101(annotations: Path, root: Path, split: int) -> tuple[list[_Entr
     if train_file.is_file():
         for number, line in _lines(train_file):
             parts = line.split()
-            if len(parts) != 2 or not parts[1].isdigit():
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                 raise _bad_line(train_file, number, line, "'<Class>/<video>.avi <1-based label>'")
-            entries.append((parts[0], int(parts[1]) - 1, "train"))
+            if not 1 <= int(parts[1]) <= len(classes):
+                raise DataError(
+                    f"{train_file}:{number}: label {parts[1]} is out of range: UCF-101 labels are 1-based, "
+                    f"1 to {len(classes)} as in classInd.txt; fix the line"
+                )
+            entries.append((parts[0], int(parts[1]) - 1, "train", f"{train_file}:{number}"))
     if test_file.is_file():
         for number, line in _lines(test_file):
             relative = line.split()[0]
@@ -270,7 +325,7 @@ def _parse_ucf101(annotations: Path, root: Path, split: int) -> tuple[list[_Entr
             label = by_name.get(folder_name.lower())
             if label is None:
                 raise _bad_line(test_file, number, line, "'<Class>/<video>.avi' with a class of classInd.txt")
-            entries.append((relative, label, "test"))
+            entries.append((relative, label, "test", f"{test_file}:{number}"))
     return entries, classes
 
 
@@ -296,7 +351,8 @@ def _parse_hmdb51(annotations: Path, root: Path, split: int) -> tuple[list[_Entr
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
                 raise _bad_line(files[name], number, line, "'<video>.avi <0|1|2>'")
             if parts[1] != "0":
-                entries.append((f"{name}/{parts[0]}", label, "train" if parts[1] == "1" else "test"))
+                subset = "train" if parts[1] == "1" else "test"
+                entries.append((f"{name}/{parts[0]}", label, subset, f"{files[name]}:{number}"))
     return entries, classes
 
 
@@ -337,17 +393,17 @@ class _ClipIndex:
 
 
 def _kinetics_entries(
-    rows: Iterable[tuple[str, int, int, str | None, str]], root: Path
+    rows: Iterable[tuple[str, int, int, str | None, str, str]], root: Path
 ) -> tuple[list[_Entry], list[str]]:
     clips = _ClipIndex(root)
     entries: list[_Entry] = []
     names: set[str] = set()
-    for youtube_id, start, end, label, subset in rows:
+    for youtube_id, start, end, label, subset, source in rows:
         path = clips.find(youtube_id, start, end)
         if label:
             names.add(label)
         relative = f"{label or subset}/{youtube_id}_{start:06d}_{end:06d}.mp4"
-        entries.append((path if path is not None else relative, label or None, subset))
+        entries.append((path if path is not None else relative, label or None, subset, source))
     return entries, sorted(names)
 
 
@@ -355,41 +411,50 @@ def _parse_kinetics_csv(annotations: Path, root: Path, split: int) -> tuple[list
     files = sorted(annotations.glob("*.csv")) if annotations.is_dir() else [annotations]
     if not files:
         raise DataError(f"{annotations} holds no .csv files: pass a Kinetics CSV file or its folder")
-    rows: list[tuple[str, int, int, str | None, str]] = []
+    rows: list[tuple[str, int, int, str | None, str, str]] = []
     for file in files:
-        with open(file, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            fields = {(name or "").strip() for name in reader.fieldnames or []}
-            if not {"youtube_id", "time_start", "time_end"} <= fields:
-                raise DataError(
-                    f"{file} lacks youtube_id,time_start,time_end columns: is it a Kinetics CSV? check --format"
-                )
-            for number, row in enumerate(reader, 2):
-                row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-                try:
-                    start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-                except ValueError:
-                    raise _bad_line(file, number, ",".join(row.values()), "integer time_start, time_end") from None
-                subset = _SUBSET_NAMES.get(row.get("split", "").lower()) or _subset_from_name(file.stem)
-                rows.append((row["youtube_id"], start, end, row.get("label") or None, subset))
+        try:
+            rows += _kinetics_csv_rows(file)
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{file} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
+                "save it as UTF-8 or re-download it"
+            ) from None
     return _kinetics_entries(rows, root)
+
+
+def _kinetics_csv_rows(file: Path) -> list[tuple[str, int, int, str | None, str, str]]:
+    rows: list[tuple[str, int, int, str | None, str, str]] = []
+    with open(file, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields = {(name or "").strip() for name in reader.fieldnames or []}
+        if not {"youtube_id", "time_start", "time_end"} <= fields:
+            raise DataError(
+                f"{file} lacks youtube_id,time_start,time_end columns: is it a Kinetics CSV? check --format"
+            )
+        for number, row in enumerate(reader, 2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            try:
+                start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+            except ValueError:
+                raise _bad_line(file, number, ",".join(row.values()), "integer time_start, time_end") from None
+            subset = _SUBSET_NAMES.get(row.get("split", "").lower()) or _subset_from_name(file.stem)
+            rows.append((row["youtube_id"], start, end, row.get("label") or None, subset, f"{file}:{number}"))
+    return rows
 
 
 def _parse_kinetics_json(annotations: Path, root: Path, split: int) -> tuple[list[_Entry], list[str]]:
     files = sorted(annotations.glob("*.json")) if annotations.is_dir() else [annotations]
-    rows: list[tuple[str, int, int, str | None, str]] = []
+    rows: list[tuple[str, int, int, str | None, str, str]] = []
     for file in files:
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{file} is not valid JSON ({err}): re-download it") from None
+        data = _read_json(file)
         if not isinstance(data, dict):
             raise DataError(f"{file} is not a Kinetics JSON object of {{youtube_id: {{...}}}}: check --format")
         for youtube_id, info in data.items():
             notes = info.get("annotations") or {}
             segment = notes.get("segment") or [0, 10]
             subset = _SUBSET_NAMES.get(str(info.get("subset", "")).lower()) or _subset_from_name(file.stem)
-            rows.append((youtube_id, int(segment[0]), int(segment[1]), notes.get("label") or None, subset))
+            rows.append((youtube_id, int(segment[0]), int(segment[1]), notes.get("label") or None, subset, str(file)))
     return _kinetics_entries(rows, root)
 
 
@@ -407,8 +472,10 @@ def _parse_mfnet_list(annotations: Path, root: Path, split: int) -> tuple[list[_
         if len(parts) != 3 or not parts[0].lstrip("-").isdigit() or not parts[1].lstrip("-").isdigit():
             raise _bad_line(annotations, number, line, "'<id> <0-based label or -1> <relative path>'")
         label = int(parts[1])
+        if label < -1:
+            raise _negative_label(annotations, number, label)
         top = max(top, label)
-        entries.append((parts[2], label if label >= 0 else None, subset))
+        entries.append((parts[2], label if label >= 0 else None, subset, f"{annotations}:{number}"))
     table = annotations.parent / "mapping_table.txt"
     classes = _read_class_names(table) if table.is_file() else [str(i) for i in range(top + 1)]
     return entries, classes
@@ -425,12 +492,14 @@ def _parse_list(annotations: Path, root: Path, split: int) -> tuple[list[_Entry]
         if len(parts) < 2 or not parts[-1].lstrip("-").isdigit():
             raise _bad_line(annotations, number, line, "'<path> <label>' or '<frame folder> <frames> <label>'")
         label = int(parts[-1])
+        if label < -1:
+            raise _negative_label(annotations, number, label)
         top = max(top, label)
         path = parts[0]
         frames = re.match(r"^(.*\S)\s+\d+$", path)  # '<frame folder> <frames>' unless the path itself exists
         if frames and not (root / path).exists():
             path = frames.group(1)
-        entries.append((path, label if label >= 0 else None, subset))
+        entries.append((path, label if label >= 0 else None, subset, f"{annotations}:{number}"))
     return entries, [str(i) for i in range(top + 1)]
 
 
@@ -450,7 +519,7 @@ def _folder_entries(root: Path, keep: Callable[[Path], bool]) -> tuple[list[_Ent
     if not found:
         raise DataError(f"{root} has no class sub-folders with videos or images: check --root (or the format)")
     classes = sorted({name for _, name, _ in found})
-    return [(path, name, subset) for path, name, subset in found], classes
+    return [(path, name, subset, "") for path, name, subset in found], classes
 
 
 def _is_video(path: Path) -> bool:
@@ -475,7 +544,7 @@ def _parse_ssv2(annotations: Path, root: Path, split: int) -> tuple[list[_Entry]
     labels_file = folder / "labels.json"
     if not labels_file.is_file():
         raise DataError(f"{folder} has no labels.json: pass the Something-Something-v2 annotation folder")
-    table = json.loads(labels_file.read_text(encoding="utf-8"))
+    table = _read_json(labels_file)
     classes = [name for name, _ in sorted(table.items(), key=lambda kv: int(kv[1]))]
     if annotations.is_dir():
         files = [folder / f"{name}.json" for name in ("train", "validation", "test")]
@@ -486,10 +555,10 @@ def _parse_ssv2(annotations: Path, root: Path, split: int) -> tuple[list[_Entry]
     entries: list[_Entry] = []
     for file in files:
         subset = _subset_from_name(file.stem)
-        for item in json.loads(file.read_text(encoding="utf-8")):
+        for item in _read_json(file):
             template = item.get("template")
             name = template.replace("[", "").replace("]", "") if template else None
-            entries.append((f"{item['id']}{suffix}", name, subset))
+            entries.append((f"{item['id']}{suffix}", name, subset, f"{file} (id {item.get('id')})"))
     return entries, classes
 
 

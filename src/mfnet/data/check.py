@@ -71,7 +71,7 @@ def check_videos(
     """
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
     jobs = [(Path(p), full) for p in paths]
-    bar = tqdm(total=len(jobs), desc="checking videos", unit="video", disable=not progress, leave=False)
+    bar = tqdm(total=len(jobs), desc="checking videos", unit="video", disable=None if progress else True, leave=False)
     results: list[VideoCheck] = []
     try:
         if workers <= 1 or len(jobs) < 2:

@@ -280,7 +280,7 @@ def make_motion_dataset(
     spec_path.unlink(missing_ok=True)  # written last: its presence marks a complete dataset
     root.mkdir(parents=True, exist_ok=True)
     jobs = [(pair, i) for i in range(spec.videos_per_class) for pair in range(len(MOTION_PAIRS))]
-    bar = tqdm(jobs, desc="make-motion", unit="video", disable=not progress, total=len(jobs))
+    bar = tqdm(jobs, desc="make-motion", unit="video", disable=None if progress else True, total=len(jobs))
     for pair, i in bar:
         frames = render_motion(pair, video_stream(spec, pair, i), num_frames=spec.num_frames, size=spec.size)
         forward, backward = MOTION_PAIRS[pair]

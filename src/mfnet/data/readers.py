@@ -3,13 +3,19 @@
 A reader knows how many frames a video really has and returns the frames asked for as a uint8 tensor
 ``(T, H, W, C)`` in RGB order, in the order asked (indices may repeat). ``open_video`` picks the reader.
 
-The PyAV reader never trusts the container header: on first use it demuxes the video stream's packets (no
-decoding, a few milliseconds for a typical clip) to learn every frame's presentation time and where the key
-frames are. A read then seeks to the key frame at or before the first wanted frame and decodes forward only as
-far as the last wanted frame, seeking again across long gaps. When fewer frames decode than packets exist (a
-truncated file, a broken tail), the reader lowers ``num_frames`` to what really decodes and raises
-``VideoError`` so the caller can sample again; frames that fail to decode in the middle of a video are replaced
-by the closest earlier frame that decoded.
+The PyAV reader never trusts the container header. Frame ``i`` is always the ``i``-th frame a sequential
+decode from the start yields (the decoder's output order), whatever the container and codec, and however the
+frames are reached. To seek, the reader needs every frame's presentation time in that order. For most files the
+demuxed packets give it (no decoding, a few milliseconds for a typical clip): sorted packet times are the output
+order. AVI carries no presentation times, and MPEG-4 Part 2 AVIs with packed B-frames (XVID/DivX, the format of
+UCF-101 and HMDB51) yield frames whose times are out of order, so for AVI files, files without usable packet
+times, and any file whose decoded times contradict its packets, the reader decodes the video once without colour
+conversion and records the times in output order. A read then seeks to the key frame at or before the first
+wanted frame and decodes forward only as far as the last wanted frame, seeking again across long gaps; if the
+frames after a seek do not continue the recorded order, it decodes from the start instead. When fewer frames
+decode than packets exist (a truncated file, a broken tail), the reader lowers ``num_frames`` to what really
+decodes and raises ``VideoError`` so the caller can sample again; frames that fail to decode in the middle of a
+video are replaced by the closest earlier frame that decoded.
 """
 
 from __future__ import annotations
@@ -78,6 +84,8 @@ def open_video(
         return FrameFolderReader(path, fps=fps or 25.0)
     if not path.exists():
         raise VideoError(f"video {path} does not exist: check the dataset root and the annotation paths")
+    if not path.is_file():
+        raise VideoError(f"{path} is not a regular file (a FIFO, socket or device): give a video file")
     return PyAVReader(path, num_threads=num_threads, max_short_side=max_short_side)
 
 
@@ -92,8 +100,12 @@ class PyAVReader:
         self._num_threads = num_threads
         self._open()
         self._rgb_options = _rgb_options(self._stream.codec_context, max_short_side)
-        self._pts: list[int] | None = None  # presentation times of the frames, sorted
+        self._pts: list[int] | None = None  # presentation times of the frames, in output order
+        self._index_of: dict[int, int] = {}  # frame index by presentation time
         self._key_positions: list[int] = []  # frame indices of key frames, sorted
+        self._decode_order = False  # whether ``_pts`` was recorded by decoding (else it comes from the packets)
+        self._key_set: frozenset[int] = frozenset()
+        self._seekable = True  # cleared when frames after a seek contradict the table
         self._decodable: int | None = None  # frames that really decode, once a read hit the end
 
     def _open(self) -> None:
@@ -164,37 +176,53 @@ class PyAVReader:
         return self._pts
 
     def _scan_packets(self) -> None:
+        if "avi" in self._container.format.name.split(","):  # no presentation times, maybe packed B-frames
+            self._scan_by_decoding()
+            return
         entries: list[tuple[int, bool]] = []
         try:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0:
                     continue
                 stamp = packet.pts if packet.pts is not None else packet.dts
-                if stamp is None:  # no usable timing: fall back to counting decoded frames
+                if stamp is None:  # no usable timing: record it by decoding
                     entries = []
                     break
                 entries.append((stamp, bool(packet.is_keyframe)))
         except av.FFmpegError:
             pass  # a broken tail: keep the packets read so far
-        if not entries:
-            self._pts, self._key_positions = [], []
-            self._decodable = self._count_by_decoding()
-            return
         entries.sort()
         pts = [stamp for stamp, _ in entries]
-        keys = [index for index, (_, key) in enumerate(entries) if key]
-        if len(set(pts)) != len(pts):  # duplicate stamps: indices by decoding order instead
-            self._pts, self._key_positions = [], []
-            self._decodable = self._count_by_decoding()
+        if not entries or len(set(pts)) != len(pts):  # no timing, or duplicate stamps
+            self._scan_by_decoding()
             return
-        self._pts, self._key_positions = pts, keys or [0]
+        keys = [index for index, (_, key) in enumerate(entries) if key]
+        self._set_table(pts, keys, decode_order=False)
 
-    def _count_by_decoding(self) -> int:
-        count = 0
+    def _scan_by_decoding(self) -> None:
+        """Decodes the whole video once (no colour conversion) and records the frame times in output order.
+
+        Without unique times the table stays empty and every read decodes from the start, counting frames.
+        """
+        pts: list[int | None] = []
+        keys: list[int] = []
         self._rewind()
-        for _ in self._decode():
-            count += 1
-        return count
+        for frame in self._decode():
+            if frame.key_frame:
+                keys.append(len(pts))
+            pts.append(frame.pts)
+        self._decodable = len(pts)
+        if None in pts or len(set(pts)) != len(pts):
+            self._set_table([], [], decode_order=True)
+        else:
+            self._set_table(pts, keys, decode_order=True)  # type: ignore[arg-type]
+
+    def _set_table(self, pts: list[int], keys: list[int], *, decode_order: bool) -> None:
+        self._pts = pts
+        self._index_of = {stamp: index for index, stamp in enumerate(pts)}
+        self._key_positions = (keys or [0]) if pts else []
+        self._key_set = frozenset(self._key_positions)
+        self._decode_order = decode_order
 
     def _decode(self) -> Iterator[av.VideoFrame]:
         """Decodes frames from the current position, skipping packets that fail to decode."""
@@ -242,34 +270,49 @@ class PyAVReader:
         return torch.from_numpy(np.stack(frames))
 
     def _read_sorted(self, wanted: list[int]) -> dict[int, np.ndarray]:
-        if not self._pts:  # no timing table: decode from the start, counting
+        if not self._pts or not self._seekable:  # no timing table, or seeks found unreliable: count from the start
             return self._read_sequential(wanted)
-        index_of = {stamp: index for index, stamp in enumerate(self._pts)}
+        # After a seek, frames in the recorded output order come one index apart; a packet table allows gaps
+        # (packets that do not decode).
+        gap = 1 if self._decode_order else len(self._pts)
         found: dict[int, np.ndarray] = {}
         position = 0  # the next wanted index (into ``wanted``) still to find
         cursor = 0  # the frame index the decoder yields next (as far as known)
         last_index, last_frame = -1, None  # the last frame decoded since the last seek
         frames = None
         no_more_seeks = False
+        sought = -1  # the key frame of the last forward seek (a seek that lands early is not repeated)
+        leading = False  # after a seek: frames before the first key frame (an open GOP's) are not trusted
         while position < len(wanted):
             target = wanted[position]
             before = bisect.bisect_right(self._key_positions, target) - 1
             key = self._key_positions[before] if before >= 0 else 0  # no key frame yet: decode from the start
-            if frames is None or (
-                not no_more_seeks and (cursor > target or (key > cursor and target - cursor >= _SEEK_GAP_FRAMES))
-            ):
-                frames, cursor = self._seek_to(key), key
-                last_index, last_frame = -1, None
+            gap_ahead = key > cursor and key > sought and target - cursor >= _SEEK_GAP_FRAMES
+            if frames is None or (not no_more_seeks and (cursor > target or gap_ahead)):
+                frames, cursor, sought = self._seek_to(key), key, key
+                last_index, last_frame, leading = -1, None, key > 0
             frame = next(frames, None)
+            if frame is None and leading:  # no key frame after the seek
+                return self._stop_seeking(wanted)
             if frame is None:  # end of stream before the wanted frames: the file is shorter than its packets
                 self._decodable = last_index + 1 if last_index >= 0 else cursor
                 raise VideoError(
                     f"{self.path} decodes only {self._decodable} of {len(self._pts)} frames "
                     "(truncated or corrupt): sample again or re-download it"
                 )
-            index = index_of.get(frame.pts) if frame.pts is not None else None
-            if index is None:  # a timestamp the packet table does not have: count frames instead
-                return self._read_sequential(wanted)
+            if leading and not frame.key_frame:
+                continue
+            index = self._index_of.get(frame.pts) if frame.pts is not None else None
+            if leading and index not in self._key_set:  # the times after this seek do not name the frames
+                return self._stop_seeking(wanted)
+            leading = False
+            if index is None or (last_index >= 0 and not last_index < index <= last_index + gap):
+                # Times that contradict the table: a packet table is replaced by the decoder's own order;
+                # with that order already recorded, the frames are counted from the start.
+                if self._decode_order:
+                    return self._stop_seeking(wanted)
+                self._scan_by_decoding()
+                return self._read_sorted(wanted)
             if last_index == -1 and index > target and cursor > 0 and not no_more_seeks:
                 frames, cursor, no_more_seeks = self._seek_to(0), 0, True  # the seek overshot: start over
                 continue
@@ -280,6 +323,11 @@ class PyAVReader:
                 position += 1
             last_index, last_frame, cursor = index, frame, index + 1
         return found
+
+    def _stop_seeking(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        """Reads by counting frames from the start, now and from now on (the file's seeks are not reliable)."""
+        self._seekable = False
+        return self._read_sequential(wanted)
 
     def _seek_to(self, frame_index: int) -> Iterator[av.VideoFrame]:
         assert self._pts is not None

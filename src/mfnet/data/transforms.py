@@ -149,7 +149,8 @@ class TrainTransform:
     1. random short-side scale ``s`` in ``short_side`` with aspect-ratio jitter ``r`` in ``aspect_ratio``
        (log-uniform; the width is scaled by ``sqrt(r)`` and the height by ``1/sqrt(r)``). With ``square=True``
        (the authors' protocol) the frame is first taken as a square, so its width/height becomes ``r``, and the
-       short side after the jitter is ``s``;
+       short side after the jitter is ``s``; ``aspect_draw="authors"`` draws ``r`` as their ``RandomScale``
+       does: ``q`` uniform in ``[sqrt(low), sqrt(high)]``, inverted with probability 0.5, ``r = q**2``;
     2. random ``crop_size`` square crop;  3. horizontal flip with probability 0.5;
     4. HLS colour jitter: offsets drawn uniformly in ``±hls_jitter`` (OpenCV units: hue 0-180, lightness and
        saturation 0-255), added and clipped, as in the authors' code;  5. normalisation.
@@ -167,6 +168,7 @@ class TrainTransform:
         short_side: tuple[int, int] = (224, 288),
         aspect_ratio: tuple[float, float] = (0.8, 1.25),
         square: bool = False,
+        aspect_draw: Literal["log-uniform", "authors"] = "log-uniform",
         flip: bool = True,
         hls_jitter: tuple[float, float, float] | None = (15, 35, 25),
         normalization: str | tuple = "mfnet",
@@ -178,6 +180,9 @@ class TrainTransform:
         self.short_side = short_side
         self.aspect_ratio = aspect_ratio
         self.square = square
+        if aspect_draw not in ("log-uniform", "authors"):
+            raise ValueError(f"unknown aspect_draw {aspect_draw!r}: use log-uniform or authors")
+        self.aspect_draw = aspect_draw
         self.flip = flip
         self.hls_jitter = hls_jitter
         self.normalization = normalization
@@ -189,7 +194,11 @@ class TrainTransform:
         clip = _to_tchw(frames)
         height, width = clip.shape[-2:]
         short = _uniform(*self.short_side, generator)
-        ratio = math.exp(_uniform(math.log(self.aspect_ratio[0]), math.log(self.aspect_ratio[1]), generator))
+        if self.aspect_draw == "authors":
+            q = _uniform(math.sqrt(self.aspect_ratio[0]), math.sqrt(self.aspect_ratio[1]), generator)
+            ratio = (1 / q if float(torch.rand((), generator=generator)) > 0.5 else q) ** 2
+        else:
+            ratio = math.exp(_uniform(math.log(self.aspect_ratio[0]), math.log(self.aspect_ratio[1]), generator))
         if self.square:  # the authors': a square, w/h = ratio, then the short side scaled to `short`
             new_h = max(self.crop_size, round(short * max(1.0, 1.0 / ratio)))
             new_w = max(self.crop_size, round(short * max(1.0, ratio)))
@@ -212,7 +221,8 @@ class TrainTransform:
     def __repr__(self) -> str:
         return (
             f"TrainTransform(crop_size={self.crop_size}, short_side={self.short_side}, "
-            f"aspect_ratio={self.aspect_ratio}, square={self.square}, flip={self.flip}, hls_jitter={self.hls_jitter}, "
+            f"aspect_ratio={self.aspect_ratio}, square={self.square}, aspect_draw={self.aspect_draw!r}, "
+            f"flip={self.flip}, hls_jitter={self.hls_jitter}, "
             f"normalization={self.normalization!r})"
         )
 
@@ -366,6 +376,7 @@ def build_train_transform(
         short_side=short_side,
         aspect_ratio=TRAIN_ASPECT_RATIOS[protocol],
         square=protocol == "authors",
+        aspect_draw="authors" if protocol == "authors" else "log-uniform",
         flip=flip,
         hls_jitter=hls_jitter,
         normalization=normalization,

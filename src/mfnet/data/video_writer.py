@@ -40,6 +40,7 @@ def write_video(
     quality: int = 18,
     audio: bool = False,
     timestamps: list[float] | None = None,
+    b_frames: int | None = None,
 ) -> Path:
     """Writes RGB frames to a video file with PyAV.
 
@@ -57,6 +58,8 @@ def write_video(
         audio: also write a quiet AAC (mp4/mkv/mov), MP3 (avi) or Opus (webm) audio track the length of the video.
         timestamps: optional presentation times in seconds, one per frame, for variable-frame-rate files
             (mkv/mp4); by default frame ``i`` is shown at ``i / fps``.
+        b_frames: the most consecutive B-frames (frames decoded after a later frame, so decode order differs
+            from display order); ``None`` keeps the encoder's default, 0 turns them off.
 
     Returns:
         The path written.
@@ -79,6 +82,10 @@ def write_video(
         if gop_size is not None:
             stream.codec_context.gop_size = gop_size
         stream.options = _quality_options(codec, quality)
+        if b_frames is not None:
+            stream.codec_context.max_b_frames = b_frames
+            if codec == "libx264":
+                stream.options = {**stream.options, "bframes": str(b_frames)}
         if timestamps is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         audio_stream = _add_audio(container, suffix) if audio else None

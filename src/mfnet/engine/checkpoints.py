@@ -8,15 +8,20 @@ needed to continue exactly::
     "epoch": epoch in progress                 "epoch_step": optimizer steps already done in that epoch
     "step": optimizer steps done in total      "rng": [per-process RNG states] (torch, CUDA, numpy, random)
     "recipe": the recipe as a dict             "kind": "training-state"
+    "epoch_sums": the running loss/accuracy sums of the epoch in progress ({"count": clips, "loss": ..., ...})
 
 All values are tensors or plain Python types, so ``torch.load(path, weights_only=True)`` reads them. Files live in
 ``RUN_DIR/checkpoints/step-000001234.pt``; a SIGKILL at any moment leaves at worst a hidden ``.tmp`` file, never a
-half-written checkpoint under a final name, and :func:`load_latest` skips anything it cannot read.
+half-written checkpoint under a final name; the next save removes such leftovers, and :func:`load_latest` skips
+anything it cannot read. A save that fails (a full disk) removes its temporary file, keeps the previous
+checkpoints and raises ``CheckpointError``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import re
 from collections.abc import Mapping
@@ -34,6 +39,7 @@ logger = logging.getLogger("mfnet")
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
+_TEMPORARY = re.compile(r"^\.step-\d{9}\.pt\.(.*\.)?tmp$")  # a save's temporary file (see save_checkpoint)
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
@@ -100,16 +106,25 @@ def save_training_state(
     recipe: Mapping[str, Any],
     keep: int = 3,
     input_spec: Mapping[str, Any] | None = None,
+    epoch_sums: Mapping[str, float] | None = None,
 ) -> Path:
     """Writes ``RUN_DIR/checkpoints/step-<step>.pt`` atomically and deletes all but the newest ``keep`` files.
+
+    Temporary files that a killed save left behind are removed first (only the main process saves).
 
     Args:
         model: The bare model (not the DDP wrapper).
         rng: One :func:`capture_rng` state per process, in rank order.
         keep: How many checkpoints to keep (at least 1).
         input_spec: The clips the weights expect (``InputSpec.to_dict()``), stored in the ``"mfnet"`` metadata.
+        epoch_sums: The running sums of the epoch in progress (``count`` and metric totals), so that a resumed
+            run reports the epoch's means over all its steps.
+
+    Raises:
+        CheckpointError: The file cannot be written (a full disk, no permission); the older checkpoints remain.
     """
     path = checkpoint_path(run_dir, step)
+    remove_stale_temporaries(run_dir)
     extra = {
         "kind": "training-state",
         "optimizer": optimizer.state_dict(),
@@ -119,19 +134,39 @@ def save_training_state(
         "step": int(step),
         "rng": rng,
         "recipe": dict(recipe),
+        "epoch_sums": {k: float(v) for k, v in (epoch_sums or {}).items()},
     }
-    save_checkpoint(
-        path,
-        model,
-        model_name=model_name,
-        model_kwargs=model_kwargs,
-        classes=classes,
-        extra=extra,
-        input_spec=input_spec,
-    )
+    try:
+        save_checkpoint(
+            path,
+            model,
+            model_name=model_name,
+            model_kwargs=model_kwargs,
+            classes=classes,
+            extra=extra,
+            input_spec=input_spec,
+        )
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError of its zip writer
+        reason = (getattr(err, "strerror", None) or str(err).splitlines()[0] or type(err).__name__).strip()
+        raise CheckpointError(
+            f"cannot write checkpoint {path} ({reason}): the disk may be full or the folder not writable; free "
+            f"space and continue with --resume (the older checkpoints are intact)"
+        ) from None
     for old in list_checkpoints(run_dir)[: -max(1, keep)]:
         old.unlink(missing_ok=True)
     return path
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Deletes the hidden ``.step-*.tmp`` files of saves that never finished (a killed run); returns them."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if _TEMPORARY.match(p.name)]
+    for leftover in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(leftover)
+    return stale
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

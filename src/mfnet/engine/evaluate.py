@@ -249,7 +249,8 @@ def run_evaluation(
     loss_sum = 0.0
     skipped = 0
     try:
-        for batch in tqdm(loader, desc="eval", disable=not (progress and ctx.is_main), leave=False, unit="batch"):
+        quiet = None if progress and ctx.is_main else True  # None: no bar when stderr is not a terminal
+        for batch in tqdm(loader, desc="eval", disable=quiet, leave=False, unit="batch"):
             clip = batch["clip"]
             label = torch.as_tensor(batch["label"]).long()
             video = torch.as_tensor(batch.get("video_index", torch.arange(label.shape[0]))).long()

@@ -26,6 +26,7 @@ from mfnet.data.loader import build_loader
 from mfnet.data.readers import open_video
 from mfnet.data.sampling import ClipIndices, UniformClipSampler
 from mfnet.data.transforms import build_eval_transform, protocol_of_resize
+from mfnet.engine.exported import load_exported
 from mfnet.engine.input_spec import ResolvedSpec, input_spec_of
 from mfnet.engine.input_spec import apply_overrides as spec_overrides
 from mfnet.errors import MfnetError
@@ -433,8 +434,6 @@ def load_model(weights: str | Path, *, model_name: str | None = None) -> LoadedM
     resolved = resolve_weights(weights)
     path, record = resolved.path, resolved.record
     if path.suffix.lower() in EXPORTED_SUFFIXES:
-        from mfnet.tools.export import load_exported
-
         runner = load_exported(path)
         spec = input_spec_of(runner.meta, weights=path)
         return LoadedModel(runner, dict(runner.meta), runner.input_shape, spec, path)
@@ -488,7 +487,7 @@ class Predictor:
 
     Args:
         model: A classifier (``nn.Module``), or any callable mapping clips ``(N, 3, T, H, W)`` to logits
-            ``(N, K)`` (such as ``mfnet.tools.export.ExportedRunner``; embeddings need an ``nn.Module``).
+            ``(N, K)`` (such as ``mfnet.engine.exported.ExportedRunner``; embeddings need an ``nn.Module``).
         spec: Clip length, sampling interval, resize, crop and normalisation.
         num_clips: Clips per video (per window in window mode), spread evenly.
         batch_size: Clips per forward pass.
@@ -656,7 +655,7 @@ class Predictor:
         if not paths:
             return
         sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
-        bar = tqdm(total=len(paths), unit="video", disable=not progress, leave=False)
+        bar = tqdm(total=len(paths), unit="video", disable=None if progress else True, leave=False)
         try:
             for video in self._run(self._items(paths, sampler), features=False, progress=bar):
                 yield _video_prediction(paths[video.video], video.outputs, video.errors, video.seconds, self.spec.crops)
@@ -695,7 +694,7 @@ class Predictor:
         items = self._items([path], _WindowSampler(starts, lengths, inner), durations=False)
         # One "video" whose items are the windows' clips: count progress in windows.
         items_per_window = self.num_clips * self.spec.crops
-        bar = tqdm(total=len(starts), unit="window", disable=not progress, leave=False)
+        bar = tqdm(total=len(starts), unit="window", disable=None if progress else True, leave=False)
         outputs = []
         try:
             for video in self._run(
@@ -756,7 +755,7 @@ class Predictor:
         if not paths:
             return
         sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
-        bar = tqdm(total=len(paths), unit="video", disable=not progress, leave=False)
+        bar = tqdm(total=len(paths), unit="video", disable=None if progress else True, leave=False)
         try:
             for video in self._run(self._items(paths, sampler), features=True, progress=bar):
                 yield _video_embedding(paths[video.video], video, per_clip=per_clip, crops=self.spec.crops)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mfnet.data.transforms import TEST_PROTOCOLS, TRAIN_PROTOCOLS
+from mfnet.engine.schedule import WARMUP_MODES
 from mfnet.errors import MfnetError
 
 
@@ -94,6 +95,7 @@ class Recipe:
     lr_gamma: float = 0.1  # step factor, or the per-epoch factor of the exp schedule
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.1
+    warmup_mode: str = "linear"  # linear: ramp from warmup_start_factor to 1; constant: the authors' LR/2 start
     label_smoothing: float = 0.0
     grad_clip_norm: float = 0.0  # 0: off
     # --- machinery
@@ -114,6 +116,8 @@ class Recipe:
             raise MfnetError(f"unknown test_protocol {self.test_protocol!r}: use one of {', '.join(TEST_PROTOCOLS)}")
         if self.train_protocol not in TRAIN_PROTOCOLS:
             raise MfnetError(f"unknown train_protocol {self.train_protocol!r}: use one of {', '.join(TRAIN_PROTOCOLS)}")
+        if self.warmup_mode not in WARMUP_MODES:
+            raise MfnetError(f"unknown warmup_mode {self.warmup_mode!r}: use one of {', '.join(WARMUP_MODES)}")
         if self.test_protocol == "keep-aspect" and not isinstance(self.resize, int):
             raise MfnetError(
                 f"test_protocol keep-aspect resizes the short side but resize is {list(self.resize)}: give one "
@@ -196,6 +200,7 @@ def _fine_tune_authors(
         lr_gamma=0.1,
         warmup_epochs=round(100 * 32 / videos, 3),  # their first 100 iterations at LR/2
         warmup_start_factor=0.5,
+        warmup_mode="constant",
         val_clips=1,
         **AUTHORS_GEOMETRY,
     )
@@ -237,6 +242,7 @@ def _builtin() -> dict[str, Recipe]:
             lr_milestones=tuple(round(s / KINETICS400_TRAIN_VIDEOS, 1) for s in (18e6, 28e6, 34e6)),
             warmup_epochs=round(100 * 128 / KINETICS400_TRAIN_VIDEOS, 3),
             warmup_start_factor=0.5,
+            warmup_mode="constant",
             **AUTHORS_GEOMETRY,
         ),
         _fine_tune("ucf101", 101, "ucf101", (20.0, 35.0, 45.0), "UCF-101"),

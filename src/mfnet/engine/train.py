@@ -32,7 +32,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from mfnet.engine.recipes import Recipe
 from mfnet.engine.schedule import LRSchedule
 from mfnet.errors import MfnetError
 from mfnet.models import create_model
+from mfnet.models.base import first_conv_weight
 from mfnet.tools.fastpath import prepare_for_training, to_channels_last
 
 logger = logging.getLogger("mfnet")
@@ -104,7 +105,7 @@ def train(
     device: str | None = None,
     max_steps: int | None = None,
     progress: bool = True,
-    figures: bool = True,
+    on_finish: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Trains ``recipe`` and writes the run to ``out_dir``.
 
@@ -123,7 +124,8 @@ def train(
         device: ``"cpu"`` or ``"cuda"`` (default: CUDA if available).
         max_steps: Stop after this many optimizer steps in total (saving a checkpoint), e.g. for a smoke test.
         progress: Show tqdm progress bars on stderr.
-        figures: Write the figures of ``mfnet.tools.plots`` at the end.
+        on_finish: Called on rank 0 with the run directory once ``model.pt`` and ``summary.json`` are written
+            (``mfnet train`` passes ``mfnet.tools.report.write_figures``).
 
     Returns:
         A :class:`TrainResult`.
@@ -141,7 +143,7 @@ def train(
             classes=classes,
             resume=resume,
             max_steps=max_steps,
-            figures=figures,
+            on_finish=on_finish,
         )
     finally:
         cleanup(ctx)
@@ -173,6 +175,8 @@ class _Trainer:
                 f"{recipe.accumulate_steps} accumulation steps: set --set batch_size=... to a multiple"
             )
         self.rank_batch = recipe.batch_size // ctx.world_size
+        self._resumed_sums: dict[str, float] | None = None  # the epoch sums of the checkpoint resumed from
+        self._meter: RunningMeans | None = None  # the running sums of the epoch in progress
 
     # ------------------------------------------------------------------ set-up
     def _build_model(self, num_classes: int) -> nn.Module:
@@ -212,7 +216,7 @@ class _Trainer:
         classes: list[str] | None,
         resume: bool,
         max_steps: int | None,
-        figures: bool,
+        on_finish: Callable[[Path], None] | None,
     ) -> TrainResult:
         r, ctx = self.recipe, self.ctx
         if r.deterministic:
@@ -254,6 +258,7 @@ class _Trainer:
             gamma=r.lr_gamma,
             warmup_epochs=r.warmup_epochs,
             warmup_start_factor=r.warmup_start_factor,
+            warmup_mode=r.warmup_mode,
         )
 
         seed_everything(r.seed)
@@ -271,6 +276,7 @@ class _Trainer:
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             start_epoch, start_epoch_step, step = state["epoch"], state["epoch_step"], state["step"]
+            self._resumed_sums = dict(state.get("epoch_sums") or {}) if start_epoch_step else None
             rng = state.get("rng") or []
             saved_rng = rng[ctx.rank] if len(rng) == ctx.world_size else None
             if start_epoch_step and saved_rng is None:
@@ -291,7 +297,7 @@ class _Trainer:
             (self.run_dir / "recipe.json").write_text(json.dumps(r.to_dict(), indent=2) + "\n")
             if self.classes is not None:
                 (self.run_dir / "classes.txt").write_text("".join(c + "\n" for c in self.classes))
-            if step == 0 and figures:
+            if step == 0:
                 _save_initial_filters(model, self.run_dir)
         log = MetricsLog(self.run_dir, enabled=ctx.is_main, resume_step=step)
         log.truncate_after(step)
@@ -351,10 +357,8 @@ class _Trainer:
             (self.run_dir / "summary.json").write_text(
                 json.dumps({"recipe": r.name, "history": history}, indent=2) + "\n"
             )
-            if figures:
-                from mfnet.tools.report import write_figures
-
-                write_figures(self.run_dir)
+            if on_finish is not None:
+                on_finish(self.run_dir)
         barrier(ctx)
         epochs_done = (history[-1]["epoch"] if history else start_epoch) if ctx.is_main else epoch
         return TrainResult(
@@ -397,12 +401,16 @@ class _Trainer:
             ckpt.restore_rng(saved_rng)
         self.net.train()
         meter = RunningMeans()
+        if first_step and self._resumed_sums:  # the steps of this epoch before the resume count too
+            meter.count = int(self._resumed_sums.pop("count", 0))
+            meter.sums = {k: float(v) for k, v in self._resumed_sums.items()}
+        self._resumed_sums, self._meter = None, meter
         window = RunningMeans()
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=first_step,
             desc=f"epoch {epoch + 1}/{r.epochs}",
-            disable=not self.progress,
+            disable=None if self.progress else True,  # None: no bar when stderr is not a terminal
             unit="step",
             dynamic_ncols=True,
             leave=False,
@@ -565,6 +573,7 @@ class _Trainer:
                 rng=rng,
                 recipe=self.recipe.to_dict(),
                 keep=self.recipe.keep_checkpoints,
+                epoch_sums={"count": self._meter.count, **self._meter.sums} if epoch_step and self._meter else None,
             )
         barrier(self.ctx)
         return path
@@ -572,8 +581,6 @@ class _Trainer:
 
 def _save_initial_filters(model: nn.Module, run_dir: Path) -> None:
     """Keeps conv1's initial weights (``RUN_DIR/conv1_init.pt``) for the before/after filter figure."""
-    from mfnet.tools.plots import first_conv_weight
-
     weight = first_conv_weight(model)
     if weight is not None:
         torch.save(weight.detach().cpu().contiguous(), run_dir / "conv1_init.pt")

@@ -85,6 +85,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .pth, .pt or .safetensors file")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory: pass the checkpoint file inside it")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file (a FIFO, socket or device): give a file")
     if path.suffix == ".onnx":
         raise CheckpointError(f"{path} is an ONNX model: only `mfnet predict` runs it; give a PyTorch checkpoint here")
     if path.suffix == ".safetensors":
@@ -120,8 +122,25 @@ def _read_safetensors(path: Path) -> Checkpoint:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({err}); save it again") from None
-    meta = json.loads(metadata["mfnet"]) if "mfnet" in metadata else None
+    meta = _parse_meta(path, metadata["mfnet"]) if "mfnet" in metadata else None
     return Checkpoint(path, _strip_prefix(tensors), meta)
+
+
+def _parse_meta(path: Path, text: str) -> dict[str, Any]:
+    """The ``mfnet`` metadata of a safetensors file: a JSON object, else a ``CheckpointError``."""
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f"checkpoint {path} has 'mfnet' metadata that is not JSON ({err.msg} at character {err.pos}); "
+            "save it again with mfnet"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"checkpoint {path} has 'mfnet' metadata that is a JSON {type(meta).__name__}, not an object; "
+            "save it again with mfnet"
+        )
+    return meta
 
 
 def _from_object(path: Path, obj: Any) -> Checkpoint:
@@ -133,6 +152,8 @@ def _from_object(path: Path, obj: Any) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {path} holds no state dict (expected tensors by name, or a dict with 'state_dict')"
         )
+    if meta is not None and not all(isinstance(k, str) for k in meta):
+        raise CheckpointError(f"checkpoint {path} has 'mfnet' metadata with non-text keys; save it again with mfnet")
     return Checkpoint(path, _strip_prefix(dict(obj)), dict(meta) if meta else None)
 
 
@@ -178,6 +199,7 @@ def load_weights(
         )
     new_state: dict[str, torch.Tensor] = {}
     for key, value in source.items():
+        _check_values(ckpt.path, key, value, target[key])
         want = target[key].shape
         if value.shape == want:
             new_state[key] = value
@@ -199,8 +221,31 @@ def load_weights(
             )
         report.loaded.append(key)
     model.load_state_dict(new_state, strict=False)  # only num_batches_tracked and skipped keys stay as they are
+    if report.skipped:
+        logger.warning(
+            "%s: its classifier is for %d classes, the model has %d: the classifier is left randomly initialised "
+            "and must be trained (fine-tuning) before its outputs mean anything",
+            ckpt.path.name,
+            int(ckpt.state_dict[report.skipped[0]].shape[0]),
+            int(target[report.skipped[0]].shape[0]),
+        )
     logger.info("%s: %s", ckpt.path.name, report.summary())
     return report
+
+
+def _check_values(path: Path, key: str, value: torch.Tensor, target: torch.Tensor) -> None:
+    """Refuses tensors that would load silently wrong: integer or bool values for float weights, NaN or inf."""
+    if target.is_floating_point() and not value.is_floating_point():
+        raise CheckpointError(
+            f"checkpoint {path} stores {key} as {str(value.dtype).removeprefix('torch.')}, but the model's weights "
+            "are floating point: the file was converted wrongly; use the original checkpoint"
+        )
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise CheckpointError(
+            f"checkpoint {path} has {bad} NaN or infinite values in {key}: the training that wrote it diverged or "
+            "the file is damaged; use an earlier checkpoint"
+        )
 
 
 def inflate_kernel(

@@ -471,14 +471,14 @@ def _time_candidates(
     settings = {"mode": mode, "batch": batch, "threads": threads, "num_classes": num_classes, "seed": seed}
     prepared: list[_Prepared] = []
     try:
-        for candidate in tqdm(candidates, desc="preparing", disable=not progress, file=sys.stderr):
+        for candidate in tqdm(candidates, desc="preparing", disable=None if progress else True, file=sys.stderr):
             prepared.append(
                 _start_worker(candidate, settings, warmup)
                 if isolate
                 else _prepare_here(candidate, settings, warmup, device=device)
             )
         peak = measure_matmul_gflops(device=device)
-        for round_index in tqdm(range(repeats), desc="timing", disable=not progress, file=sys.stderr):
+        for round_index in tqdm(range(repeats), desc="timing", disable=None if progress else True, file=sys.stderr):
             shift = round_index % len(prepared)
             for item in prepared[shift:] + prepared[:shift]:  # rotate the order every round
                 wall, cpu = item.timed_step(device)

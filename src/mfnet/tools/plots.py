@@ -24,17 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch import nn
 
 _DPI = 110
-
-
-def first_conv_weight(model: nn.Module) -> torch.Tensor | None:
-    """The weight of the model's first convolution, ``(O, C, T, kH, kW)`` or ``(O, C, kH, kW)``, or ``None``."""
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-            return module.weight
-    return None
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:

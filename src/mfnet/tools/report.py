@@ -95,8 +95,8 @@ def pick_samples(predictions: list[dict[str, Any]], count: int) -> list[dict[str
 
     Categories are ranked by video accuracy (lowest first; ties: lower mean probability of the true class). From
     each of the ``ceil(count / 2)`` hardest, the easy sample is the video with the highest probability of its true
-    class and the hard sample the one with the lowest. Each returned record gains ``"difficulty"`` (``"easy"`` or
-    ``"hard"``) and ``"category_accuracy"``.
+    class and the hard sample the one with the lowest. Each returned record gains ``"difficulty"`` (``"easy"``,
+    ``"hard"``, or ``"only"`` for a category of one video) and ``"category_accuracy"``.
     """
     by_class: dict[int, list[dict[str, Any]]] = {}
     for p in predictions:
@@ -113,7 +113,7 @@ def pick_samples(predictions: list[dict[str, Any]], count: int) -> list[dict[str
             break
         accuracy = hardness(videos)[0]
         ordered = sorted(videos, key=_true_prob)
-        pairs = [("easy", ordered[-1]), ("hard", ordered[0])] if len(ordered) > 1 else [("hard", ordered[0])]
+        pairs = [("easy", ordered[-1]), ("hard", ordered[0])] if len(ordered) > 1 else [("only", ordered[0])]
         for difficulty, video in pairs[: count - len(picked)]:
             picked.append({**video, "difficulty": difficulty, "category_accuracy": accuracy})
     return picked
@@ -128,7 +128,8 @@ def write_figures(
 ) -> dict[str, Path]:
     """Writes every figure whose inputs the run directory has; returns ``{figure name: path}``.
 
-    ``results`` are CSV files of more rows for the accuracy-against-GFLOPs chart (see ``mfnet.tools.results``).
+    ``results`` are more rows for the accuracy-against-GFLOPs chart: CSV files (see ``mfnet.tools.results``) or
+    other evaluated run directories.
     """
     run_dir = Path(run_dir)
     out = run_dir / FIGURES
@@ -184,10 +185,24 @@ def write_figures(
 def results_table(
     run_dir: str | Path, evaluation: dict[str, Any] | None, results: list[str | Path] | None = None
 ) -> list[ResultRow]:
-    """The paper's rows, the rows of ``results`` CSV files and this run's row (when it was evaluated)."""
+    """The paper's rows, the rows of ``results`` (CSV files, or other evaluated run directories) and this run's row.
+
+    Raises:
+        MfnetError: A ``results`` folder that is not an evaluated run (no ``recipe.json`` and ``eval/metrics.json``).
+    """
     rows = paper_results()
     for path in results or []:
-        rows += read_results(path)
+        path = Path(path)
+        if not path.is_dir():
+            rows += read_results(path)
+            continue
+        other = run_result(path, _read_eval(path / "eval") or {})
+        if other is None:
+            raise MfnetError(
+                f"{path} is not an evaluated training run (it needs recipe.json and eval/metrics.json): run "
+                f"`mfnet eval --out {path / 'eval'}` first, or give a results CSV"
+            )
+        rows.append(other)
     own = run_result(run_dir, evaluation) if evaluation else None
     if own is not None:
         rows.append(own)
@@ -208,7 +223,7 @@ def write_report(
 ) -> dict[str, Path]:
     """Regenerates the figures and writes ``report.md`` and ``report.html``; returns their paths and the figures'.
 
-    ``results``: CSV files of more rows for the accuracy-against-GFLOPs chart (see ``mfnet.tools.results``).
+    ``results``: more rows for the accuracy-against-GFLOPs chart, CSV files or other evaluated run directories.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not ((run_dir / "metrics.jsonl").exists() or (run_dir / "recipe.json").exists()):

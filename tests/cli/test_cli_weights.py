@@ -73,6 +73,8 @@ def test_import_then_use_by_name(
     loaded = load_model(NAME)
     assert loaded.meta["classes"] == load_labels("ucf101") and loaded.input_spec.spec == record.input_spec
     assert "registry record" in loaded.input_spec.note
+    by_path = load_model(path)  # the authors' file under its released name: the same record is recognised
+    assert by_path.meta["classes"] == load_labels("ucf101") and by_path.input_spec.spec == record.input_spec
 
     video = write_video(tmp_path / "v.mp4", np.full((12, 48, 64, 3), 90, dtype=np.uint8), fps=10)
     argv = ["predict", str(video), "--weights", NAME, "--clips", "1", "--frames", "4", "--size", "64", "--workers", "0"]

@@ -20,6 +20,7 @@ from mfnet.cli import main
 from mfnet.engine.input_spec import apply_overrides, input_spec_of, input_spec_of_recipe
 from mfnet.engine.predictor import Predictor, average_by_video
 from mfnet.engine.recipes import get_recipe
+from mfnet.errors import MfnetError
 from mfnet.models.checkpoint import model_from_checkpoint, read_checkpoint
 from mfnet.models.weights import PAPER_INPUT, InputSpec
 
@@ -141,3 +142,5 @@ def test_input_spec_of_recipe_and_fallbacks(tmp_path: Path) -> None:
     assert scaled.spec.resize == (128, 128) and "--size 112" in scaled.note
     same = apply_overrides(older, frames=4)
     assert same.note is None
+    with pytest.raises(MfnetError, match="unknown clip setting frame"):
+        apply_overrides(older, frame=8)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mfnet.errors import MfnetError
 from mfnet.models.weights import PAPER_IMAGE_INPUT, PAPER_INPUT, InputSpec, WeightsRecord, check_input_spec
 
 _OPTION_NAMES = {
@@ -120,6 +121,9 @@ def apply_overrides(resolved: ResolvedSpec, **overrides: Any) -> ResolvedSpec:
     Raises:
         MfnetError: A field ends up not positive, or an unknown protocol.
     """
+    unknown = sorted(set(overrides) - set(_OPTION_NAMES))
+    if unknown:
+        raise MfnetError(f"unknown clip setting {', '.join(unknown)}: use {', '.join(_OPTION_NAMES)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     base = resolved.spec
     if "crop_size" in given and "resize" not in given and given["crop_size"] != base.crop_size:

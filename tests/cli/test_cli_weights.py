@@ -15,7 +15,7 @@ from mfnet.data.video_writer import write_video
 from mfnet.engine.predictor import load_model
 from mfnet.labels import load_labels
 from mfnet.models.hub import cached_path, sha256_of
-from mfnet.models.weights import get_weights
+from mfnet.models.weights import WeightsRecord, get_weights, register_weights, unregister_weights
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "mfnet3d.ucf101_s1_authors"
@@ -73,6 +73,8 @@ def test_import_then_use_by_name(
     loaded = load_model(NAME)
     assert loaded.meta["classes"] == load_labels("ucf101") and loaded.input_spec.spec == record.input_spec
     assert "registry record" in loaded.input_spec.note
+    by_path = load_model(path)  # the authors' file under its released name: the same record is recognised
+    assert by_path.meta["classes"] == load_labels("ucf101") and by_path.input_spec.spec == record.input_spec
 
     video = write_video(tmp_path / "v.mp4", np.full((12, 48, 64, 3), 90, dtype=np.uint8), fps=10)
     argv = ["predict", str(video), "--weights", NAME, "--clips", "1", "--frames", "4", "--size", "64", "--workers", "0"]
@@ -140,3 +142,26 @@ def test_torch_hub_load_from_the_local_repo(
         assert torch.equal(model.eval()(CLIP), logits)
     with pytest.raises(mfnet.MfnetError, match="not cached"):
         torch.hub.load(str(REPO), "mfnet3d", source="local", pretrained=True)
+
+
+def test_download_from_a_file_url_then_from_the_cache(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = {"depths": [1, 1, 1, 1], "widths": [32, 32, 64, 64]}
+    model = mfnet.create_model("mfnet3d", num_classes=2, **small)
+    served = tmp_path / "served" / "small.pth"
+    served.parent.mkdir()
+    torch.save(model.state_dict(), served)
+    record = WeightsRecord(
+        name="mfnet3d.cli_test", architecture="mfnet3d", num_classes=2, file="small.pth", arch_kwargs=small,
+        sha256=sha256_of(served), urls=(served.as_uri(),),
+    )  # fmt: skip
+    register_weights(record)
+    try:
+        assert main(["weights", "download", record.name, "--json"]) == 0
+        first = _last_json(capsys.readouterr().out)
+        assert first["source"] == "url" and first["sha256"] == record.sha256
+        assert main(["weights", "download", record.name, "--json"]) == 0
+        assert _last_json(capsys.readouterr().out)["source"] == "cache"
+    finally:
+        unregister_weights(record.name)

@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 
 from mfnet.cli import main
 from mfnet.engine.input_spec import apply_overrides, input_spec_of, input_spec_of_recipe
-from mfnet.engine.predictor import Predictor, average_by_video
+from mfnet.engine.predictor import Predictor, average_by_video, load_model
 from mfnet.engine.recipes import get_recipe
+from mfnet.errors import MfnetError
 from mfnet.models.checkpoint import model_from_checkpoint, read_checkpoint
 from mfnet.models.weights import PAPER_INPUT, InputSpec
 
@@ -110,6 +111,13 @@ def test_every_command_uses_the_checkpoints_clip_spec(
     assert exported["input"] == [1, 3, 4, 32, 32] and exported["ok"]
     assert torch.allclose(_predict(capsys, onnx, videos)[0], eval_probs, atol=1e-4)
 
+    # an export to another clip size says so, and the file carries the clips it takes
+    other_onnx = tmp_path / "other.onnx"
+    assert main(["export", "--weights", str(alone), "--out", str(other_onnx), "--input", "1x3x8x64x64"]) == 0
+    err = capsys.readouterr().err
+    assert "--input 1x3x8x64x64 changes the clips of the checkpoint" in err
+    assert load_model(other_onnx).input_spec.spec == InputSpec(8, 3, 64, 72, "mfnet", "keep-aspect")
+
     # the Python predictor
     predictor = Predictor.from_weights(alone, num_clips=3)
     got = torch.stack([p.probs for p in predictor.predict(videos)])
@@ -141,3 +149,5 @@ def test_input_spec_of_recipe_and_fallbacks(tmp_path: Path) -> None:
     assert scaled.spec.resize == (128, 128) and "--size 112" in scaled.note
     same = apply_overrides(older, frames=4)
     assert same.note is None
+    with pytest.raises(MfnetError, match="unknown clip setting frame"):
+        apply_overrides(older, frame=8)

@@ -546,12 +546,18 @@ def _export(args: argparse.Namespace) -> int:
     allowed = (5,) if video else (4, 5)  # image models also take clips
     if len(shape) not in allowed or shape[1] != 3:
         raise MfnetError(f"--input {'x'.join(map(str, shape))} does not fit {meta.get('model')}: give NxCxTxHxW, C=3")
+    spec = resolved.spec
     if args.input is not None:  # the graph's clip size is what the exported file will expect
-        frames = shape[2] if len(shape) == 5 else None
-        resolved = spec_overrides(resolved, frames=frames, crop_size=shape[-1])
-    if resolved.note:
+        spec = spec_overrides(resolved, frames=shape[2] if len(shape) == 5 else None, crop_size=shape[-1]).spec
+    if spec != resolved.spec:
+        print(
+            f"mfnet: note: --input {'x'.join(map(str, shape))} changes the clips of {resolved.source} "
+            f"({resolved.spec.describe()}) to {spec.describe()}",
+            file=sys.stderr,
+        )
+    elif resolved.note:
         print(f"mfnet: note: {resolved.note}", file=sys.stderr)
-    meta["input_spec"] = resolved.spec.to_dict()
+    meta["input_spec"] = spec.to_dict()
     if args.labels is not None:
         meta["classes"] = _class_names(args.labels, meta)
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance

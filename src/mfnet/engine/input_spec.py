@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mfnet.data.transforms import describe_test_protocol, protocol_of_resize
+from mfnet.errors import MfnetError
 from mfnet.models.weights import PAPER_IMAGE_INPUT, PAPER_INPUT, InputSpec, WeightsRecord, check_input_spec
 
 _OPTION_NAMES = {
@@ -131,6 +132,9 @@ def apply_overrides(resolved: ResolvedSpec, **overrides: Any) -> ResolvedSpec:
     Raises:
         MfnetError: A field ends up not positive, or an unknown protocol.
     """
+    unknown = sorted(set(overrides) - set(_OPTION_NAMES))
+    if unknown:
+        raise MfnetError(f"unknown clip setting {', '.join(unknown)}: use {', '.join(_OPTION_NAMES)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(given.get("resize"), list):
         given["resize"] = tuple(given["resize"])

@@ -38,7 +38,7 @@ import torch.hub
 from mfnet.errors import CheckpointError, MfnetError
 from mfnet.models.checkpoint import load_weights, read_checkpoint
 from mfnet.models.registry import build_model, list_models
-from mfnet.models.weights import WeightsRecord, get_weights, is_weights_name
+from mfnet.models.weights import WeightsRecord, get_weights, is_weights_name, record_for_file
 
 HF_PREFIX = "hf-hub:"
 CONFIG_FILE = "config.json"
@@ -60,7 +60,8 @@ class ResolvedWeights:
 
     Attributes:
         path: The checkpoint file to read.
-        record: The registry record it was resolved from (``None`` for a plain path).
+        record: The registry record it was resolved from; for a plain path, the record whose file has the same
+            name (the authors' files keep their released names), else ``None``.
         source: ``"path"``, ``"cache"``, ``"hub"`` or ``"url"``.
         config: The ``config.json`` of a converted folder (``None`` otherwise).
     """
@@ -181,7 +182,9 @@ def resolve_weights(
         return _resolve_hf_folder(text[len(HF_PREFIX) :], offline=offline)
     path = Path(text).expanduser()
     if path.exists():
-        return _from_folder(path, source="path") if is_converted_folder(path) else ResolvedWeights(path)
+        if is_converted_folder(path):
+            return _from_folder(path, source="path")
+        return ResolvedWeights(path, record_for_file(path.name))  # an authors' file by its released name
     if is_weights_name(text):
         return resolve_record(get_weights(text), offline=offline, progress=progress)
     if not looks_like_path(text) and text.partition(".")[0] in list_models():

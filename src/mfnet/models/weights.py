@@ -235,6 +235,11 @@ def get_weights(name: str) -> WeightsRecord:
         raise MfnetError(f"unknown weights {name!r}: {hint}") from None
 
 
+def record_for_file(file_name: str) -> WeightsRecord | None:
+    """The record whose file has this name (e.g. the authors' ``MFNet3D_Kinetics-400_72.8.pth``), or ``None``."""
+    return next((r for r in _WEIGHTS.values() if r.file == file_name), None)
+
+
 def default_weights(architecture: str) -> WeightsRecord | None:
     """The record ``create_model(architecture, pretrained=True)`` uses, or ``None``."""
     return next((r for r in _WEIGHTS.values() if r.architecture == architecture and r.default), None)

@@ -26,7 +26,9 @@ from safetensors.torch import save_file
 
 import mfnet
 from mfnet.cli import main
+from mfnet.cli._common import print_json
 from mfnet.data.video_writer import numbered_frames, write_video
+from mfnet.errors import MfnetError
 from mfnet.models.checkpoint import make_meta, save_checkpoint
 from mfnet.tools.export import export_model
 
@@ -104,6 +106,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     f["list-negative"] = _write(root / "neg.txt", "v0.mp4 0\nv1.mp4 -5\n")
     f["list-stray"] = _write(root / "stray.txt", "".join(f"v{i % 2}.mp4 {i % 8}\n" for i in range(16)) + "v0.mp4 57\n")
     f["list-empty"] = _write(root / "empty.txt", "\n")
+    f["list-fifo"] = root / "fifo.txt"
+    os.mkfifo(f["list-fifo"])
     f["list-garbled"] = _write(root / "garbled.txt", np.random.default_rng(5).bytes(300))
     f["csv-latin1"] = _write(root / "k.csv", b"label,youtube_id,time_start,time_end,split\ncaf\xe9,x,0,10,train\n")
     ucf = root / "ucfTrainTestlist"
@@ -351,6 +355,7 @@ ROWS: list[tuple[str, Args, int, str]] = [
         2,
         "does not exist",
     ),
+    ("data index FIFO as annotations", lambda f: ["data", "index", *_data("list", "list-fifo")(f)], 2, "a FIFO"),
     ("data index empty list", lambda f: ["data", "index", *_data("list", "list-empty")(f)], 2, "list no videos"),
     ("data index random bytes", lambda f: ["data", "index", *_data("list", "list-garbled")(f)], 2, "cannot parse"),
     (
@@ -463,3 +468,9 @@ def test_progress_bars_are_off_when_stderr_is_not_a_terminal(env: dict[str, Path
     )
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr and "checking videos" not in proc.stderr
+
+
+def test_json_output_never_holds_nan(capsys) -> None:
+    with pytest.raises(MfnetError, match="NaN or infinite"):
+        print_json({"path": "v.mp4", "prob": float("nan")})
+    assert capsys.readouterr().out == ""

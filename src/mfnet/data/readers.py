@@ -206,11 +206,14 @@ class PyAVReader:
         """
         pts: list[int | None] = []
         keys: list[int] = []
-        self._rewind()
-        for frame in self._decode():
-            if frame.key_frame:
-                keys.append(len(pts))
-            pts.append(frame.pts)
+        try:
+            self._rewind()
+            for frame in self._decode():
+                if frame.key_frame:
+                    keys.append(len(pts))
+                pts.append(frame.pts)
+        except av.FFmpegError:
+            pass  # a broken tail: the frames decoded so far are the video
         self._decodable = len(pts)
         if None in pts or len(set(pts)) != len(pts):
             self._set_table([], [], decode_order=True)

@@ -221,7 +221,7 @@ def _train(fmt: str, key: str, *extra: str) -> Args:
         "smoke",
         *_run_data(fmt, key)(f),
         *[a.format(root=f["root"]) for a in out],
-        *extra,
+        *[a.format(evil=f["evil.pth"]) for a in extra],
     ]
 
 
@@ -391,6 +391,25 @@ ROWS: list[tuple[str, Args, int, str]] = [
         lambda f: ["eval", "--weights", str(f["ckpt"]), *_run_data("list", "list-negative")(f)],
         2,
         "label -5 is negative",
+    ),
+    *[
+        (
+            f"eval --weights {key}",
+            lambda f, k=key: ["eval", "--weights", str(f[k]), *_run_data("list", "list")(f)],
+            2,
+            "could run code",
+        )
+        for key in ("evil.pth", "evil.pt2")
+    ],
+    (
+        "train init_weights with a payload",
+        lambda f: [
+            *_train("list", "list", "--set", "init_weights={evil}", "--set", "batch_size=2")(f),
+            "--val-annotations",
+            str(f["list"]),
+        ],
+        2,
+        "could run code",
     ),
     ("report missing run", lambda f: ["report", str(f["root"] / "no-run")], 2, "no-run"),
     ("recipes show unknown", lambda f: ["recipes", "show", "nope"], 2, "nope"),

@@ -418,10 +418,7 @@ ROWS: list[tuple[str, Args, int, str]] = [
 
 @pytest.mark.parametrize(("name", "argv", "status", "message"), ROWS, ids=[row[0] for row in ROWS])
 def test_bad_input(name: str, argv: Args, status: int, message: str, env: dict[str, Path], capsys) -> None:
-    try:
-        code = main(argv(env))
-    except SystemExit as exit_:  # argparse's usage errors (``python -m mfnet`` exits with it)
-        code = exit_.code
+    code = main(argv(env))
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == status, f"{name}: exit {code}, stderr: {err}"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
+from engine_helpers import tiny_cli_args
 
 from mfnet.engine import checkpoints as ckpt
 from mfnet.engine.optim import build_optimizer
@@ -77,3 +80,24 @@ def test_stale_temporary_files_are_removed_by_the_next_save(tmp_path: Path) -> N
     assert sorted(p.name for p in folder.iterdir()) == ["notes.tmp", "step-000000008.pt"]
     state = torch.load(folder / "step-000000008.pt", weights_only=True)
     assert state["epoch_sums"] == {"count": 12.0, "loss": 7.5}
+
+
+@pytest.mark.slow
+def test_full_disk_during_training_is_one_line_and_resumable(tmp_path: Path, ucf_root: Path) -> None:
+    """``mfnet train`` with files limited to 64 KiB: the first checkpoint cannot be written."""
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "mfnet", "train", "--recipe", "smoke", "--format", "ucf101",
+        "--annotations", str(ucf_root), "--data", str(ucf_root), "--split", "1",
+        *tiny_cli_args(checkpoint_every_steps=1), "--out", str(run), "--no-progress", "--no-figures",
+    ]  # fmt: skip
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=limit, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert proc.returncode == 2, proc.stderr
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot write checkpoint" in errors[0] and "--resume" in errors[0]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -250,3 +251,33 @@ def test_cli_summary_json(capsys: pytest.CaptureFixture[str]) -> None:
     info = json.loads(capsys.readouterr().out)
     assert info["params"] == 7_996_368 and info["output"] == [1, 400]
     assert info["macs"] == 1_450_346_496  # conv1 runs on all 8 frames, the rest on 4
+
+
+def test_loading_a_classifier_of_another_size_warns(tmp_path, caplog) -> None:
+    """create_model(num_classes=8, weights=<5 classes>) fine-tunes: the new classifier is announced as untrained."""
+    small = {"depths": (1, 1, 1, 1), "widths": (16, 16, 32, 32)}
+    five = mfnet.create_model("mfnet3d", num_classes=5, **small)
+    path = save_checkpoint(tmp_path / "five.pth", five, model_name="mfnet3d", model_kwargs=small)
+    with caplog.at_level(logging.WARNING, logger="mfnet"):
+        eight = mfnet.create_model("mfnet3d", num_classes=8, weights=path, **small)
+    assert eight.num_classes == 8
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "5 classes, the model has 8" in warnings[0].getMessage()
+    assert "randomly initialised" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("broken", ["nan", "inf", "int", "bool"])
+def test_weights_that_would_load_silently_wrong_are_refused(tmp_path, broken: str) -> None:
+    small = {"depths": (1, 1, 1, 1), "widths": (16, 16, 32, 32)}
+    model = mfnet.create_model("mfnet3d", num_classes=3, **small)
+    state = model.state_dict()
+    key = "conv1.conv.weight"
+    if broken in ("nan", "inf"):
+        state[key] = state[key].clone()
+        state[key].view(-1)[7] = float(broken)
+    else:
+        state[key] = state[key].to(torch.int32 if broken == "int" else torch.bool)
+    torch.save({"state_dict": state}, tmp_path / "broken.pth")
+    message = "NaN or infinite values in conv1.conv.weight" if broken in ("nan", "inf") else "floating point"
+    with pytest.raises(CheckpointError, match=message):
+        load_weights(mfnet.create_model("mfnet3d", num_classes=3, **small), tmp_path / "broken.pth")

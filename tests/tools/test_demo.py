@@ -97,4 +97,4 @@ def test_other_settings_in_the_same_directory_are_refused(tiny_run):
 
 def test_cli_rejects_a_bad_budget(capsys, tmp_path):
     assert main(["demo", "--out", str(tmp_path / "d"), "--minutes", "0"]) == 2
-    assert "--minutes must be positive" in capsys.readouterr().err
+    assert "--minutes: '0' is out of range" in capsys.readouterr().err

@@ -59,4 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MfnetError as err:  # raised by an argument type
         report_error(str(err))
         return 2
+    except SystemExit as exit_:  # a usage error (one line already printed), or --help / --version
+        return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     return run_handler(args.handler, args)

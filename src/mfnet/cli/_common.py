@@ -62,7 +62,7 @@ def _os_error(err: OSError) -> str:
         errno.EFBIG: "free some space or write elsewhere",
         errno.EACCES: "check the permissions or choose another path",
         errno.EROFS: "choose a writable path",
-    }.get(err.errno or 0, "check the path")
+    }.get(err.errno or 0, "check the path" if err.errno else "the disk may be full: free some space or write elsewhere")
     return f"{reason}{where}; {hint}"
 
 

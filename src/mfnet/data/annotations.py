@@ -135,6 +135,8 @@ def load_annotations(
         raise DataError(f"format {format} needs its annotation file or folder: pass it with --annotations")
     if annotations is not None and not Path(annotations).exists():
         raise DataError(f"annotation path {annotations} does not exist: check --annotations")
+    if annotations is not None and not (Path(annotations).is_file() or Path(annotations).is_dir()):
+        raise DataError(f"annotation path {annotations} is not a file or folder (a FIFO, socket or device)")
     if split is not None and format in ("ucf101", "hmdb51") and split not in (1, 2, 3):
         raise DataError(f"{format} has splits 1, 2 and 3, not {split}: pass --split 1, 2 or 3")
     fixed = _read_class_names(classes) if classes is not None else None

@@ -175,8 +175,12 @@ class PyAVReader:
         assert self._pts is not None
         return self._pts
 
+    def _indexed_by_decoding(self) -> bool:
+        """AVI has no presentation times (and may hold packed B-frames): its frames are indexed by decoding."""
+        return "avi" in self._container.format.name.split(",")
+
     def _scan_packets(self) -> None:
-        if "avi" in self._container.format.name.split(","):  # no presentation times, maybe packed B-frames
+        if self._indexed_by_decoding():
             self._scan_by_decoding()
             return
         entries: list[tuple[int, bool]] = []
@@ -199,23 +203,32 @@ class PyAVReader:
         keys = [index for index, (_, key) in enumerate(entries) if key]
         self._set_table(pts, keys, decode_order=False)
 
-    def _scan_by_decoding(self) -> None:
-        """Decodes the whole video once (no colour conversion) and records the frame times in output order.
+    def _scan_by_decoding(self, collect: frozenset[int] = frozenset()) -> dict[int, np.ndarray]:
+        """Decodes the whole video once and records the frame times in output order.
 
         Without unique times the table stays empty and every read decodes from the start, counting frames.
+        Frames whose index is in ``collect`` are converted to RGB on the way and returned (the first read of a
+        file indexed by decoding needs only this one pass).
         """
         pts: list[int | None] = []
         keys: list[int] = []
-        self._rewind()
-        for frame in self._decode():
-            if frame.key_frame:
-                keys.append(len(pts))
-            pts.append(frame.pts)
+        found: dict[int, np.ndarray] = {}
+        try:
+            self._rewind()
+            for frame in self._decode():
+                if frame.key_frame:
+                    keys.append(len(pts))
+                if len(pts) in collect:
+                    found[len(pts)] = frame.to_ndarray(**self._rgb_options)
+                pts.append(frame.pts)
+        except av.FFmpegError:
+            pass  # a broken tail: the frames decoded so far are the video
         self._decodable = len(pts)
         if None in pts or len(set(pts)) != len(pts):
             self._set_table([], [], decode_order=True)
         else:
             self._set_table(pts, keys, decode_order=True)  # type: ignore[arg-type]
+        return found
 
     def _set_table(self, pts: list[int], keys: list[int], *, decode_order: bool) -> None:
         self._pts = pts
@@ -255,6 +268,12 @@ class PyAVReader:
                 is lowered to what decodes, so a new clip can be sampled).
         """
         wanted_list = [int(i) for i in np.asarray(indices).reshape(-1)]
+        found: dict[int, np.ndarray] = {}
+        if self._pts is None and self._indexed_by_decoding():  # one pass gives the index and the frames
+            try:
+                found = self._scan_by_decoding(frozenset(wanted_list))
+            except av.FFmpegError as err:
+                raise VideoError(f"cannot decode {self.path} ({_reason(err)}): re-encode or remove it") from None
         total = self.num_frames
         if total == 0:
             raise VideoError(f"{self.path} has no decodable video frames: re-download or remove it")
@@ -263,7 +282,8 @@ class PyAVReader:
         if not wanted_list:
             raise IndexError("read() needs at least one frame index")
         try:
-            found = self._read_sorted(sorted(set(wanted_list)))
+            if not set(wanted_list) <= found.keys():
+                found = self._read_sorted(sorted(set(wanted_list)))
         except av.FFmpegError as err:
             raise VideoError(f"cannot decode {self.path} ({_reason(err)}): re-encode or remove it") from None
         frames = [found[i] for i in wanted_list]

@@ -94,7 +94,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # "Unsupported global: GLOBAL x" or "unsupported GLOBAL x"
         if found is None:  # not a pickle at all, or a damaged one
             raise CheckpointError(
                 f"checkpoint {path} cannot be read, it is truncated or not a PyTorch checkpoint; "
@@ -188,6 +188,8 @@ def load_weights(
         raise CheckpointError(f"unknown inflation method {inflate!r}: use one of {', '.join(INFLATE_METHODS)}")
     target = model.state_dict()
     source = {k: v for k, v in ckpt.state_dict.items() if not k.endswith(_IGNORED_SUFFIX)}
+    for key, value in source.items():  # a broken file is reported before a mismatch with the model
+        _check_values(ckpt.path, key, value)
     report = LoadReport()
     unexpected = sorted(set(source) - set(target))
     missing = sorted(k for k in set(target) - set(source) if not k.endswith(_IGNORED_SUFFIX))
@@ -199,7 +201,6 @@ def load_weights(
         )
     new_state: dict[str, torch.Tensor] = {}
     for key, value in source.items():
-        _check_values(ckpt.path, key, value, target[key])
         want = target[key].shape
         if value.shape == want:
             new_state[key] = value
@@ -233,9 +234,10 @@ def load_weights(
     return report
 
 
-def _check_values(path: Path, key: str, value: torch.Tensor, target: torch.Tensor) -> None:
-    """Refuses tensors that would load silently wrong: integer or bool values for float weights, NaN or inf."""
-    if target.is_floating_point() and not value.is_floating_point():
+def _check_values(path: Path, key: str, value: torch.Tensor) -> None:
+    """Refuses tensors that would load silently wrong: integer or bool weights (all of ours are floating point
+    except the ignored ``num_batches_tracked``), NaN or inf."""
+    if not value.is_floating_point():
         raise CheckpointError(
             f"checkpoint {path} stores {key} as {str(value.dtype).removeprefix('torch.')}, but the model's weights "
             "are floating point: the file was converted wrongly; use the original checkpoint"

@@ -155,7 +155,12 @@ def apply_overrides(resolved: ResolvedSpec, **overrides: Any) -> ResolvedSpec:
     changed = [k for k, v in given.items() if getattr(base, k) != v]
     if not changed:
         return ResolvedSpec(spec, resolved.source, resolved.stored, resolved.note, resolved.overridden)
-    parts = ", ".join(f"{_OPTION_NAMES.get(k, k)} {_show(getattr(spec, k))}" for k in changed)
+    implied = "test_protocol" not in overrides  # set by the form of --resize, which the note names already
+    parts = ", ".join(
+        f"{_OPTION_NAMES.get(k, k)} {_show(getattr(spec, k))}"
+        for k in changed
+        if not (k == "test_protocol" and implied)
+    )
     if resolved.stored:
         note = f"{parts} override{'s' if len(changed) == 1 else ''} {resolved.source}'s clip spec ({base.describe()})"
     else:

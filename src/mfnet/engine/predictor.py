@@ -27,7 +27,7 @@ from mfnet.data.readers import open_video
 from mfnet.data.sampling import ClipIndices, UniformClipSampler
 from mfnet.data.transforms import eval_transform
 from mfnet.errors import MfnetError
-from mfnet.tools.fastpath import autocast_context
+from mfnet.fastpath import autocast_context
 
 
 def average_by_video(clip_probs: torch.Tensor, video_index: torch.Tensor, num_videos: int) -> torch.Tensor:
@@ -285,7 +285,7 @@ def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.M
         A module with the classifier's interface (``forward``, ``clip_features``) for inference only.
     """
     try:
-        from mfnet.tools.fastpath import optimize_for_inference
+        from mfnet.fastpath import optimize_for_inference
     except ImportError:  # the fast path is optional: the plain model computes the same numbers
         return copy.deepcopy(model).eval().to(example_input.device)
     return optimize_for_inference(model, example_input)
@@ -393,7 +393,7 @@ class Predictor:
     def _forward(self, clips: torch.Tensor, *, features: bool) -> torch.Tensor:
         """Logits ``(N, K)`` or embeddings ``(N, C)`` of clips ``(N, 3, T, H, W)``, on the CPU.
 
-        A PyTorch model on a GPU runs under fp16 autocast (``mfnet.tools.fastpath.autocast_context``: 1.5x the
+        A PyTorch model on a GPU runs under fp16 autocast (``mfnet.fastpath.autocast_context``: 1.5x the
         clips/s of fp32 for mfnet3d on an H100); on CPU in fp32.
         """
         with autocast_context(self.device, enabled=isinstance(self._source, nn.Module)):

@@ -1,72 +1,57 @@
-"""A hand-written CPU kernel for the fiber convolutions of MF-Net's early stages.
+"""Modules and functions over the native operators of ``mfnet.fastpath.native`` (``torch.ops.mfnet``).
 
 MF-Net's ``conv2`` and ``conv3`` stages are grouped convolutions with 6 and 12 channels per group, which oneDNN
-runs at 17-48 GMAC/s on the 2-core test machine. ``csrc/fiber_conv.c`` keeps each group's activations
-group-major and vectorises over the output width instead (71-82 GMAC/s on the same shapes; with AVX-512 and 12
-or more input channels per group, pairs of outputs along a row come from a Winograd F(2,3) tile, 4 multiply-adds
-per pair where direct tiles take 6: ``set_winograd``). It is compiled once
-per machine with the system C compiler (AVX2 + FMA), cached under ``~/.cache/mfnet/kernels`` (or
-``$MFNET_CACHE_DIR/kernels``) and loaded with ``ctypes``; where there is no compiler or no AVX2, or with
-``MFNET_KERNELS=0``, ``load()`` returns ``None`` and the fast path keeps using oneDNN.
-
-``fiber_conv3d`` is one such convolution for training: forward, input gradient (the same kernel on the
-flipped, transposed weights) and weight gradient (``mf_conv_wgrad``), used by ``mfnet.tools.train_convs``.
+vectorises over the few output channels of a group. ``csrc/fiber_conv.cpp`` keeps each group's activations
+group-major and vectorises over the output width instead (with AVX-512 and 12 or more input channels per group,
+pairs of outputs along a row come from a Winograd F(2,3) tile).
 
 ``KernelFiberTail`` runs the second half of a multi-fiber unit (``b = relu(bn(x_in))``, ``h = relu(conv_m1'(b))``,
 ``out = conv_m2(h) + shortcut``) in two passes: pack (with the BN-ReLU), then ``conv_m1`` and ``conv_m2`` (with the
-sum) band by band of rows, ``h`` never leaving the cache (``mf_tail``; a ``conv_m2`` with temporal taps takes a
-third pass); the work of each is split between ``torch.get_num_threads()`` threads. ``KernelMultiplexer`` runs the
-first half (``x_in = conv_i2(relu(conv_i1'(relu(bn(x))))) + x``) and the BN-ReLU of ``x_in`` in one pass over blocks
-of rows; with it, the tail's pack becomes that pass (``KernelFiberTail.forward_unit``: the whole unit).
+sum) band by band of rows, ``h`` never leaving the cache (``mfnet::tail``; a ``conv_m2`` with temporal taps takes
+a third pass). ``KernelMultiplexer`` runs the first half (``x_in = conv_i2(relu(conv_i1'(relu(bn(x))))) + x``) and
+the BN-ReLU of ``x_in`` in one pass over blocks of rows; with it, the tail's pack becomes that pass
+(``KernelFiberTail.forward_unit``: the whole unit). ``KernelFiberConv`` is a stage's first ``conv_m1`` followed by
+its dense ``conv_m2``.
+
+``fiber_conv3d`` is one grouped convolution for training, an operator (``mfnet::fiber_conv3d``) with a registered
+autograd formula: forward, input gradient (the same kernel on the flipped, transposed weights) and weight gradient
+(``mfnet::conv_wgrad``).
+
+Every function here expects ``native.load()`` to have returned ``True``; the predicates ending in ``_runs`` say
+whether one can run on given tensors.
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-logger = logging.getLogger(__name__)
+from mfnet.fastpath import native
 
-ENV_VAR = "MFNET_KERNELS"
-AVX512_ENV_VAR = "MFNET_KERNEL_AVX512"
-WINOGRAD_ENV_VAR = "MFNET_KERNEL_WINOGRAD"
-CFLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-std=c99")
 TILE_CHANNELS = 6  # output channels per register tile; a group's output channels must be a multiple
-# Where the kernel beats oneDNN, measured unit by unit (inference: a unit's tail, 8 frames, batch 1). On the AVX-512
-# EPYC (Zen 4): 24 channels per group at 14 wide (conv4 at 224) 10.7 against 11.2 ms, 12 channels at 14 wide (conv3
-# at 112) 3.8 against 7.5 ms; at 7 wide oneDNN wins (24 channels: 2.9 against 5.2 ms). On the AVX2 EPYC (Zen 3)
-# 24 channels per group and 14-wide frames had been a tie.
+# Where the kernel beats oneDNN, measured unit by unit (see docs/speed.md): at most 24 channels per group, frames
+# at least 14 wide in inference; in training at most 12 channels per group and frames 24 wide (14 for 3x3x3 and
+# for three taps along the rows on the Winograd tile).
 MAX_GROUP_CHANNELS = 24
 MIN_WIDTH = 14
-MAX_GROUP_CHANNELS_TRAINING = 12  # training (mfnet.tools.train_convs): measured for 6 and 12 channels per group
+MAX_GROUP_CHANNELS_TRAINING = 12
 MIN_WIDTH_TRAINING = 24
-MIN_WIDTH_3X3X3_TRAINING = 14  # forward + backward of a 3x3x3 at 14 wide: 48.6 ms against 52.9 (1x3x3: 22.3 / 20.2)
-WINOGRAD_MIN_CHANNELS = 12  # conv_rows in fiber_conv.c: fewer input channels per group stay on the direct tiles
+MIN_WIDTH_3X3X3_TRAINING = 14
+WINOGRAD_MIN_CHANNELS = 12  # conv_rows in fiber_conv.cpp: fewer input channels per group stay on the direct tiles
 MUX_CHANNELS = 24  # the multiplexer's hidden channels must be a multiple of this (mf_mux_pack's 4 x 24 tiles)
 MUX_POSITIONS = 28  # least positions per work item of the multiplexer (whole rows; see _mux_rows)
+CL3D = torch.channels_last_3d
+_EMPTY = torch.empty(0)  # an output the operator does not write
 
 
-def worth_it(
+def wide_enough(
     x: torch.Tensor, kernel_size: tuple[int, ...] | None = None, *, training: bool = False, groups: int = 1
 ) -> bool:
     """Whether the kernel beats oneDNN on activations of this shape ``(N, C, T, H, W)`` (``groups``: the
-    convolution's): in inference, frames at least 14 wide; in training, 24 wide, or 14 for the forward and backward
-    of a ``3x3x3`` convolution (MF-Net's conv3 at 112) and of one with three taps along the rows that runs on the
-    Winograd tile (conv3's ``1x3x3`` at 112: 28.0 against 32.3 ms; a tie with the direct tiles)."""
+    convolution's): in inference, frames at least 14 wide; in training, 24 wide, or 14 for a ``3x3x3`` convolution
+    and for one with three taps along the rows that runs on the Winograd tile."""
     if not training:
         return x.shape[-1] >= MIN_WIDTH
     if kernel_size is not None and tuple(kernel_size) == (3, 3, 3):
@@ -78,229 +63,38 @@ def worth_it(
 
 def winograd_runs(channels: int) -> bool:
     """Whether a convolution with three taps along the rows and ``channels`` input channels per group runs on the
-    kernel's Winograd tile (``fiber_conv.c``'s ``conv_rows``: AVX-512 on, the tile on, at least 12 channels)."""
-    return bool(_state.get("avx512")) and bool(_state.get("winograd")) and channels >= WINOGRAD_MIN_CHANNELS
+    Winograd tile (AVX-512 on, the tile on, at least 12 channels)."""
+    return native.winograd_on() and channels >= WINOGRAD_MIN_CHANNELS
 
 
-CL3D = torch.channels_last_3d
-_PTR = ctypes.c_void_p
-_INT = ctypes.c_int
-
-_lock = threading.Lock()
-_state: dict[str, object] = {}
-if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's pool threads: start a new pool
-    os.register_at_fork(after_in_child=lambda: _state.pop("pool", None))
-
-
-def switched_on(variable: str) -> bool:
-    """Whether the environment switch ``variable`` is on: unset or anything but ``0``, ``false``, ``no``, ``off``."""
-    return os.environ.get(variable, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
-
-
-def _cpu_has_avx2_fma() -> bool:
-    return {"avx2", "fma"} <= _cpu_flags()
-
-
-def avx512_available() -> bool:
-    """Whether the CPU has what the AVX-512 tiles use: AVX-512F, and VL for the 8-wide vectors of the 6 x 56 tile."""
-    return {"avx512f", "avx512vl"} <= _cpu_flags()
-
-
-def avx512_on() -> bool:
-    """Whether the AVX-512 tiles are in use now: the CPU has them and neither ``set_avx512(False)`` nor
-    ``MFNET_KERNEL_AVX512=0`` turned them off (``False`` where the kernel cannot be built)."""
-    return load() is not None and bool(_state.get("avx512"))
-
-
-def set_avx512(on: bool | None = None) -> bool:
-    """Turns the AVX-512 tiles of the convolution kernel on or off (``None``: on where the CPU has AVX-512F and VL,
-    unless ``MFNET_KERNEL_AVX512=0``); returns whether they are on. The AVX2 tiles compute the same numbers."""
-    lib = _library()
-    if on is None:
-        on = switched_on(AVX512_ENV_VAR)
-    on = bool(on) and avx512_available()
-    lib.mf_set_avx512(int(on))
-    _state["avx512"] = on
-    return on
-
-
-def set_winograd(on: bool | None = None) -> bool:
-    """Lets the kernel's convolutions with three taps along the rows use the Winograd tile (``on=None``: on unless
-    ``MFNET_KERNEL_WINOGRAD=0``; it needs the AVX-512 tiles); returns whether it is on. The direct tiles compute the
-    same convolution in another order (differences of a few units in the last place)."""
-    lib = _library()
-    if on is None:
-        on = switched_on(WINOGRAD_ENV_VAR)
-    lib.mf_set_winograd(int(bool(on)))
-    _state["winograd"] = bool(on)
-    return bool(on)
-
-
-def cache_dir() -> Path:
-    """Where the compiled kernel is kept: ``$MFNET_CACHE_DIR/kernels`` or ``~/.cache/mfnet/kernels``."""
-    root = os.environ.get("MFNET_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "mfnet")
-    return Path(root) / "kernels"
-
-
-def _source() -> str:
-    return resources.files("mfnet").joinpath("csrc/fiber_conv.c").read_text()
-
-
-def _compile(source: str, target: Path) -> None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise RuntimeError("no C compiler (cc/gcc) on PATH")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / "fiber_conv.c"
-        src.write_text(source)
-        out = Path(tmp) / target.name
-        subprocess.run([compiler, *CFLAGS, "-o", str(out), str(src)], check=True, capture_output=True, timeout=120)
-        os.replace(out, target)  # atomic: a concurrent process sees the old file or the whole new one
-
-
-def load() -> ctypes.CDLL | None:
-    """The compiled kernel library (compiling it on first use), or ``None`` where it cannot run here."""
-    with _lock:
-        if "lib" in _state:
-            return _state["lib"]  # type: ignore[return-value]
-        lib = None
-        if switched_on(ENV_VAR) and _cpu_has_avx2_fma():
-            try:
-                source = _source()
-                digest = hashlib.sha256((source + " ".join(CFLAGS)).encode()).hexdigest()[:16]
-                target = cache_dir() / f"fiber_conv-{digest}.so"
-                if not target.exists():
-                    _compile(source, target)
-                lib = ctypes.CDLL(str(target))
-                _declare(lib)
-                _state["loaded"] = lib  # kept for modules built with it, even if load() is later turned off
-                set_avx512()
-                set_winograd()
-            except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-                logger.info("fiber kernel unavailable (%s); using oneDNN", err)
-                lib = None
-        _state["lib"] = lib
-        return lib
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    _LONG, _DOUBLE = ctypes.c_long, ctypes.c_double
-    items = [_PTR, _INT, _INT]  # mf_sched *, item0, item1 (see _parallel)
-    lib.mf_pack.argtypes = [_PTR, _PTR, _PTR, _PTR] + [_INT] * 11 + items
-    lib.mf_mux_pack.argtypes = [_PTR] * 7 + [_INT] + [_PTR] * 4 + [_INT] * 13 + [_PTR] * 3 + [_INT] * 3 + items
-    lib.mf_mux_pack.restype = _INT
-    lib.mf_conv.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] + [_INT] * 4 + [_PTR] * 3 + items
-    lib.mf_conv_wgrad.argtypes = [_PTR] * 4 + [_INT] * 18 + items
-    # BatchNorm + ReLU in training (mfnet.tools.train_bn): rows P as a C long, channels as an int
-    lib.mf_bn_stats.argtypes = [_PTR] * 4 + [_LONG, _INT] + items
-    lib.mf_bn_relu.argtypes = [_PTR] * 4 + [_LONG, _INT] + items
-    lib.mf_bn_relu_grad_sums.argtypes = [_PTR] * 7 + [_LONG, _INT] + items
-    lib.mf_bn_relu_grad_input.argtypes = [_PTR] * 9 + [_LONG, _INT] + items
-    lib.mf_bn_finalize.argtypes = [_PTR, _PTR, _INT] + [_PTR] * 5 + [_DOUBLE, _DOUBLE, _LONG, _INT] + [_PTR] * 4
-    lib.mf_bn_grad_finalize.argtypes = [_PTR, _PTR, _INT, _PTR, _PTR, _LONG, _INT] + [_PTR] * 5
-    lib.mf_set_avx512.argtypes = [_INT]
-    lib.mf_set_winograd.argtypes = [_INT]
-    lib.mf_conv_dense.argtypes = [_PTR] * 3 + [_INT] * 14 + [_PTR] * 2 + [_INT] + [_PTR] * 3 + [_INT] * 2 + items
-    lib.mf_conv_dense.restype = _INT
-    lib.mf_tail.argtypes = [_PTR] * 5 + [_INT] * 16 + [_PTR] * 4 + items
-    lib.mf_tail.restype = _INT
-    lib.mf_max_pool.argtypes = [_PTR, _PTR] + [_INT] * 13 + items
-    lib.mf_max_pool.restype = None
-    bn = (lib.mf_bn_stats, lib.mf_bn_relu, lib.mf_bn_relu_grad_sums, lib.mf_bn_relu_grad_input, lib.mf_bn_finalize)
-    setters = (lib.mf_set_avx512, lib.mf_set_winograd)
-    for fn in (lib.mf_pack, lib.mf_conv, lib.mf_conv_wgrad, *bn, lib.mf_bn_grad_finalize, *setters):
-        fn.restype = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    threads = max(1, torch.get_num_threads())
-    pool = _state.get("pool")
-    if pool is None or _state.get("pool_threads") != threads:
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mfnet-kernel")
-        _state["pool"], _state["pool_threads"] = pool, threads
-    return pool  # type: ignore[return-value]
-
-
-class _Schedule(ctypes.Structure):
-    """``mf_sched`` of fiber_conv.c: the next unclaimed item and the number of threads holding one."""
-
-    _fields_ = [("next", ctypes.c_int), ("active", ctypes.c_int)]
-
-
-def _parallel(fn: ctypes._CFuncPtr, args: tuple, items: int) -> list:
-    """Runs ``fn(*args, sched, 0, items)`` on ``torch.get_num_threads()`` threads (ctypes drops the GIL) that claim
-    the items one at a time from a shared ``mf_sched``: this thread starts at once and does whatever the pool's
-    threads, woken meanwhile, do not take. Returns what the calls returned: this thread's only, unless it returned
-    non-zero (it could not run), in which case the others' too, after they have done all the items."""
-    threads = min(max(1, torch.get_num_threads()), items)
-    if threads == 1:
-        return [fn(*args, None, 0, items)]
-    schedule = _Schedule(0, 0)
-    shared = ctypes.byref(schedule)  # kept alive by the pool's tasks: a late one reads it and finds no item
-    futures = [_pool().submit(fn, *args, shared, 0, items) for _ in range(threads - 1)]
-    first = fn(*args, shared, 0, items)
-    if first:
-        return [first, *(future.result() for future in futures)]
-    while schedule.active:  # a pool thread finishing its last item (at most one item's time)
-        pass
-    return [first]
-
-
-BN_BLOCK_ROWS = 256  # MF_BN_BLOCK of fiber_conv.c: rows (positions) per work item of the BatchNorm functions
-
-
-def scale_shift_relu_applies(x: torch.Tensor) -> bool:
-    """Whether ``scale_shift_relu`` runs on ``x``: float32 CPU ``(N, C, T, H, W)`` channels-last, C % 8 == 0."""
+def bn_relu_runs(x: torch.Tensor) -> bool:
+    """Whether ``bn_relu`` runs on ``x``: float32 CPU ``(N, C, T, H, W)`` channels-last, C % 8 == 0."""
     return (
         x.dim() == 5
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and x.shape[1] % 8 == 0
         and x.is_contiguous(memory_format=CL3D)
-        and not torch.compiler.is_compiling()
-        and load() is not None
+        and native.load()
     )
 
 
-def scale_shift_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def bn_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``relu(x * scale + shift)`` per channel (an eval BatchNorm and ReLU) in one pass.
 
-    Check ``scale_shift_relu_applies`` first. ``x`` ``(N, C, T, H, W)`` channels-last-3d; ``scale``, ``shift``
-    ``(C,)`` contiguous float32. NaN stays NaN.
+    Check ``bn_relu_runs`` first. ``x`` ``(N, C, T, H, W)`` channels-last-3d; ``scale``, ``shift`` ``(C,)``
+    contiguous float32. NaN stays NaN.
     """
-    c = x.shape[1]
-    rows = x.numel() // c
     out = torch.empty_like(x, memory_format=CL3D)
-    _parallel(_library().mf_bn_relu, (_ptr(x), _ptr(scale), _ptr(shift), _ptr(out), rows, c), -(-rows // BN_BLOCK_ROWS))
+    torch.ops.mfnet.bn_relu(x, scale, shift, out)
     return out
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-ROWS_PER_ITEM = 8  # MF_ROWS of fiber_conv.c: output rows per work item of a convolution into channels-last
-
-
-def _row_blocks(h: int) -> int:
-    return -(-h // ROWS_PER_ITEM)
 
 
 def _row_length(w: int) -> int:
     return (w + 15) // 16 * 16 + 8  # whole 16-wide tiles, plus room for the last tile's reads
 
 
-def supports(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
+def conv_fits(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
     """Whether the kernel can run a convolution with this weight ``(C_out, C_in/groups, kt, kh, kw)`` forward."""
     c_out, c_in, *kernel = weight.shape
     per_group_out = c_out // groups
@@ -323,6 +117,8 @@ def _kept(
     shapes and thread (at most 4 entries) and reused: the kernels' padded buffers, whose padding is never written,
     so it stays zero and packing skips it. Keyed by the interior too, as one shape holds several: rows of 28 and of
     27 positions both take 40 floats, and a buffer packed 28 wide has data where a 27-wide one needs zeros."""
+    if torch.compiler.is_compiling():  # a traced graph allocates its own (zeroed) buffers
+        return tuple(torch.zeros(shape) for shape in shapes)
     key = (interior, *shapes, threading.get_ident())
     kept = cache.get(key)
     if kept is None:
@@ -424,34 +220,34 @@ class KernelFiberTail(nn.Module):
         buffers = self._padded_buffers(n, t, h, w)
         buf_1 = buffers[0]
         (pd1, ph1, pw1), (pd2, ph2, pw2) = ((k // 2 for k in ks) for ks in (self.kernel_1, self.kernel_2))
-        c_in, c_mid = self.weight_1.shape[4], self.weight_1.shape[5]
         c_out = self.weight_2.shape[5] * g
-        lib = _library()
-        dims_1 = (buf_1.shape[2], buf_1.shape[3], buf_1.shape[5])  # padded T, H and row length
         if multiplexer is not None:
             multiplexer.run(x_in, buf=buf_1, padding=(pd1, ph1, pw1))
         else:
-            _pack_into(buf_1, x_in, (pd1, ph1, pw1), lib, self.scale, self.shift)
+            _pack_into(buf_1, x_in, (pd1, ph1, pw1), self.scale, self.shift)
         t_out = self._out_length(t)
         if shortcut.shape != (n, c_out, t_out, h, w):
             raise ValueError(f"shortcut of shape {tuple(shortcut.shape)} cannot be added to {(n, c_out, t_out, h, w)}")
-        out = torch.empty((n, c_out, t_out, h, w), memory_format=torch.channels_last_3d)
-        if self._one_pass():  # conv2/conv3/conv4 units at 224: 0.2-1.3 ms faster each than two passes
-            weights = (_ptr(buf_1), _ptr(self.weight_1), _ptr(self.bias_1), _ptr(self.weight_2), _ptr(self.bias_2))
-            dims = (t_out, h, w, g, c_in, c_mid, c_out // g, *self.kernel_1, self.temporal_stride, *self.kernel_2[1:])
-            wino = (_ptr(self.wino_1), _ptr(self.wino_2))
-            if any(_parallel(lib.mf_tail, (*weights, *dims, *dims_1, _ptr(out), _ptr(shortcut), *wino), n * t_out)):
-                raise MemoryError("the fiber kernel could not allocate its scratch rows")
+        out = torch.empty((n, c_out, t_out, h, w), memory_format=CL3D)
+        if self._one_pass():
+            weights = (self.weight_1, self.bias_1, self.weight_2, self.bias_2)
+            torch.ops.mfnet.tail(buf_1, *weights, [t_out, h, w], self.temporal_stride, out, shortcut, *self._wino())
             return out
         buf_2 = buffers[1]
-        dims_2 = (buf_2.shape[2], buf_2.shape[3], buf_2.shape[5])
-        conv_1 = (_ptr(buf_1), _ptr(self.weight_1), _ptr(self.bias_1), t_out, h, w, g, c_in, c_mid, *self.kernel_1)
-        into_buffer = (1, _ptr(buf_2), pd2, ph2, pw2, dims_2[2], None, None, _ptr(self.wino_1))
-        _parallel(lib.mf_conv, (*conv_1, self.temporal_stride, *dims_1, *into_buffer), n * g * t_out)
-        conv_2 = (_ptr(buf_2), _ptr(self.weight_2), _ptr(self.bias_2), t_out, h, w, g, c_mid, c_out // g)
-        into_output = (0, None, 0, 0, 0, 0, _ptr(out), _ptr(shortcut), _ptr(self.wino_2))
-        _parallel(lib.mf_conv, (*conv_2, *self.kernel_2, 1, *dims_2, *into_output), n * t_out * _row_blocks(h))
+        wino_1, wino_2 = self._wino()
+        torch.ops.mfnet.conv(
+            buf_1, self.weight_1, self.bias_1, [t_out, h, w], self.temporal_stride, True, buf_2, [pd2, ph2, pw2],
+            _EMPTY, None, wino_1,
+        )
+        torch.ops.mfnet.conv(
+            buf_2, self.weight_2, self.bias_2, [t_out, h, w], 1, False, _EMPTY, [0, 0, 0], out, shortcut, wino_2
+        )
         return out
+
+    def _wino(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The Winograd weights (``None`` without three taps along the rows); the kernel uses them where its tile
+        is on."""
+        return self.wino_1, self.wino_2
 
     def extra_repr(self) -> str:
         return (
@@ -523,7 +319,7 @@ class KernelMultiplexer(nn.Module):
         self.proj_stride = tuple(int(s) for s in proj_stride)
 
     @staticmethod
-    def supported(channels: int, hidden: int) -> bool:
+    def fits(channels: int, hidden: int) -> bool:
         """Whether the kernel runs a multiplexer ``channels -> hidden -> channels``: ``hidden`` a multiple of 24,
         ``channels`` of 8 (24 or 48 for the fastest tiles; conv2's first unit has 16)."""
         return channels % 8 == 0 and hidden % MUX_CHANNELS == 0
@@ -559,16 +355,12 @@ class KernelMultiplexer(nn.Module):
         if projection:
             size = [(s - 1) // st + 1 for s, st in zip((t, h, w), self.proj_stride, strict=True)]
             proj = torch.empty((n, c, *size), memory_format=CL3D)
-        groups, per_group = (buf.shape[1], buf.shape[4]) if buf is not None else (1, c)
-        dims = (buf.shape[2], buf.shape[3], buf.shape[5]) if buf is not None else (t, h, w)
         weights = (self.scale, self.shift, self.weight_1, self.bias_1, self.weight_2, self.bias_2)
-        args = (_ptr(x), *map(_ptr, weights), self.weight_1.shape[1], _ptr(self.out_scale), _ptr(self.out_shift))
-        rows = _mux_rows(w)
-        args += (_ptr(buf), _ptr(out), n, t, h, w, groups, per_group, *dims, *padding, rows)
         proj_bn = (self.proj_scale, self.proj_shift) if proj is not None else (None, None)
-        args += (*map(_ptr, proj_bn), _ptr(proj), *self.proj_stride)
-        if all(_parallel(_library().mf_mux_pack, args, -(-n * t * h // rows))):  # no thread could run
-            raise MemoryError("the fiber kernel could not allocate its scratch rows")
+        torch.ops.mfnet.mux_pack(
+            x, *weights, self.out_scale, self.out_shift, _EMPTY if buf is None else buf, _EMPTY if out is None else out,
+            list(padding), _mux_rows(w), *proj_bn, _EMPTY if proj is None else proj, list(self.proj_stride),
+        )
         return out, proj
 
     def extra_repr(self) -> str:
@@ -642,13 +434,13 @@ class KernelFiberConv(nn.Module):
         self.projection_channels = c_x
 
     @staticmethod
-    def spatial_stride_applies(weight: torch.Tensor, groups: int) -> bool:
+    def spatial_stride_fits(weight: torch.Tensor, groups: int) -> bool:
         """Whether the kernel runs this convolution ``(C_out, C_in/G, kt, kh, kw)`` with a spatial stride of 2: 3x3
         spatial taps, output channels per group a multiple of 12 (``s2_tile12`` of fiber_conv.c), AVX-512 on."""
         return (
             tuple(weight.shape[3:]) == (3, 3)
             and (weight.shape[0] // groups) % 12 == 0
-            and bool(_state.get("avx512"))
+            and native.avx512_on()
         )
 
     def out_size(self, t: int, h: int, w: int) -> tuple[int, int, int]:
@@ -656,7 +448,7 @@ class KernelFiberConv(nn.Module):
         kt, s = self.kernel[0], self.spatial_stride
         return (t + 2 * (kt // 2) - kt) // self.temporal_stride + 1, (h - 1) // s + 1, (w - 1) // s + 1
 
-    def worth_it(self, x: torch.Tensor) -> bool:
+    def wide_enough(self, x: torch.Tensor) -> bool:
         """Whether the kernel beats oneDNN on this input ``(N, C, T, H, W)``: outputs at least ``MIN_WIDTH`` wide."""
         return self.out_size(*x.shape[2:])[2] >= MIN_WIDTH
 
@@ -684,7 +476,7 @@ class KernelFiberConv(nn.Module):
         """Packs ``relu(x * scale + shift)`` of ``x`` ``(N, C, T, H, W)`` into the buffer ``conv(x.shape)`` reads."""
         padding = tuple(k // 2 for k in self.kernel)
         buf = self._buffer(*x.shape)
-        _pack_into(buf, x.contiguous(memory_format=CL3D), padding, _library(), self.scale, self.shift)
+        _pack_into(buf, x.contiguous(memory_format=CL3D), padding, self.scale, self.shift)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -707,7 +499,6 @@ class KernelFiberConv(nn.Module):
         projection's input (``fold_projection``), needed once one is folded."""
         n, _, t, h, w = in_shape
         buf = self._buffer(*in_shape)
-        lib = _library()
         t_out, h_out, w_out = self.out_size(t, h, w)
         if not (dense and self.has_dense):
             if self.spatial_stride != 1:
@@ -715,9 +506,7 @@ class KernelFiberConv(nn.Module):
             if add is not None or extra is not None:
                 raise ValueError("a sum needs the dense convolution after this one")
             out_shape = (n, self.out_channels, t_out, h, w)
-            return _conv(
-                buf, self.weight, out_shape, lib, bias=self.bias, relu=True, temporal_stride=self.temporal_stride
-            )
+            return _conv(buf, self.weight, out_shape, bias=self.bias, relu=True, temporal_stride=self.temporal_stride)
         c_post = self.dense_weight.shape[1]
         out = torch.empty((n, c_post, t_out, h_out, w_out), memory_format=CL3D)
         if add is not None:
@@ -731,13 +520,10 @@ class KernelFiberConv(nn.Module):
             expected = (n, self.projection_channels, t_out, h_out, w_out)
             if extra.shape != expected:
                 raise ValueError(f"the projection's input has shape {tuple(extra.shape)}, not {expected}")
-        _, kt, kh, kw, ci, co = self.weight.shape
-        args = (_ptr(buf), _ptr(self.weight), _ptr(self.bias), t_out, h_out, w_out, self.groups, ci, co, kt, kh, kw)
-        args += (self.temporal_stride, buf.shape[2], buf.shape[3], buf.shape[5], 1)
-        args += (_ptr(self.dense_weight), _ptr(self.dense_bias), c_post, _ptr(out), _ptr(add))
-        args += (_ptr(extra), self.projection_channels, self.spatial_stride)
-        if all(_parallel(lib.mf_conv_dense, args, n * t_out * _row_blocks(h_out))):  # no thread could run
-            raise MemoryError("the fiber kernel could not allocate its scratch rows")
+        torch.ops.mfnet.conv_dense(
+            buf, self.weight, self.bias, [t_out, h_out, w_out], self.temporal_stride, self.dense_weight,
+            self.dense_bias, out, add, extra, self.projection_channels, self.spatial_stride,
+        )
         return out
 
     def extra_repr(self) -> str:
@@ -753,15 +539,17 @@ class KernelFiberConv(nn.Module):
 # Training: forward, input gradient and weight gradient of one grouped convolution
 
 
-def supports_training(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
+def training_conv_fits(
+    weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]
+) -> bool:
     """Whether ``fiber_conv3d`` can run (forward and backward) a convolution with this weight and these settings.
 
-    On top of ``supports``: stride 1, at most 12 channels per group, and input channels per group a multiple of 6
+    On top of ``conv_fits``: stride 1, at most 12 channels per group, and input channels per group a multiple of 6
     too (the input gradient is a convolution from the output channels to the input channels; 6 or 12 here, as in
     mfnet3d's ``conv2`` and ``conv3``).
     """
     return (
-        supports(weight, groups, stride, padding)
+        conv_fits(weight, groups, stride, padding)
         and tuple(stride) == (1, 1, 1)
         and weight.shape[1] % TILE_CHANNELS == 0
         and max(weight.shape[0] // groups, weight.shape[1]) <= MAX_GROUP_CHANNELS_TRAINING
@@ -776,7 +564,7 @@ def _kernel_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 def _winograd_weight(weight: torch.Tensor) -> torch.Tensor | None:
     """A kernel-layout weight ``(G, kt, kh, 3, C_in/G, C_out/G)`` transformed for the Winograd tile of
-    ``fiber_conv.c`` (``wino_tile``): ``(G, kt, kh, C_in/G, 4, C_out/G)`` holding ``w0``, ``(w0 + w1 + w2) / 2``,
+    ``fiber_conv.cpp`` (``wino_tile``): ``(G, kt, kh, C_in/G, 4, C_out/G)`` holding ``w0``, ``(w0 + w1 + w2) / 2``,
     ``(w0 - w1 + w2) / 2`` and ``w2`` of the three taps along the rows; ``None`` for other widths."""
     if weight.shape[3] != 3:
         return None
@@ -789,25 +577,19 @@ def _pack_into(
     buf: torch.Tensor,
     x: torch.Tensor,
     padding: tuple[int, ...],
-    lib: ctypes.CDLL,
     scale: torch.Tensor | None = None,
     shift: torch.Tensor | None = None,
 ) -> None:
     """Writes channels-last ``x`` ``(N, C, T, H, W)`` (``relu(x * scale + shift)`` with a BN) into the interior of
     the padded group-major ``buf`` ``(N, G, T + 2pd, H + 2ph, C/G, row)``. Its padding is never written: keep the
     buffer, zeroed once (``_kept``, ``_take_buffer``)."""
-    n, c, t, h, w = x.shape
-    groups = buf.shape[1]
-    dims = (buf.shape[2], buf.shape[3], buf.shape[5], *padding)
-    args = (_ptr(x), _ptr(scale), _ptr(shift), _ptr(buf), t, h, w, groups, c // groups, *dims)
-    _parallel(lib.mf_pack, args, n * t * h)
+    torch.ops.mfnet.pack(x, scale, shift, buf, *padding)
 
 
 def _conv(
     buf: torch.Tensor,
     weight: torch.Tensor,
     out_shape: tuple[int, ...],
-    lib: ctypes.CDLL,
     *,
     bias: torch.Tensor | None = None,
     relu: bool = False,
@@ -816,19 +598,18 @@ def _conv(
 ) -> torch.Tensor:
     """The convolution (spatial stride 1) of a padded group-major buffer with a weight in kernel layout (then
     ``+ bias`` and ReLU if asked, then ``+ add``, a tensor of the output's shape), channels-last out."""
-    n, groups = buf.shape[:2]
-    _, kt, kh, kw, ci, co = weight.shape
-    _, _, t, h, w = out_shape
+    groups = buf.shape[1]
+    ci, co = weight.shape[4:]
     out = torch.empty(out_shape, memory_format=CL3D)
     bias = torch.zeros(groups * co) if bias is None else bias
-    conv = (_ptr(buf), _ptr(weight), _ptr(bias), t, h, w, groups, ci, co, kt, kh, kw, temporal_stride)
     if add is not None:
         if tuple(add.shape) != tuple(out_shape):
             raise ValueError(f"cannot add a tensor of shape {tuple(add.shape)} to the output {tuple(out_shape)}")
         add = add.contiguous(memory_format=CL3D)
-    wino = _winograd_weight(weight) if winograd_runs(ci) else None  # held here: the kernel reads it below
-    into_output = (int(relu), None, 0, 0, 0, 0, _ptr(out), _ptr(add), _ptr(wino))
-    _parallel(lib.mf_conv, (*conv, buf.shape[2], buf.shape[3], buf.shape[5], *into_output), n * t * _row_blocks(h))
+    wino = _winograd_weight(weight) if winograd_runs(ci) else None
+    torch.ops.mfnet.conv(
+        buf, weight, bias, list(out_shape[2:]), temporal_stride, relu, _EMPTY, [0, 0, 0], out, add, wino
+    )
     return out
 
 
@@ -845,10 +626,7 @@ def _pool_key(x_shape: tuple[int, ...], groups: int, padding: tuple[int, ...]) -
 
 def _take_buffer(key: tuple) -> torch.Tensor:
     """A padded group-major buffer for ``key`` (``_pool_key``) whose padding holds zeros: one given back earlier, or
-    a new one.
-
-    Training's buffers are pooled (``_give_buffer``) so that packing writes only their interior: a fresh buffer
-    must be written whole, its zeros included (``conv2``'s 3x3x3 input: 37 MB for 19 MB of data)."""
+    a new one. Training's buffers are pooled (``_give_buffer``) so that packing writes only their interior."""
     with _pool_lock:
         kept = _buffer_pool.get(key)
         if kept:
@@ -872,72 +650,13 @@ def release_buffers() -> None:
         _buffer_pool.clear()
 
 
-def _packed_into_kept(
-    x: torch.Tensor, groups: int, padding: tuple[int, ...], lib: ctypes.CDLL
-) -> tuple[torch.Tensor, tuple]:
+def _packed_into_kept(x: torch.Tensor, groups: int, padding: tuple[int, ...]) -> tuple[torch.Tensor, tuple]:
     """``x`` packed into a pooled buffer whose padding is zero already, and the buffer's pool key (give it back with
     ``_give_buffer``)."""
     key = _pool_key(x.shape, groups, padding)
     buf = _take_buffer(key)
-    _pack_into(buf, x.contiguous(memory_format=CL3D), padding, lib)
+    _pack_into(buf, x.contiguous(memory_format=CL3D), padding)
     return buf, key
-
-
-def _graph_kept() -> bool:
-    """Whether the running backward keeps its graph (``retain_graph=True``): its saved buffers may be read again.
-    True where PyTorch cannot tell."""
-    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    try:
-        return True if keep_graph is None else bool(keep_graph())
-    except RuntimeError:
-        return True
-
-
-class _FiberConv3d(torch.autograd.Function):
-    """``F.conv3d(x, weight, None, 1, padding, 1, groups)`` with the kernel in both directions (CPU, float32).
-
-    The padded input saved for the backward and the gradient's padded copy come from a pool of zeroed buffers
-    (``_take_buffer``); the backward hands both back, the input's only where the graph is not kept for another
-    backward."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        padding: tuple[int, ...],
-        groups: int,
-        add: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        lib = _library()
-        buf_x, ctx.key_x = _packed_into_kept(x, groups, padding, lib)
-        out_shape = (x.shape[0], weight.shape[0], *x.shape[2:])
-        out = _conv(buf_x, _kernel_weight(weight, groups), out_shape, lib, add=add)
-        ctx.save_for_backward(buf_x, weight)
-        ctx.conf = (tuple(x.shape), padding, groups)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        buf_x, weight = ctx.saved_tensors
-        x_shape, padding, groups = ctx.conf
-        lib = _library()
-        c_in = x_shape[1]
-        c_out, ci, kt, kh, kw = weight.shape
-        co = c_out // groups
-        buf_g, key_g = _packed_into_kept(grad, groups, padding, lib)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:  # a convolution with the flipped, transposed kernels of each group
-            flipped = weight.detach().reshape(groups, co, ci, kt, kh, kw).transpose(1, 2).flip(3, 4, 5)
-            grad_x = _conv(buf_g, _kernel_weight(flipped.reshape(c_in, co, kt, kh, kw), groups), x_shape, lib)
-        if ctx.needs_input_grad[1]:
-            grad_w = _weight_grad(buf_x, buf_g, padding, tuple(grad.shape), tuple(weight.shape), groups, 1, lib)
-            grad_w = grad_w.contiguous(memory_format=CL3D)
-        _give_buffer(key_g, buf_g)
-        if not _graph_kept():
-            _give_buffer(ctx.key_x, buf_x)
-        return grad_x, grad_w, None, None, grad if ctx.needs_input_grad[4] else None
 
 
 def _weight_grad(
@@ -948,32 +667,23 @@ def _weight_grad(
     weight_shape: tuple[int, ...],
     groups: int,
     temporal_stride: int,
-    lib: ctypes.CDLL,
 ) -> torch.Tensor:
     """The weight gradient ``(C_out, C_in/G, kt, kh, kw)`` (plain layout) from the padded group-major input
     ``buf_x`` and the output gradient ``buf_g``, a group-major buffer whose data starts at ``offset`` and whose
     other entries are zero; ``out_shape``: the output's ``(N, C_out, T', H', W')``."""
-    n, _, t, h, w = out_shape
     c_out, ci, kt, kh, kw = weight_shape
     co = c_out // groups
     dw = torch.empty(groups, kt, kh, kw, ci, co)
     scratch = torch.empty(groups * kt * kh * kw * ci * co * 16)
-    args = (_ptr(buf_x), _ptr(buf_g), _ptr(dw), _ptr(scratch), n, t, h, w, groups, ci, co, kt, kh, kw, temporal_stride)
-    args += (buf_x.shape[2], buf_x.shape[3], buf_x.shape[5], *offset, buf_g.shape[5])
-    _parallel(lib.mf_conv_wgrad, args, groups)
+    torch.ops.mfnet.conv_wgrad(buf_x, buf_g, dw, scratch, list(out_shape[2:]), temporal_stride, list(offset))
     return dw.permute(0, 5, 4, 1, 2, 3).reshape(weight_shape)
 
 
-def weight_grad_applies(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
-    """Whether ``conv3d_weight_grad`` can compute this convolution's weight gradient: as ``supports`` (any temporal
-    stride), ``kw == 3``, with the kernel loaded and its AVX-512 loop on (the AVX2 one needs an even number of input
-    channels per group and is not used here)."""
-    return (
-        supports(weight, groups, stride, padding)
-        and weight.shape[-1] == 3
-        and load() is not None
-        and bool(_state.get("avx512"))
-    )
+def weight_grad_fits(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
+    """Whether ``conv3d_weight_grad`` can compute this convolution's weight gradient: as ``conv_fits`` (any
+    temporal stride), ``kw == 3``, with the operators loaded and their AVX-512 tiles on (the AVX2 loop needs an
+    even number of input channels per group and is not used here)."""
+    return conv_fits(weight, groups, stride, padding) and weight.shape[-1] == 3 and native.avx512_on()
 
 
 def conv3d_weight_grad(
@@ -985,35 +695,82 @@ def conv3d_weight_grad(
     temporal_stride: int,
 ) -> torch.Tensor:
     """``d loss / d weight`` of ``F.conv3d(x, weight, None, (temporal_stride, 1, 1), padding, 1, groups)`` on the
-    kernel, given ``grad``, its output's gradient. ``x (N, C_in, T, H, W)``, ``grad (N, C_out, T', H', W')``, float32 on
-    CPU, channels-last-3d for the fastest packing; returns the weight's shape in plain layout. Check
-    ``weight_grad_applies`` first.
+    kernel, given ``grad``, its output's gradient. ``x (N, C_in, T, H, W)``, ``grad (N, C_out, T', H', W')``, float32
+    on CPU; returns the weight's shape in plain layout. Check ``weight_grad_fits`` first.
 
     Used for ``conv2``'s first ``conv_m1`` (one input channel per group, temporal stride 2), whose im2col matrix
-    oneDNN and a batched matrix product would build with 27 copies."""
-    lib = _library()
-    buf_x, key_x = _packed_into_kept(x, groups, padding, lib)
-    buf_g, key_g = _packed_into_kept(grad, groups, (0, 0, 0), lib)  # the weight gradient needs no padding around it
-    dw = _weight_grad(buf_x, buf_g, (0, 0, 0), tuple(grad.shape), tuple(weight_shape), groups, temporal_stride, lib)
+    oneDNN would build with 27 copies."""
+    buf_x, key_x = _packed_into_kept(x, groups, padding)
+    buf_g, key_g = _packed_into_kept(grad, groups, (0, 0, 0))  # the weight gradient needs no padding around it
+    dw = _weight_grad(buf_x, buf_g, (0, 0, 0), tuple(grad.shape), tuple(weight_shape), groups, temporal_stride)
     _give_buffer(key_x, buf_x)
     _give_buffer(key_g, buf_g)
     return dw
 
 
-def _library() -> ctypes.CDLL:
-    lib = _state.get("loaded") or load()
-    if lib is None:
-        raise RuntimeError("the fiber kernel could not be loaded")
-    return lib  # type: ignore[return-value]
+# ---------------------------------------------------------------------------------------------------------
+# mfnet::fiber_conv3d: a grouped convolution for training, with its autograd formula
 
 
+@torch.library.custom_op("mfnet::fiber_conv3d", mutates_args=())
 def fiber_conv3d(
-    x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, ...], groups: int, add: torch.Tensor | None = None
+    x: torch.Tensor, weight: torch.Tensor, padding: list[int], groups: int, add: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``F.conv3d(x, weight, None, 1, padding, 1, groups) (+ add)`` on the kernel, differentiable in ``x``,
     ``weight`` and ``add`` (added as the output is written, not in a pass of its own).
 
     ``x`` ``(N, C_in, T, H, W)`` float32 on CPU (any layout; the output is channels-last-3d); ``add`` of the
-    output's shape. Check ``supports_training`` and ``load()`` first.
+    output's shape. Check ``training_conv_fits`` and ``native.load()`` first.
     """
-    return _FiberConv3d.apply(x, weight, tuple(padding), groups, add)
+    buf_x, key_x = _packed_into_kept(x, groups, tuple(padding))
+    out_shape = (x.shape[0], weight.shape[0], *x.shape[2:])
+    out = _conv(buf_x, _kernel_weight(weight, groups), out_shape, add=add)
+    _give_buffer(key_x, buf_x)
+    return out
+
+
+@fiber_conv3d.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, padding: list[int], groups: int, add: torch.Tensor | None = None):
+    return x.new_empty((x.shape[0], weight.shape[0], *x.shape[2:])).contiguous(memory_format=CL3D)
+
+
+@torch.library.custom_op("mfnet::fiber_conv3d_backward", mutates_args=())
+def fiber_conv3d_backward(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: list[int], groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input and weight gradients of ``fiber_conv3d`` given its output's gradient ``grad``."""
+    c_in = x.shape[1]
+    c_out, ci, kt, kh, kw = weight.shape
+    co = c_out // groups
+    pad = tuple(padding)
+    buf_g, key_g = _packed_into_kept(grad, groups, pad)
+    # the input gradient: a convolution with the flipped, transposed kernels of each group
+    flipped = weight.detach().reshape(groups, co, ci, kt, kh, kw).transpose(1, 2).flip(3, 4, 5)
+    grad_x = _conv(buf_g, _kernel_weight(flipped.reshape(c_in, co, kt, kh, kw), groups), tuple(x.shape))
+    buf_x, key_x = _packed_into_kept(x, groups, pad)
+    grad_w = _weight_grad(buf_x, buf_g, pad, tuple(grad.shape), tuple(weight.shape), groups, 1)
+    _give_buffer(key_g, buf_g)
+    _give_buffer(key_x, buf_x)
+    return grad_x, grad_w.contiguous(memory_format=CL3D)
+
+
+@fiber_conv3d_backward.register_fake
+def _(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: list[int], groups: int):
+    return x.new_empty(x.shape).contiguous(memory_format=CL3D), weight.new_empty(weight.shape).contiguous(
+        memory_format=CL3D
+    )
+
+
+def _fiber_conv3d_setup(ctx: object, inputs: tuple, output: torch.Tensor) -> None:
+    x, weight, padding, groups, add = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.padding, ctx.groups, ctx.has_add = padding, groups, add is not None
+
+
+def _fiber_conv3d_grad(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    x, weight = ctx.saved_tensors
+    grad_x, grad_w = fiber_conv3d_backward(grad.contiguous(memory_format=CL3D), x, weight, ctx.padding, ctx.groups)
+    return grad_x, grad_w, None, None, grad if ctx.has_add else None
+
+
+fiber_conv3d.register_autograd(_fiber_conv3d_grad, setup_context=_fiber_conv3d_setup)

@@ -14,22 +14,19 @@ that straddle two clips are computed separately and subtracted. With 24 or more 
 frames each output frame reads side by side, and one 2D weight gradient (``_weight_grad_folded``). For a
 convolution with one input channel per group (the first unit of MF-Net's conv2: 16 -> 96 channels in 16 groups)
 the input gradient is 2.5x faster in the plain ``NCDHW`` layout, so it is computed there, and the weight gradient
-comes from the fiber kernel (``fiber_kernel.conv3d_weight_grad``, with AVX-512) or else is one batched matrix
+comes from the native kernel (``kernels.conv3d_weight_grad``, with AVX-512) or else is one batched matrix
 product over a small im2col copy (2.4x faster than oneDNN). Everything else uses PyTorch's own kernels.
 
-Grouped convolutions with 6 or 12 channels per group, stride 1 and frames at least 24 wide (14 for ``3x3x3``)
-run forward and backward on the hand-written kernel instead (``mfnet.tools.fiber_kernel.fiber_conv3d``), where it
-compiled. ``FastBackwardConv3d.forward(x, add)`` adds a residual sum as the output is written (the kernel, or
-oneDNN's binary post-op).
+Grouped convolutions with 6 or 12 channels per group, stride 1 and wide enough frames run forward and backward on
+the native kernel instead (``mfnet.fastpath.kernels.fiber_conv3d``), where it was built. ``conv3d_train(conv, x,
+add)`` adds a residual sum as the output is written (the kernel, or oneDNN's fused sum).
 
-``enable_fast_backward(model)`` switches every ``nn.Conv3d`` of a model to this backward (in place; the
-parameters, ``state_dict`` and forward outputs stay as they are). It only acts on float32 CPU tensors that need a
-gradient; on GPUs, under ``torch.no_grad`` and while tracing or compiling the ordinary ``nn.Conv3d`` path runs.
+``conv3d_train`` is what the training dispatch of ``mfnet.fastpath.unit`` calls for each convolution of a unit;
+on GPUs, without gradients and while tracing it is the module's own forward.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,95 +35,71 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from mfnet.tools import fiber_kernel
+from mfnet.fastpath import kernels, native, onednn
 
 _CL3D = torch.channels_last_3d
 _CL2D = torch.channels_last
 
 
-class FastBackwardConv3d(nn.Conv3d):
-    """``nn.Conv3d`` with the faster CPU gradients of this module (see its docstring); same parameters and outputs.
+def conv3d_train(conv: nn.Conv3d, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv(x) + add`` with the faster CPU gradients of this module (see its docstring); same outputs.
 
-    ``forward(x, add)`` returns ``conv(x) + add`` (a residual sum), added where the convolution writes its output
-    when it can (on the fiber kernel, or as oneDNN's binary post-op, with channels-last tensors) instead of in a
-    pass of its own.
+    Args:
+        conv: The convolution (its parameters are used as they are: gradients reach them).
+        x: ``(N, C_in, T, H, W)``, channels-last-3d for the fastest path.
+        add: A residual to add, of the output's shape (or broadcastable), or ``None``.
     """
-
-    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        if add is not None and (isinstance(self.padding, str) or tuple(add.shape) != self._out_shape(x)):
-            return self.forward(x) + add  # broadcast: a sum of its own
-        if _applies(x, self.weight, self.padding_mode, self.dilation):
-            if (
-                self.bias is None
-                and self._on_kernel()
-                and fiber_kernel.worth_it(x, self.kernel_size, training=True, groups=self.groups)
-            ):
-                return fiber_kernel.fiber_conv3d(x, self.weight, self.padding, self.groups, add=add)
-            conv = (x, self.weight, self.bias, self.stride, self.padding, self.groups)
-            if add is not None and not _sum_fuses(x, add):
-                return _FastBackward.apply(*conv, None) + add
-            return _FastBackward.apply(*conv, add)
-        out = super().forward(x)
-        return out if add is None else out + add
-
-    def _out_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        """The output's shape for input ``x`` ``(N, C, T, H, W)``."""
-        dims = zip(x.shape[2:], self.padding, self.dilation, self.kernel_size, self.stride, strict=True)
-        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in dims]
-        return (x.shape[0], self.out_channels, *size)
-
-    def _on_kernel(self) -> bool:
-        """Whether this convolution runs on the fiber kernel (6 or 12 channels per group, stride 1)."""
-        if not hasattr(self, "_kernel_ok"):
-            self._kernel_ok = fiber_kernel.supports_training(
-                self.weight, self.groups, tuple(self.stride), tuple(self.padding)
-            ) and (fiber_kernel.load() is not None)
-        return self._kernel_ok
+    if add is not None and (isinstance(conv.padding, str) or tuple(add.shape) != _out_shape(conv, x)):
+        return conv3d_train(conv, x) + add  # broadcast: a sum of its own
+    if _fast_backward_runs(x, conv):
+        if conv.bias is None and _kernel_fits(conv) and kernels.wide_enough(
+            x, conv.kernel_size, training=True, groups=conv.groups
+        ):
+            return kernels.fiber_conv3d(x, conv.weight, list(conv.padding), conv.groups, add)
+        args = (x, conv.weight, conv.bias, conv.stride, conv.padding, conv.groups)
+        if add is not None and not _sum_fuses(x, add):
+            return _FastBackward.apply(*args, None) + add
+        return _FastBackward.apply(*args, add)
+    out = conv(x)
+    return out if add is None else out + add
 
 
-def enable_fast_backward(model: nn.Module) -> int:
-    """Turns every plain ``nn.Conv3d`` of ``model`` into a ``FastBackwardConv3d`` in place; returns how many.
-
-    The modules keep their parameters (optimizers built before stay valid), names and ``state_dict`` keys.
-    """
-    return replace_class(model, nn.Conv3d, FastBackwardConv3d)
-
-
-def replace_class(model: nn.Module, old: type[nn.Module], new: type[nn.Module]) -> int:
-    """Makes every module of ``model`` whose type is exactly ``old`` an instance of its subclass ``new`` in place
-    (same attributes, parameters and ``state_dict`` keys; ``new`` only overrides methods); returns how many."""
-    count = 0
-    for module in model.modules():
-        if type(module) is old:
-            module.__class__ = new
-            count += 1
-    return count
+def _out_shape(conv: nn.Conv3d, x: torch.Tensor) -> tuple[int, ...]:
+    """The output's shape for input ``x`` ``(N, C, T, H, W)``."""
+    dims = zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride, strict=True)
+    size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in dims]
+    return (x.shape[0], conv.out_channels, *size)
 
 
-def _applies(x: torch.Tensor, weight: torch.Tensor, padding_mode: str, dilation: tuple[int, ...]) -> bool:
+def _kernel_fits(conv: nn.Conv3d) -> bool:
+    """Whether this convolution runs on the native kernel (6 or 12 channels per group, stride 1)."""
+    return native.load() and kernels.training_conv_fits(
+        conv.weight, conv.groups, tuple(conv.stride), tuple(conv.padding)
+    )
+
+
+def _fast_backward_runs(x: torch.Tensor, conv: nn.Conv3d) -> bool:
     return (
-        x.device.type == "cpu"
+        type(conv) is nn.Conv3d
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
-        and (x.requires_grad or weight.requires_grad)
-        and padding_mode == "zeros"
-        and tuple(dilation) == (1, 1, 1)
-        and not isinstance(weight, torch.nn.parameter.UninitializedParameter)
+        and (x.requires_grad or conv.weight.requires_grad)
+        and conv.padding_mode == "zeros"
+        and tuple(conv.dilation) == (1, 1, 1)
     )
 
 
 def _sum_fuses(x: torch.Tensor, add: torch.Tensor) -> bool:
-    """Whether oneDNN adds ``add`` as it writes the convolution's output: both channels-last, in a PyTorch built with
-    oneDNN (grouped 1x3x3 convolutions of mfnet3d at batch 8, 192/384/768 channels: 10.7/7.1/4.2 -> 8.5/6.9/4.0 ms
-    with the sum)."""
-    return _onednn_sums() and x.is_contiguous(memory_format=_CL3D) and add.is_contiguous(memory_format=_CL3D)
-
-
-@functools.cache
-def _onednn_sums() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    """Whether oneDNN adds ``add`` as it writes the convolution's output (both channels-last, a PyTorch built with
+    oneDNN's fused operators), saving a pass over the activations."""
+    return (
+        onednn.fused_ops_available()
+        and x.is_contiguous(memory_format=_CL3D)
+        and add.is_contiguous(memory_format=_CL3D)
+    )
 
 
 class _FastBackward(torch.autograd.Function):
@@ -148,8 +121,7 @@ class _FastBackward(torch.autograd.Function):
         ctx.conf = (tuple(stride), tuple(padding), groups, bias is not None)
         if add is None:
             return F.conv3d(x, weight, bias, stride, padding, 1, groups)
-        conv = (list(padding), list(stride), [1, 1, 1], groups)
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, add, weight, bias, *conv, "add", 1.0, None, [], "")
+        return onednn.conv_add(x, add, weight, bias, padding=padding, stride=stride, groups=groups)
 
     @staticmethod
     @once_differentiable
@@ -161,9 +133,9 @@ class _FastBackward(torch.autograd.Function):
         channels_last = x.is_contiguous(memory_format=_CL3D)
         grad_w = grad_x = grad_b = None
         one_channel = _one_channel_per_group(weight, groups)
-        if need_w and one_channel and fiber_kernel.weight_grad_applies(weight, groups, stride, padding):
+        if need_w and one_channel and native.load() and kernels.weight_grad_fits(weight, groups, stride, padding):
             # on the fiber kernel, from the channels-last tensors (conv2's first conv_m1: its backward 78 -> 38.5 ms)
-            grad_w = fiber_kernel.conv3d_weight_grad(x, grad, weight.shape, padding, groups, stride[0])
+            grad_w = kernels.conv3d_weight_grad(x, grad, weight.shape, padding, groups, stride[0])
             need_w = False
         if one_channel:  # the input gradient (and the weight gradient without the kernel) is computed in NCDHW
             # the input gradient reads only x's shape and layout: without the weight gradient, no copy of x

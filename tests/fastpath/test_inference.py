@@ -9,17 +9,17 @@ import torch
 from torch import nn
 
 import mfnet
-from mfnet.tools.fastpath import (
-    FusedConv,
-    FusedFiberUnit,
+from mfnet.fastpath import (
     autocast_context,
-    fused_ops_available,
     optimize_for_inference,
     preferred_memory_format,
     prepare_for_training,
     to_channels_last,
     to_layout,
 )
+from mfnet.fastpath.fused import FusedConv
+from mfnet.fastpath.onednn import fused_ops_available
+from mfnet.fastpath.unit import FastFiberUnit
 
 TOL = 1e-4  # relative to the largest plain output
 
@@ -102,7 +102,8 @@ def test_fused_units_run_one_dnn_primitives_and_keep_channels_last():
     x = torch.randn(1, 3, 4, 32, 32)
     fast = optimize_for_inference(model, x)  # auto: fused on this CPU
     assert fast.fastpath_info.mode == "fused"
-    assert isinstance(fast.conv2.B01, FusedFiberUnit) and isinstance(fast.conv1, FusedConv)
+    assert isinstance(fast.conv2.B01, FastFiberUnit) and isinstance(fast.conv1, FusedConv)
+    assert fast.conv2.B01.plan is not None
     with torch.no_grad():
         features = fast.forward_features(x)
     assert features.is_contiguous(memory_format=torch.channels_last_3d)

@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 import mfnet
-from mfnet.tools import fiber_kernel
-from mfnet.tools.fastpath import optimize_for_inference
-from mfnet.tools.kernel_pool import KernelMaxPool, max_pool_supported
+from mfnet.fastpath import native, optimize_for_inference
+from mfnet.fastpath.max_pool import KernelMaxPool, max_pool_fits
 
-needs_kernel = pytest.mark.skipif(fiber_kernel.load() is None, reason="no C compiler or no AVX2/FMA here")
+needs_kernel = pytest.mark.skipif(not native.load(), reason="native operators not built here (MFNET_KERNELS=0?)")
 CL3D = torch.channels_last_3d
 
 
+@pytest.mark.kernel
 @needs_kernel
 @pytest.mark.parametrize(
     ("kernel", "stride", "padding", "size"),
@@ -32,6 +32,7 @@ def test_matches_max_pool3d(kernel, stride, padding, size) -> None:
     assert torch.equal(got, pool(x))
 
 
+@pytest.mark.kernel
 @needs_kernel
 def test_nan_propagates() -> None:
     pool = nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
@@ -47,13 +48,14 @@ def test_other_inputs_and_pools_fall_back() -> None:
     kernel_pool = KernelMaxPool(pool)
     for x in (torch.randn(1, 8, 2, 6, 6), torch.randn(1, 3, 2, 6, 6).contiguous(memory_format=CL3D)):  # NCDHW; C=3
         assert torch.equal(kernel_pool(x), pool(x))
-    assert not max_pool_supported(nn.MaxPool3d(3, 2, 1))  # pools across frames
-    assert not max_pool_supported(nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1), ceil_mode=True))
-    assert not max_pool_supported(nn.MaxPool2d(3, 2, 1))
+    assert not max_pool_fits(nn.MaxPool3d(3, 2, 1))  # pools across frames
+    assert not max_pool_fits(nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1), ceil_mode=True))
+    assert not max_pool_fits(nn.MaxPool2d(3, 2, 1))
     with pytest.raises(ValueError, match="frames"):
         KernelMaxPool(nn.MaxPool3d(3, 2, 1))
 
 
+@pytest.mark.kernel
 @needs_kernel
 def test_fast_path_pools_on_the_kernel() -> None:
     model = mfnet.create_model("mfnet3d", num_classes=5, widths=(96, 96, 96, 96), depths=(1, 1, 1, 1)).eval()

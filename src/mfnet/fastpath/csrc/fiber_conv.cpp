@@ -7,23 +7,21 @@
  * 16 positions of one row) lives in 12 registers while the input rows stream through. With AVX-512, wider tiles,
  * and for 12 or more input channels per group a Winograd F(2,3) tile along the rows (wino_tile, conv_rows).
  *
- * Built and loaded at run time by mfnet.tools.fiber_kernel (ctypes); every function works on the items
- * [item0, item1) of its problem, shared between the caller's threads through an mf_sched (see MF_ITEMS).
+ * Compiled as C++ into the mfnet operator library (ops.cpp registers the operators; mfnet.fastpath.native builds
+ * it); every function works on the items [item0, item1) of its problem, shared between the threads of one
+ * at::parallel_for through an mf_sched (see MF_ITEMS).
  */
+#include "fiber_conv.h"
+
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdlib.h>
 
 /* Work sharing. Every function below works on the items [item0, item1) of its problem. With sched == NULL it does
  * all of them; else the threads of one call share *sched (next = item0 at the start) and each claims the next item
- * when it has finished the last one, so that a thread that starts late or is descheduled by the system does fewer
- * (on a busy 2-vCPU VM, splitting the items in two halves left one thread waiting 5-20 ms per forward pass).
- * `active` counts the threads holding an item: the caller's thread, once its claims fail, waits for it to be 0;
- * a thread that arrives later finds no item left and touches nothing but *sched. */
-typedef struct {
-    int next;
-    int active;
-} mf_sched;
+ * when it has finished the last one, so that a thread that starts late or is descheduled by the system does fewer.
+ * `active` counts the threads holding an item (at::parallel_for joins its threads, so the operators do not wait
+ * on it). */
 
 static inline int mf_claim(mf_sched *s, int *state, int item1) {
     if (s == NULL) return (*state)++;
@@ -1157,47 +1155,5 @@ void mf_bn_relu_grad_input(const float *x, const float *dy, const float *scale, 
                 v = _mm256_fnmadd_ps(_mm256_sub_ps(xv, _mm256_loadu_ps(mean + c)), _mm256_loadu_ps(d + c), v);
                 _mm256_storeu_ps(dx + r * C + c, v);
             }
-    }
-}
-
-/* The per-channel arithmetic after mf_bn_stats (one thread; C channels, `blocks` rows of partial sums):
- * batch mean and variance, scale = weight * invstd and shift = bias - mean * scale for mf_bn_relu, and the
- * running statistics updated in place as nn.BatchNorm3d does (unbiased variance). */
-void mf_bn_finalize(const double *s1, const double *s2, int blocks, const float *k, const float *weight,
-                    const float *bias, float *running_mean, float *running_var, double momentum, double eps, long P,
-                    int C, float *scale, float *shift, float *mean, float *invstd) {
-    for (int c = 0; c < C; c++) {
-        double a1 = 0.0, a2 = 0.0;
-        for (int b = 0; b < blocks; b++) {
-            a1 += s1[(long)b * C + c];
-            a2 += s2[(long)b * C + c];
-        }
-        const double m1 = a1 / P, var0 = a2 / P - m1 * m1, var = var0 > 0.0 ? var0 : 0.0;
-        const double mu = k[c] + m1, inv = 1.0 / __builtin_sqrt(var + eps), sc = weight[c] * inv;
-        scale[c] = (float)sc;
-        shift[c] = (float)(bias[c] - mu * sc);
-        mean[c] = (float)mu;
-        invstd[c] = (float)inv;
-        running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mu);
-        running_var[c] = (float)((1.0 - momentum) * running_var[c] + momentum * var * P / (P > 1 ? P - 1 : 1));
-    }
-}
-
-/* The per-channel arithmetic after mf_bn_relu_grad_sums (one thread): the gradients of weight and bias, and the
- * coefficients a, b, d of mf_bn_relu_grad_input. */
-void mf_bn_grad_finalize(const double *s1, const double *s2, int blocks, const float *weight, const float *invstd,
-                         long P, int C, float *grad_weight, float *grad_bias, float *a, float *bb, float *d) {
-    for (int c = 0; c < C; c++) {
-        double sum_dz = 0.0, sum_dzx = 0.0;
-        for (int b = 0; b < blocks; b++) {
-            sum_dz += s1[(long)b * C + c];
-            sum_dzx += s2[(long)b * C + c];
-        }
-        const double inv = invstd[c], ac = weight[c] * inv;
-        grad_bias[c] = (float)sum_dz;
-        grad_weight[c] = (float)(sum_dzx * inv);
-        a[c] = (float)ac;
-        bb[c] = (float)(ac * sum_dz / P);
-        d[c] = (float)(ac * inv * inv * sum_dzx / P);
     }
 }

@@ -1,13 +1,10 @@
-"""The hand-written fiber-convolution kernel computes what PyTorch computes, and the fast path uses it."""
+"""The native operators compute what PyTorch computes, and the fast path uses them."""
 
 from __future__ import annotations
 
 import copy
 import os
 import shutil
-import subprocess
-import sys
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -15,21 +12,23 @@ import torch
 import torch.nn.functional as F
 
 import mfnet
-from mfnet.tools import fiber_kernel
-from mfnet.tools.fastpath import optimize_for_inference
-from mfnet.tools.fiber_kernel import KernelFiberConv, KernelFiberTail, KernelMultiplexer
+from mfnet.fastpath import kernels, native, optimize_for_inference
+from mfnet.fastpath.kernels import KernelFiberConv, KernelFiberTail, KernelMultiplexer
+from mfnet.fastpath.train_convs import conv3d_train
 
-needs_kernel = pytest.mark.skipif(fiber_kernel.load() is None, reason="no C compiler or no AVX2/FMA here")
+pytestmark = pytest.mark.kernel
+needs_kernel = pytest.mark.skipif(not native.load(), reason="native operators not built here (MFNET_KERNELS=0?)")
 CL3D = torch.channels_last_3d
 
 
 def test_kernel_builds_where_it_can() -> None:
-    """On an x86 machine with AVX2 and a C compiler (the CI machine), the kernel must build and load, unless
-    ``MFNET_KERNELS=0`` turned it off (then everything runs on oneDNN, and the kernel's tests skip)."""
-    if not fiber_kernel.switched_on(fiber_kernel.ENV_VAR):
-        assert fiber_kernel.load() is None
-    elif fiber_kernel._cpu_has_avx2_fma() and (shutil.which("cc") or shutil.which("gcc")):
-        assert fiber_kernel.load() is not None
+    """On an x86 machine with AVX2 and a C++ compiler (the CI machine), the operators must build and load, unless
+    ``MFNET_KERNELS=0`` turned them off (then everything runs on oneDNN, and the kernel's tests skip)."""
+    if not native.switched_on(native.KERNELS_SWITCH):
+        assert native.load() is False
+    elif {"avx2", "fma"} <= native._cpu_flags() and shutil.which("c++") and shutil.which("ninja"):
+        assert native.load() is True
+        assert torch.ops.mfnet.tail.default._schema.name == "mfnet::tail"
 
 
 def _reference(
@@ -119,17 +118,17 @@ def _multiplexer(c: int, m: int, g: torch.Generator) -> tuple[KernelMultiplexer,
 )
 @pytest.mark.parametrize("avx512", [False, True])  # 8 x 48 AVX-512 tiles where the columns allow, else 4 x 24 AVX2
 def test_multiplexer_matches_pytorch(c: int, m: int, size: tuple[int, ...], avx512: bool) -> None:
-    if avx512 and not fiber_kernel.avx512_available():
+    if avx512 and not native.avx512_available():
         pytest.skip("no AVX-512 on this CPU")
     g = torch.Generator().manual_seed(0)
     mux, reference = _multiplexer(c, m, g)
     n, t, h, w = size
     x = torch.randn(n, c, t, h, w, generator=g).contiguous(memory_format=CL3D)
     try:
-        fiber_kernel.set_avx512(avx512)
+        native.set_avx512(avx512)
         got = mux(x)
     finally:
-        fiber_kernel.set_avx512()
+        native.set_avx512()
     assert got.is_contiguous(memory_format=CL3D)
     torch.testing.assert_close(got, reference(x), rtol=1e-4, atol=1e-4)
 
@@ -206,7 +205,7 @@ def test_conv_then_dense_matches_pytorch(size: tuple[int, ...]) -> None:
 def test_strided_conv_then_dense_matches_pytorch(c_in: int, size: tuple[int, ...], avx512: bool) -> None:
     """The first units of conv3 and conv4: conv_m1 with spatial stride 2 (s2_tile), then the dense conv_m2 with the
     projection folded into its product (mf_conv_dense)."""
-    if avx512 and not fiber_kernel.avx512_available():
+    if avx512 and not native.avx512_available():
         pytest.skip("the strided tile needs AVX-512")
     g = torch.Generator().manual_seed(5)
     c_mid = 2 * c_in
@@ -223,7 +222,7 @@ def test_strided_conv_then_dense_matches_pytorch(c_in: int, size: tuple[int, ...
     p = torch.relu(torch.randn(n, c_in, *y.shape[2:], generator=g))
     shortcut = torch.randn(n, c_mid, *y.shape[2:], generator=g)
     try:
-        fiber_kernel.set_avx512(avx512)
+        native.set_avx512(avx512)
         conv.pack(x)
         got = conv.conv(x.shape, add=shortcut)
         assert got.is_contiguous(memory_format=CL3D)
@@ -232,7 +231,7 @@ def test_strided_conv_then_dense_matches_pytorch(c_in: int, size: tuple[int, ...
         got = conv.conv(x.shape, extra=p)
         torch.testing.assert_close(got, F.conv3d(y, w2, b2) + F.conv3d(p, wp, bp), rtol=1e-4, atol=1e-4)
     finally:
-        fiber_kernel.set_avx512()
+        native.set_avx512()
     with pytest.raises(ValueError, match="dense"):
         conv(x)
     with pytest.raises(ValueError, match="dense"):
@@ -271,7 +270,7 @@ def test_nan_propagates_through_the_multiplexer() -> None:
 # AVX-512 tiles: 32 + 16; 56; 56 on 50; 64; 64 + 56; 64 + 32 + 16; one partial 16
 @pytest.mark.parametrize("width", [40, 56, 50, 64, 120, 100, 13])
 def test_avx2_and_avx512_tiles_match_pytorch(avx512: bool, width: int) -> None:
-    if avx512 and not fiber_kernel.avx512_available():
+    if avx512 and not native.avx512_available():
         pytest.skip("no AVX-512 on this CPU")
     g = torch.Generator().manual_seed(2)
     scale, shift = _bn(96, g)
@@ -282,10 +281,10 @@ def test_avx2_and_avx512_tiles_match_pytorch(avx512: bool, width: int) -> None:
     tail = KernelFiberTail(scale, shift, w1, b1, w2, None, 16)
     expected = _reference(x_in, shortcut, scale, shift, w1, b1, w2, None, 16, 1)
     try:
-        assert fiber_kernel.set_avx512(avx512) == avx512
+        assert native.set_avx512(avx512) == avx512
         torch.testing.assert_close(tail(x_in, shortcut), expected, rtol=1e-4, atol=1e-4)
     finally:
-        fiber_kernel.set_avx512()
+        native.set_avx512()
 
 
 @needs_kernel
@@ -297,7 +296,7 @@ def test_avx2_and_avx512_tiles_match_pytorch(avx512: bool, width: int) -> None:
     [(24, (3, 5, 14)), (12, (2, 4, 28)), (12, (2, 3, 40)), (24, (1, 3, 13)), (12, (2, 3, 56)), (12, (1, 19, 16))],
 )
 def test_winograd_tile_matches_the_direct_tiles_and_pytorch(fused: bool, channels: int, size: tuple[int, ...]) -> None:
-    if not fiber_kernel.avx512_available():
+    if not native.avx512_available():
         pytest.skip("the Winograd tile needs AVX-512")
     g = torch.Generator().manual_seed(3)
     c = 16 * channels
@@ -310,38 +309,38 @@ def test_winograd_tile_matches_the_direct_tiles_and_pytorch(fused: bool, channel
     tail.fused = fused
     expected = _reference(x_in, shortcut, scale, shift, w1, b1, w2, b2, 16, 1)
     try:
-        fiber_kernel.set_avx512(True)  # whatever MFNET_KERNEL_AVX512 says
+        native.set_avx512(True)  # whatever MFNET_KERNEL_AVX512 says
         got = {}
         for on in (True, False):
-            assert fiber_kernel.set_winograd(on) is on
+            assert native.set_winograd(on) is on
             got[on] = tail(x_in, shortcut)
             torch.testing.assert_close(got[on], expected, rtol=1e-4, atol=1e-4)
         if size[-1] != 56:  # another order of the sums: not bit-identical to the direct tiles, but as close
             assert not torch.equal(got[True], got[False])
     finally:
-        fiber_kernel.set_winograd()
-        fiber_kernel.set_avx512()
+        native.set_winograd()
+        native.set_avx512()
 
 
 def test_winograd_weights_reproduce_the_three_taps() -> None:
     g = torch.Generator().manual_seed(4)
     weight = torch.randn(2, 1, 3, 3, 5, 6, generator=g)  # (G, kt, kh, kw, C_in/G, C_out/G)
-    u = fiber_kernel._winograd_weight(weight)
+    u = kernels._winograd_weight(weight)
     assert u.shape == (2, 1, 3, 5, 4, 6)
     w0, w1, w2 = weight.unbind(3)
     torch.testing.assert_close(u[:, :, :, :, 1] - u[:, :, :, :, 2], w1)  # y(2q) = d0 w0 + d1 w1 + d2 w2
     torch.testing.assert_close(u[:, :, :, :, 1] + u[:, :, :, :, 2] - u[:, :, :, :, 3], w0)  # y(2q+1)'s d1 term
     torch.testing.assert_close(u[:, :, :, :, 0], w0)
     torch.testing.assert_close(u[:, :, :, :, 3], w2)
-    assert fiber_kernel._winograd_weight(weight[:, :, :, :1]) is None
+    assert kernels._winograd_weight(weight[:, :, :, :1]) is None
 
 
 @needs_kernel
 @pytest.mark.parametrize(
     ("variable", "switch", "default"),
     [
-        (fiber_kernel.AVX512_ENV_VAR, fiber_kernel.set_avx512, fiber_kernel.avx512_available),
-        (fiber_kernel.WINOGRAD_ENV_VAR, fiber_kernel.set_winograd, lambda: True),
+        (native.AVX512_SWITCH, native.set_avx512, native.avx512_available),
+        (native.WINOGRAD_SWITCH, native.set_winograd, lambda: True),
     ],
     ids=["avx512", "winograd"],
 )
@@ -351,20 +350,25 @@ def test_kernel_tiles_can_be_turned_off(
     monkeypatch.setenv(variable, "0")
     try:
         assert switch() is False
-        if switch is fiber_kernel.set_avx512:
-            assert fiber_kernel.avx512_on() is False  # what the tests and the fast path ask
+        if switch is native.set_avx512:
+            assert native.avx512_on() is False  # what the tests and the fast path ask
         monkeypatch.delenv(variable)
         assert switch() is default()
-        if switch is fiber_kernel.set_avx512:
-            assert fiber_kernel.avx512_on() is fiber_kernel.avx512_available()
+        if switch is native.set_avx512:
+            assert native.avx512_on() is native.avx512_available()
     finally:
         switch()
 
 
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
 @needs_kernel
-def test_work_is_shared_and_never_waits_for_a_late_thread() -> None:
-    """Items are claimed one at a time: with every pool thread busy elsewhere, the calling thread does them all and
-    returns at once; a pool thread that comes late finds nothing left to do."""
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_operators_run_on_pytorchs_thread_pool_only() -> None:
+    """The operators share their items between the threads of PyTorch's intra-op pool: no thread of their own, the
+    same numbers with any number of threads, and ``torch.set_num_threads`` governs them."""
     g = torch.Generator().manual_seed(3)
     scale, shift = _bn(96, g)
     w1, w2 = torch.randn(96, 6, 3, 3, 3, generator=g) * 0.2, torch.randn(96, 6, 1, 3, 3, generator=g) * 0.2
@@ -372,19 +376,17 @@ def test_work_is_shared_and_never_waits_for_a_late_thread() -> None:
     x_in = torch.randn(1, 96, 4, 9, 30, generator=g).contiguous(memory_format=CL3D)
     shortcut = torch.randn(1, 96, 4, 9, 30, generator=g)
     expected = _reference(x_in, shortcut, scale, shift, w1, None, w2, None, 16, 1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    gate = threading.Event()
+    previous = torch.get_num_threads()
     try:
-        blocked = [fiber_kernel._pool().submit(gate.wait) for _ in range(2)]
+        torch.set_num_threads(2)
+        torch.randn(1 << 20).exp().sum()  # PyTorch's own pool is started
+        before = _threads()
         torch.testing.assert_close(tail(x_in, shortcut), expected, rtol=1e-4, atol=1e-4)
-        gate.set()
-        for future in blocked:
-            future.result()
-        torch.testing.assert_close(tail(x_in, shortcut), expected, rtol=1e-4, atol=1e-4)  # both threads share it
+        assert _threads() == before
+        torch.set_num_threads(1)
+        torch.testing.assert_close(tail(x_in, shortcut), expected, rtol=1e-4, atol=1e-4)
     finally:
-        gate.set()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
 
 
 def _randomise_bn(model: torch.nn.Module) -> None:
@@ -405,10 +407,10 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
     _randomise_bn(model)
     x = torch.randn(shape)
     fast = optimize_for_inference(model, x, check=True)
-    assert fast.fastpath_info.kernel_units == 2  # second units; first ones have a dense conv_m2 or a spatial stride
-    assert isinstance(fast.conv2.B01.kernel_m1, KernelFiberConv)  # conv2's first conv_m1 (16 -> 96, stride 2 in time)
-    strided = fast.conv3.B01.kernel_m1  # conv3's first: spatial stride 2 and a dense conv_m2, with AVX-512
-    if fiber_kernel.avx512_on():
+    assert fast.fastpath_info.kernel_units == 6  # every unit has parts on the kernels (the multiplexer at least)
+    assert isinstance(fast.conv2.B01.plan.kernel_m1, KernelFiberConv)  # conv2's first conv_m1 (16 -> 96, stride 2)
+    strided = fast.conv3.B01.plan.kernel_m1  # conv3's first: spatial stride 2 and a dense conv_m2, with AVX-512
+    if native.avx512_on():
         assert strided.spatial_stride == 2 and strided.projection_channels == 96
         calls = []
         conv = strided.conv
@@ -419,12 +421,12 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
         del strided.conv
     else:
         assert strided is None
-    assert isinstance(fast.conv2.B02.kernel_mux, KernelMultiplexer)  # with its tail: the whole unit on the kernels
-    assert isinstance(fast.conv2.B02.kernel_tail, KernelFiberTail)
-    assert isinstance(fast.conv3.B01.kernel_mux, KernelMultiplexer)  # it packs the strided conv_m1's buffer
-    assert fast.conv3.B01.kernel_mux.has_projection  # ... and the projection's BN-ReLU, subsampled
-    assert fast.conv3.B01.conv_w1_compact is not None and fast.conv3.B01.conv_w1_compact.stride == [1, 1, 1]
-    assert fast.conv2.B01.kernel_mux.has_projection  # 16 channels; it packs conv_m1's buffer and the projection's
+    assert isinstance(fast.conv2.B02.plan.kernel_mux, KernelMultiplexer)  # with its tail: the whole unit on the kernels
+    assert isinstance(fast.conv2.B02.plan.kernel_tail, KernelFiberTail)
+    assert isinstance(fast.conv3.B01.plan.kernel_mux, KernelMultiplexer)  # it packs the strided conv_m1's buffer
+    assert fast.conv3.B01.plan.kernel_mux.has_projection  # ... and the projection's BN-ReLU, subsampled
+    assert fast.conv3.B01.plan.conv_w1_compact is not None and fast.conv3.B01.plan.conv_w1_compact.stride == [1, 1, 1]
+    assert fast.conv2.B01.plan.kernel_mux.has_projection  # 16 channels; it packs conv_m1's buffer and the projection's
     assert fast.fastpath_info.max_rel_diff < 1e-4
     copied = copy.deepcopy(fast)
     with torch.inference_mode():
@@ -438,23 +440,24 @@ def test_conv4_units_run_whole_on_the_kernels_and_match_the_model() -> None:
     model = mfnet.create_model("mfnet3d", num_classes=5, widths=(96, 192, 384, 96), depths=(1, 1, 2, 1)).eval()
     _randomise_bn(model)
     fast = optimize_for_inference(model, torch.randn(1, 3, 4, 224, 224), check=True)
-    unit = fast.conv4.B02
+    unit = fast.conv4.B02.plan
     assert isinstance(unit.kernel_tail, KernelFiberTail) and isinstance(unit.kernel_mux, KernelMultiplexer)
     assert unit.kernel_tail.weight_1.shape[-2:] == (24, 24)  # (G, kt, kh, kw, C_in/G, C_out/G)
     assert fast.fastpath_info.max_rel_diff < 1e-4
-    first = fast.conv4.B01.kernel_m1  # 12 -> 24 channels per fiber at stride 2, then the dense 384 -> 384
-    if fiber_kernel.avx512_on():
+    first = fast.conv4.B01.plan.kernel_m1  # 12 -> 24 channels per fiber at stride 2, then the dense 384 -> 384
+    if native.avx512_on():
         assert first.spatial_stride == 2 and first.weight.shape[-2:] == (12, 24)
-        assert first.worth_it(torch.empty(1, 192, 2, 28, 28)) and not first.worth_it(torch.empty(1, 192, 2, 14, 14))
+        assert first.wide_enough(torch.empty(1, 192, 2, 28, 28))
+        assert not first.wide_enough(torch.empty(1, 192, 2, 14, 14))
     # at 112 conv4's outputs are 7 wide: its first unit stays on oneDNN, with the same numbers
     small = optimize_for_inference(model, torch.randn(1, 3, 4, 112, 112), check=True)
     assert small.fastpath_info.max_rel_diff < 1e-4
 
 
 def test_turned_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(fiber_kernel.ENV_VAR, "0")
-    monkeypatch.setattr(fiber_kernel, "_state", {})
-    assert fiber_kernel.load() is None
+    monkeypatch.setenv(native.KERNELS_SWITCH, "0")
+    monkeypatch.setattr(native, "_state", {})
+    assert native.load() is False
     model = mfnet.create_model("mfnet3d", num_classes=3, widths=(96, 96, 96, 96), depths=(2, 1, 1, 1)).eval()
     fast = optimize_for_inference(model, torch.randn(1, 3, 4, 32, 32))
     assert fast.fastpath_info.kernel_units == 0
@@ -475,13 +478,13 @@ def test_turned_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_training_convolution_matches_pytorch(
     channels: int, kernel: tuple[int, ...], size: tuple[int, ...], avx512: bool
 ) -> None:
-    if avx512 and not fiber_kernel.avx512_available():
+    if avx512 and not native.avx512_available():
         pytest.skip("this CPU has no AVX-512F/VL")
     try:
-        assert fiber_kernel.set_avx512(avx512) == avx512
+        assert native.set_avx512(avx512) == avx512
         _check_training_convolution(channels, kernel, size)
     finally:
-        fiber_kernel.set_avx512()
+        native.set_avx512()
 
 
 def _check_training_convolution(channels: int, kernel: tuple[int, ...], size: tuple[int, ...]) -> None:
@@ -490,11 +493,11 @@ def _check_training_convolution(channels: int, kernel: tuple[int, ...], size: tu
     padding = tuple(k // 2 for k in kernel)
     weight = torch.randn(channels, channels // 16, *kernel, generator=g) * 0.2
     x = torch.randn(n, channels, t, h, w, generator=g).contiguous(memory_format=CL3D)
-    assert fiber_kernel.supports_training(weight, 16, (1, 1, 1), padding)
+    assert kernels.training_conv_fits(weight, 16, (1, 1, 1), padding)
     x_ref, w_ref = x.clone().requires_grad_(), weight.clone().requires_grad_()
     x_k, w_k = x.clone().requires_grad_(), weight.clone().requires_grad_()
     expected = F.conv3d(x_ref, w_ref, None, 1, padding, 1, 16)
-    got = fiber_kernel.fiber_conv3d(x_k, w_k, padding, 16)
+    got = kernels.fiber_conv3d(x_k, w_k, list(padding), 16)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     grad = torch.randn(expected.shape, generator=g)
     expected.backward(grad)
@@ -503,36 +506,35 @@ def _check_training_convolution(channels: int, kernel: tuple[int, ...], size: tu
     torch.testing.assert_close(w_k.grad, w_ref.grad, rtol=1e-4, atol=1e-3)
 
 
+def _on_kernel(conv: torch.nn.Conv3d, x: torch.Tensor) -> bool:
+    """Whether the training convolution of ``x`` ran on the native kernel (its gradient is the operator's)."""
+    return "fiber_conv3d" in type(conv3d_train(conv, x).grad_fn).__name__
+
+
 @needs_kernel
 def test_prepared_convolutions_use_the_kernel_on_wide_frames_only() -> None:
-    from mfnet.tools.train_convs import enable_fast_backward
-
     conv = torch.nn.Conv3d(96, 96, 3, padding=1, groups=16, bias=False)
     flat = torch.nn.Conv3d(96, 96, (1, 3, 3), padding=(0, 1, 1), groups=16, bias=False)
-    enable_fast_backward(conv)
-    enable_fast_backward(flat)
-    wide, mid, narrow = (torch.randn(1, 96, 2, 4, w) for w in (24, 14, 12))
-    assert type(conv(wide).grad_fn).__name__ == "_FiberConv3dBackward"
-    assert type(conv(mid).grad_fn).__name__ == "_FiberConv3dBackward"  # 3x3x3: 14 wide is enough
-    assert type(conv(narrow).grad_fn).__name__ == "_FastBackwardBackward"
-    assert type(flat(wide).grad_fn).__name__ == "_FiberConv3dBackward"
-    assert type(flat(mid).grad_fn).__name__ == "_FastBackwardBackward"  # 1x3x3 needs 24
-    assert not fiber_kernel.supports_training(torch.empty(96, 1, 3, 3, 3), 96, (1, 1, 1), (1, 1, 1))  # depthwise
-    assert not fiber_kernel.supports_training(torch.empty(96, 6, 3, 3, 3), 16, (1, 2, 2), (1, 1, 1))  # strided
+    wide, mid, narrow = (torch.randn(1, 96, 2, 4, w).contiguous(memory_format=CL3D) for w in (24, 14, 12))
+    assert _on_kernel(conv, wide)
+    assert _on_kernel(conv, mid)  # 3x3x3: 14 wide is enough
+    assert not _on_kernel(conv, narrow)
+    assert _on_kernel(flat, wide)
+    assert not _on_kernel(flat, mid)  # 1x3x3 needs 24
+    assert not kernels.training_conv_fits(torch.empty(96, 1, 3, 3, 3), 96, (1, 1, 1), (1, 1, 1))  # depthwise
+    assert not kernels.training_conv_fits(torch.empty(96, 6, 3, 3, 3), 16, (1, 2, 2), (1, 1, 1))  # strided
     conv4 = torch.empty(384, 24, 3, 3, 3)  # 24 channels per group: inference only (training measured up to 12)
-    assert fiber_kernel.supports(conv4, 16, (1, 1, 1), (1, 1, 1))
-    assert not fiber_kernel.supports_training(conv4, 16, (1, 1, 1), (1, 1, 1))
-    assert fiber_kernel.worth_it(mid) and not fiber_kernel.worth_it(torch.randn(1, 96, 2, 4, 7))  # inference
+    assert kernels.conv_fits(conv4, 16, (1, 1, 1), (1, 1, 1))
+    assert not kernels.training_conv_fits(conv4, 16, (1, 1, 1), (1, 1, 1))
+    assert kernels.wide_enough(mid) and not kernels.wide_enough(torch.randn(1, 96, 2, 4, 7))  # inference
     flat12 = torch.nn.Conv3d(192, 192, (1, 3, 3), padding=(0, 1, 1), groups=16, bias=False)  # conv3's conv_m2
-    enable_fast_backward(flat12)
-    mid12 = torch.randn(1, 192, 2, 4, 14)
+    mid12 = torch.randn(1, 192, 2, 4, 14).contiguous(memory_format=CL3D)
     try:
         for on in (True, False):  # 12 channels per group, 14 wide: on the kernel where its Winograd tile runs
-            fiber_kernel.set_winograd(on)
-            expected = "_FiberConv3dBackward" if on and fiber_kernel.avx512_on() else "_FastBackwardBackward"
-            assert type(flat12(mid12).grad_fn).__name__ == expected
+            native.set_winograd(on)
+            assert _on_kernel(flat12, mid12) is (on and native.avx512_on())
     finally:
-        fiber_kernel.set_winograd()
+        native.set_winograd()
 
 
 @needs_kernel
@@ -542,9 +544,9 @@ def test_packing_writes_the_interior_only(padding) -> None:
     n, c, t, h, w, groups = 2, 96, 3, 5, 7, 16
     pd, ph, pw = padding
     x = torch.randn(n, c, t, h, w).contiguous(memory_format=CL3D)
-    row = fiber_kernel._row_length(w + 2 * pw)
+    row = kernels._row_length(w + 2 * pw)
     buf = torch.full((n, groups, t + 2 * pd, h + 2 * ph, c // groups, row), float("nan"))
-    fiber_kernel._pack_into(buf, x, padding, fiber_kernel.load())
+    kernels._pack_into(buf, x, padding)
     interior = x.reshape(n, groups, c // groups, t, h, w).permute(0, 1, 3, 4, 2, 5)
     written = ~torch.isnan(buf)
     assert written.sum() == x.numel()
@@ -552,25 +554,25 @@ def test_packing_writes_the_interior_only(padding) -> None:
 
 
 @needs_kernel
-def test_training_buffers_are_pooled_and_kept_for_a_retained_graph() -> None:
-    """The training convolution takes its padded buffers from a pool and hands them back after the backward; the
-    saved input only when the graph is not retained, so a second backward after another forward still sees it."""
-    fiber_kernel.release_buffers()
+def test_training_buffers_are_pooled_and_a_retained_graph_still_backpropagates() -> None:
+    """The training convolution takes its padded buffers from a pool and hands them back when it is done; it saves
+    its input (not a pooled buffer), so a second backward through a retained graph after another forward still
+    gives the same gradient."""
+    kernels.release_buffers()
     g = torch.Generator().manual_seed(3)
     weight = (torch.randn(96, 6, 3, 3, 3, generator=g) * 0.1).requires_grad_()
     x = torch.randn(1, 96, 3, 5, 28, generator=g).contiguous(memory_format=CL3D)
-    y = fiber_kernel.fiber_conv3d(x, weight, (1, 1, 1), 16)
+    y = kernels.fiber_conv3d(x, weight, [1, 1, 1], 16)
     y.sum().backward(retain_graph=True)
     first = weight.grad.clone()
-    key = fiber_kernel._pool_key((1, 96, 3, 5, 28), 16, (1, 1, 1))  # the input's and the gradient's layout
-    assert len(fiber_kernel._buffer_pool[key]) == 1  # the gradient's buffer only
-    fiber_kernel.fiber_conv3d(x * 2, weight, (1, 1, 1), 16)  # takes that buffer and writes x * 2 into it
+    key = kernels._pool_key((1, 96, 3, 5, 28), 16, (1, 1, 1))  # the input's and the gradient's layout
+    assert 1 <= len(kernels._buffer_pool[key]) <= kernels._POOL_PER_KEY
+    kernels.fiber_conv3d(x * 2, weight, [1, 1, 1], 16)  # takes a pooled buffer and writes x * 2 into it
     weight.grad = None
     y.sum().backward()
     torch.testing.assert_close(weight.grad, first)
-    assert len(fiber_kernel._buffer_pool[key]) == 2  # now the input's too
-    fiber_kernel.release_buffers()
-    assert not fiber_kernel._buffer_pool
+    kernels.release_buffers()
+    assert not kernels._buffer_pool
 
 
 @needs_kernel
@@ -582,14 +584,14 @@ def test_kept_buffers_follow_the_input_size_not_only_their_shape() -> None:
     w1, b1 = torch.randn(96, 6, 3, 3, 3, generator=g) * 0.2, torch.randn(96, generator=g)
     w2 = torch.randn(96, 6, 1, 3, 3, generator=g) * 0.2
     tail = KernelFiberTail(scale, shift, w1, b1, w2, None, 16)
-    assert fiber_kernel._row_length(28 + 2) == fiber_kernel._row_length(27 + 2)
+    assert kernels._row_length(28 + 2) == kernels._row_length(27 + 2)
     for w in (28, 27):
         x = (torch.randn(1, 96, 3, 5, w, generator=g) * 3).contiguous(memory_format=CL3D)
         shortcut = torch.randn(1, 96, 3, 5, w, generator=g)
         expected = _reference(x, shortcut, scale, shift, w1, b1, w2, None, 16, 1)
         torch.testing.assert_close(tail(x, shortcut), expected, rtol=1e-4, atol=1e-4)
         x = x.clone().requires_grad_()
-        got = fiber_kernel.fiber_conv3d(x, w1, (1, 1, 1), 16)
+        got = kernels.fiber_conv3d(x, w1, [1, 1, 1], 16)
         torch.testing.assert_close(got, F.conv3d(x, w1, None, 1, 1, 1, 16), rtol=1e-4, atol=1e-4)
         got.sum().backward()  # hands the training buffers back to the pool for the next width
 
@@ -608,27 +610,16 @@ def test_nan_propagates_through_the_tail() -> None:
     assert not torch.isnan(got[0, 6:]).any()  # other fibers never see it
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_importing_mfnet_makes_openmp_threads_wait_passively(given, expected) -> None:
-    """Spinning OpenMP threads would take a core from the kernel's threads; a user's own choice is kept."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given:
-        env["OMP_WAIT_POLICY"] = given
-    code = "import os, mfnet; print(os.environ['OMP_WAIT_POLICY'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == expected
-
-
 @needs_kernel
-def test_scale_shift_relu_matches_pytorch() -> None:
+def test_bn_relu_matches_pytorch() -> None:
     """The eval BN-ReLU pass of the fast path (odd positions count: a partial last block; NaN kept)."""
     x = torch.randn(2, 24, 3, 7, 9)
     x[1, 5, 2, 3, 4] = float("nan")
     x = x.contiguous(memory_format=CL3D)
     scale, shift = torch.rand(24) + 0.5, torch.randn(24)
-    assert fiber_kernel.scale_shift_relu_applies(x)
-    assert not fiber_kernel.scale_shift_relu_applies(x.contiguous())
-    got = fiber_kernel.scale_shift_relu(x, scale, shift)
+    assert kernels.bn_relu_runs(x)
+    assert not kernels.bn_relu_runs(x.contiguous())
+    got = kernels.bn_relu(x, scale, shift)
     expected = torch.relu(x * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1))
     assert got.is_contiguous(memory_format=CL3D)
     torch.testing.assert_close(got, expected, equal_nan=True)

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import mfnet
-from mfnet.models.layers import BnActConv
-from mfnet.tools import fiber_kernel
-from mfnet.tools.fastpath import prepare_for_training
-from mfnet.tools.train_bn import FastBnActConv, applies, bn_relu, enable_fused_bn_relu
+from mfnet.fastpath import native, prepare_for_training
+from mfnet.fastpath.train_bn import bn_relu_train, bn_relu_train_runs
+from mfnet.fastpath.unit import FastFiberUnit
 
-needs_kernel = pytest.mark.skipif(fiber_kernel.load() is None, reason="no C compiler or no AVX2/FMA here")
+pytestmark = pytest.mark.kernel
+needs_kernel = pytest.mark.skipif(not native.load(), reason="native operators not built here (MFNET_KERNELS=0?)")
 CL3D = torch.channels_last_3d
 
 
@@ -40,8 +40,8 @@ def test_matches_float64_batchnorm_relu(shape) -> None:
     reference = copy.deepcopy(bn).double()
     x = (torch.randn(shape) * 2 + 6).contiguous(memory_format=CL3D)
     x_fused, x_ref = x.clone().requires_grad_(), x.double().requires_grad_()
-    assert applies(x_fused, bn)
-    y = bn_relu(x_fused, bn)
+    assert bn_relu_train_runs(x_fused, bn)
+    y = bn_relu_train(x_fused, bn)
     y_ref = torch.relu(reference(x_ref))
     assert y.is_contiguous(memory_format=CL3D) and y.shape == x.shape
     grad = torch.randn(shape)
@@ -57,20 +57,14 @@ def test_matches_float64_batchnorm_relu(shape) -> None:
 
 
 @needs_kernel
-def test_module_falls_back_where_it_does_not_apply() -> None:
-    torch.manual_seed(1)
-    unit = BnActConv(12, 8, 1)
-    fast = copy.deepcopy(unit)
-    assert enable_fused_bn_relu(fast) == 1 and isinstance(fast, FastBnActConv)
-    x = torch.randn(2, 12, 3, 4, 4)
-    assert not applies(x.contiguous(memory_format=CL3D), fast.bn)  # 12 channels: not a multiple of 8
-    torch.testing.assert_close(fast(x), unit(x))
-    wide = BnActConv(16, 8, 1)
-    assert not applies(torch.randn(2, 16, 3, 4, 4), wide.bn)  # NCDHW
-    assert not applies(torch.randn(1, 16, 1, 1, 1).contiguous(memory_format=CL3D), wide.bn)  # one value per channel
-    assert not applies(torch.randn(2, 16, 3, 4, 4).contiguous(memory_format=CL3D), wide.bn.eval())
+def test_runs_only_where_it_applies() -> None:
+    wide = nn.BatchNorm3d(16)
+    assert not bn_relu_train_runs(torch.randn(2, 12, 3, 4, 4).contiguous(memory_format=CL3D), nn.BatchNorm3d(12))
+    assert not bn_relu_train_runs(torch.randn(2, 16, 3, 4, 4), wide)  # NCDHW
+    assert not bn_relu_train_runs(torch.randn(1, 16, 1, 1, 1).contiguous(memory_format=CL3D), wide)  # one value
+    assert not bn_relu_train_runs(torch.randn(2, 16, 3, 4, 4).contiguous(memory_format=CL3D), wide.eval())
     with torch.no_grad():
-        assert not applies(torch.randn(2, 16, 3, 4, 4).contiguous(memory_format=CL3D), wide.bn.train())
+        assert not bn_relu_train_runs(torch.randn(2, 16, 3, 4, 4).contiguous(memory_format=CL3D), wide.train())
 
 
 @needs_kernel
@@ -78,7 +72,7 @@ def test_prepared_model_uses_it_and_keeps_its_state_dict() -> None:
     model = mfnet.create_model("mfnet3d", num_classes=5)
     keys = list(model.state_dict())
     prepare_for_training(model)
-    assert sum(isinstance(m, FastBnActConv) for m in model.modules()) == 68
+    assert sum(isinstance(m, FastFiberUnit) and m.fast_training for m in model.modules()) == 16
     assert list(model.state_dict()) == keys
 
 
@@ -88,5 +82,5 @@ def test_nan_propagates_like_torch_relu() -> None:
     bn = _bn(16)
     x = torch.randn(2, 16, 2, 3, 3)
     x[0, 3, 1, 1, 1] = float("nan")
-    y = bn_relu(x.contiguous(memory_format=CL3D).requires_grad_(), bn)
+    y = bn_relu_train(x.contiguous(memory_format=CL3D).requires_grad_(), bn)
     assert torch.isnan(y[:, 3]).all() and not torch.isnan(y[:, 4]).any()

@@ -1,24 +1,20 @@
-"""Keeping freed memory for the next step instead of handing it back to the operating system (glibc only).
+"""An explicit opt-in: keeping freed memory for the next step instead of handing it back to the system (glibc).
 
 A forward pass of MF-Net allocates and frees activations of a few MB to a few tens of MB. With glibc's default
 settings much of that memory goes back to the kernel when it is freed and comes back as fresh pages at the next
-step, each page faulted in and zeroed by the kernel: on the 2-core test machine that is 18k page faults and
-~10% of an inference step at 16x224x224, and 64k page faults (0.19 s of system time) per training step at batch
-8. Raising glibc's trim threshold and fixing its mmap threshold at the largest value glibc accepts lets the
-allocator reuse the memory instead (what a caching allocator does on a GPU), and turning glibc's direct mmap()
-off makes blocks above its 32 MiB mmap threshold (a batch of activations, the fiber kernel's buffers) come from
-the reusable heap as well: RSS stays at the step's high-water mark, and the process does not shrink until it
-exits.
+step, each page faulted in and zeroed. ``keep_freed_memory()`` raises glibc's trim threshold, fixes its mmap
+threshold and turns its direct mmap() off, so that the allocator reuses that memory instead (what a caching
+allocator does on a GPU).
 
-The setting is process-wide. ``optimize_for_inference`` and ``prepare_for_training`` apply it on CPU; set the
-environment variable ``MFNET_KEEP_FREED_MEMORY=0`` to leave glibc's defaults alone.
+The setting is process-wide and the process does not shrink until it exits: its resident memory grows to the
+high-water mark of the work, so a long ``predict`` run holds more memory. Nothing in mfnet calls it; call it
+yourself at the start of a training or benchmark process if you want it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -26,7 +22,6 @@ M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 TRIM_THRESHOLD = 1 << 30  # keep up to 1 GiB of freed memory at the top of the heap
 MMAP_THRESHOLD = 32 << 20  # the largest value glibc accepts on 64-bit machines; larger blocks are mmap()ed
-ENV_VAR = "MFNET_KEEP_FREED_MEMORY"
 
 _state = {"kept": False}
 
@@ -44,10 +39,8 @@ def _libc() -> ctypes.CDLL | None:
 def keep_freed_memory() -> bool:
     """Makes glibc keep freed memory for reuse (see the module docstring); returns whether it is now in effect.
 
-    Idempotent. Does nothing (returns False) off Linux/glibc or when ``MFNET_KEEP_FREED_MEMORY=0``.
+    Process-wide and idempotent. Does nothing (returns False) off Linux/glibc.
     """
-    if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
-        return _state["kept"]
     if _state["kept"]:
         return True
     libc = _libc()

@@ -9,11 +9,9 @@ import torch
 from torch import nn
 
 import mfnet
-from mfnet.models.layers import BnActConv
-from mfnet.tools import fiber_kernel
-from mfnet.tools.fastpath import prepare_for_training, to_channels_last
-from mfnet.tools.train_bn import FastBnActConv
-from mfnet.tools.train_convs import FastBackwardConv3d, conv3d_weight_grad, enable_fast_backward
+from mfnet.fastpath import kernels, native, prepare_for_training, to_channels_last, unit
+from mfnet.fastpath.train_convs import conv3d_train, conv3d_weight_grad
+from mfnet.fastpath.unit import FastFiberUnit
 
 CL3D = torch.channels_last_3d
 
@@ -40,11 +38,10 @@ def test_gradients_match_pytorch(case: tuple, layout: str) -> None:
     torch.manual_seed(0)
     plain = nn.Conv3d(c_in, c_out, kernel, stride, padding, groups=groups, bias=bias)
     fast = copy.deepcopy(plain)
-    assert enable_fast_backward(fast) == 1 and isinstance(fast, FastBackwardConv3d)
     fmt = CL3D if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(batch, c_in, frames, 9, 10).contiguous(memory_format=fmt)
     x_plain, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_plain, y_fast = plain(x_plain), fast(x_fast)
+    y_plain, y_fast = plain(x_plain), conv3d_train(fast, x_fast)
     torch.testing.assert_close(y_fast, y_plain, rtol=0, atol=0)
     grad = torch.randn_like(y_plain)
     y_plain.backward(grad)
@@ -76,25 +73,23 @@ def test_one_input_channel_per_group_on_the_kernel_and_without(avx512: bool) -> 
     """conv2's first conv_m1 (16 -> 96 channels, 16 groups, temporal stride 2) at 28-wide frames: its weight
     gradient runs on the fiber kernel where the AVX-512 loop is on, else as an im2col matrix product; both give
     PyTorch's gradients."""
-    if avx512 and not (fiber_kernel.load() is not None and fiber_kernel.avx512_available()):
-        pytest.skip("needs the fiber kernel and AVX-512F/VL")
+    if avx512 and not (native.load() and native.avx512_available()):
+        pytest.skip("needs the native operators and AVX-512F/VL")
     torch.manual_seed(2)
     plain = nn.Conv3d(16, 96, 3, (2, 1, 1), 1, groups=16, bias=False)
     fast = copy.deepcopy(plain)
-    enable_fast_backward(fast)
     x = torch.randn(2, 16, 6, 5, 28).contiguous(memory_format=CL3D)
     try:
-        if fiber_kernel.load() is not None:
-            assert fiber_kernel.set_avx512(avx512) == avx512
-        assert fiber_kernel.weight_grad_applies(fast.weight, 16, (2, 1, 1), (1, 1, 1)) == avx512
+        if native.load():
+            assert native.set_avx512(avx512) == avx512
+        assert kernels.weight_grad_fits(fast.weight, 16, (2, 1, 1), (1, 1, 1)) == avx512
         x_plain, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
-        y_plain, y_fast = plain(x_plain), fast(x_fast)
+        y_plain, y_fast = plain(x_plain), conv3d_train(fast, x_fast)
         grad = torch.randn_like(y_plain)
         y_plain.backward(grad)
         y_fast.backward(grad)
     finally:
-        if fiber_kernel.load() is not None:
-            fiber_kernel.set_avx512()
+        native.set_avx512()
     torch.testing.assert_close(x_fast.grad, x_plain.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-4)
 
@@ -107,13 +102,12 @@ def test_residual_sum_in_the_convolution(groups: int, layout: str) -> None:
     torch.manual_seed(3)
     plain = nn.Conv3d(8, 16, 1, groups=groups, bias=False)
     fast = copy.deepcopy(plain)
-    enable_fast_backward(fast)
     fmt = CL3D if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(2, 8, 3, 5, 6).contiguous(memory_format=fmt)
     add = torch.randn(2, 16, 3, 5, 6).contiguous(memory_format=fmt)
     inputs = [(x.clone().requires_grad_(), add.clone().requires_grad_()) for _ in range(2)]
     y_plain = plain(inputs[0][0]) + inputs[0][1]
-    y_fast = fast(inputs[1][0], add=inputs[1][1])
+    y_fast = conv3d_train(fast, inputs[1][0], inputs[1][1])
     torch.testing.assert_close(y_fast, y_plain, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(y_plain)
     y_plain.backward(grad)
@@ -122,27 +116,27 @@ def test_residual_sum_in_the_convolution(groups: int, layout: str) -> None:
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-4)
     bias = torch.randn(1, 16, 1, 1, 1)  # an addend of another shape is broadcast, by a sum of its own
-    torch.testing.assert_close(fast(x, add=bias), plain(x) + bias, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv3d_train(fast, x, bias), plain(x) + bias, rtol=1e-5, atol=1e-5)
 
 
 def test_forward_only_paths_are_untouched() -> None:
     conv = nn.Conv3d(4, 8, 3, padding=1)
-    enable_fast_backward(conv)
     x = torch.randn(1, 4, 3, 6, 6)
     with torch.no_grad():
-        assert conv(x).grad_fn is None
-    assert type(conv(x).grad_fn).__name__ == "_FastBackwardBackward"  # with gradients: the fast backward
+        assert conv3d_train(conv, x).grad_fn is None
+    assert type(conv3d_train(conv, x).grad_fn).__name__ == "_FastBackwardBackward"  # with gradients: the fast one
     conv.requires_grad_(False)
-    assert conv(x).grad_fn is None
+    assert conv3d_train(conv, x).grad_fn is None
 
 
-def test_prepared_mfnet_has_the_gradients_of_channels_last_pytorch() -> None:
+def test_prepared_mfnet_has_the_gradients_of_channels_last_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
     """mfnet3d with the fast convolution backward against the same channels-last model with PyTorch's own.
 
     The fused BatchNorm + ReLU of ``prepare_for_training`` is switched off here: it is more accurate than
-    PyTorch's channels-last BatchNorm (``tests/tools/test_train_bn.py``), so the two would differ by more than
-    the convolutions do. ``tests/tools/test_fastpath.py`` compares the whole prepared model with the plain one.
+    PyTorch's channels-last BatchNorm (``test_train_bn.py``), so the two would differ by more than the
+    convolutions do. ``test_unit.py`` compares the whole prepared unit with the plain one.
     """
+    monkeypatch.setattr(unit, "bn_relu_train_runs", lambda x, bn: False)
     torch.manual_seed(0)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -150,12 +144,7 @@ def test_prepared_mfnet_has_the_gradients_of_channels_last_pytorch() -> None:
         reference = mfnet.create_model("mfnet3d", num_classes=5, widths=(96, 192, 192, 192), depths=(1, 2, 1, 1))
         reference = reference.to(memory_format=CL3D).train()
         fast = prepare_for_training(copy.deepcopy(reference))
-        for module in fast.modules():
-            if isinstance(module, FastBnActConv):
-                module.__class__ = BnActConv
-        assert sum(isinstance(m, FastBackwardConv3d) for m in fast.modules()) == len(
-            [m for m in reference.modules() if isinstance(m, nn.Conv3d)]
-        )
+        assert sum(isinstance(m, FastFiberUnit) and m.fast_training for m in fast.modules()) == 5
         assert list(fast.state_dict()) == list(reference.state_dict())
         x = to_channels_last(torch.randn(2, 3, 8, 32, 32))
         labels = torch.tensor([1, 3])

@@ -172,21 +172,22 @@ def test_conv_then_dense_matches_pytorch(size: tuple[int, ...]) -> None:
     a = torch.relu(x * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1))
     y = torch.relu(F.conv3d(a, w1, b1, stride=(2, 1, 1), padding=1, groups=16))
     torch.testing.assert_close(conv(x), y, rtol=1e-4, atol=1e-4)  # forward: the grouped convolution alone
-    got = conv.conv(x.shape, add=shortcut)  # the buffer forward packed
+    buf = conv.pack(x)
+    got = conv.conv(buf, x.shape, add=shortcut)
     assert got.is_contiguous(memory_format=CL3D)
     torch.testing.assert_close(got, F.conv3d(y, w2, b2) + shortcut, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(conv.conv(x.shape), F.conv3d(y, w2, b2), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conv.conv(buf, x.shape), F.conv3d(y, w2, b2), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="dense"):
-        conv.conv(x.shape, add=shortcut, dense=False)
+        conv.conv(buf, x.shape, add=shortcut, dense=False)
 
     # the projection shortcut folded into the dense product: its input joins conv_m1's output as 16 more channels
     wp, bp = torch.randn(96, 16, 1, 1, 1, generator=g) * 0.2, torch.randn(96, generator=g)
     p = torch.relu(torch.randn(n, 16, (t - 1) // 2 + 1, h, w, generator=g))
     conv.fold_projection(wp, bp)
-    got = conv.conv(x.shape, extra=p)
+    got = conv.conv(buf, x.shape, extra=p)
     torch.testing.assert_close(got, F.conv3d(y, w2, b2) + F.conv3d(p, wp, bp), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="extra"):
-        conv.conv(x.shape)
+        conv.conv(buf, x.shape)
     with pytest.raises(ValueError, match="once"):
         conv.fold_projection(wp, bp)
 
@@ -223,12 +224,12 @@ def test_strided_conv_then_dense_matches_pytorch(c_in: int, size: tuple[int, ...
     shortcut = torch.randn(n, c_mid, *y.shape[2:], generator=g)
     try:
         native.set_avx512(avx512)
-        conv.pack(x)
-        got = conv.conv(x.shape, add=shortcut)
+        buf = conv.pack(x)
+        got = conv.conv(buf, x.shape, add=shortcut)
         assert got.is_contiguous(memory_format=CL3D)
         torch.testing.assert_close(got, F.conv3d(y, w2, b2) + shortcut, rtol=1e-4, atol=1e-4)
         conv.fold_projection(wp, bp)
-        got = conv.conv(x.shape, extra=p)
+        got = conv.conv(buf, x.shape, extra=p)
         torch.testing.assert_close(got, F.conv3d(y, w2, b2) + F.conv3d(p, wp, bp), rtol=1e-4, atol=1e-4)
     finally:
         native.set_avx512()

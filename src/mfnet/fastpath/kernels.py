@@ -462,43 +462,45 @@ class KernelFiberConv(nn.Module):
         return _kept(self._buffers_cache, (n, c, t, h, w), shape)[0]
 
     @torch.no_grad()
-    def pack_from(self, x: torch.Tensor, multiplexer: KernelMultiplexer) -> torch.Tensor | None:
+    def pack_from(
+        self, x: torch.Tensor, multiplexer: KernelMultiplexer
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """For a first unit: ``multiplexer`` (whose BN after ``x_in`` is this one's) packs straight into the
-        convolution's buffer; returns the projection's input it writes too, if it has the projection's BN
-        (``forward_with_projection``), else ``None``. ``conv(x.shape)`` then convolves."""
+        convolution's buffer; returns that buffer and the projection's input it writes too, if it has the
+        projection's BN (``forward_with_projection``), else ``None``. ``conv(buf, x.shape)`` then convolves."""
         padding = tuple(k // 2 for k in self.kernel)
         buf = self._buffer(*x.shape)
         _, proj = multiplexer.run(x, buf=buf, padding=padding, projection=multiplexer.has_projection)
-        return proj
+        return buf, proj
 
     @torch.no_grad()
-    def pack(self, x: torch.Tensor) -> None:
-        """Packs ``relu(x * scale + shift)`` of ``x`` ``(N, C, T, H, W)`` into the buffer ``conv(x.shape)`` reads."""
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """Packs ``relu(x * scale + shift)`` of ``x`` ``(N, C, T, H, W)`` into the buffer ``conv`` reads; returns it."""
         padding = tuple(k // 2 for k in self.kernel)
         buf = self._buffer(*x.shape)
         _pack_into(buf, x.contiguous(memory_format=CL3D), padding, self.scale, self.shift)
+        return buf
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution alone (without the dense one; not with a spatial stride)."""
         if self.spatial_stride != 1:
             raise ValueError("a strided KernelFiberConv runs with its dense convolution only (conv)")
-        self.pack(x)
-        return self.conv(x.shape, dense=False)
+        return self.conv(self.pack(x), x.shape, dense=False)
 
     def conv(
         self,
+        buf: torch.Tensor,
         in_shape: torch.Size,
         *,
         add: torch.Tensor | None = None,
         extra: torch.Tensor | None = None,
         dense: bool = True,
     ) -> torch.Tensor:
-        """The convolution of the packed buffer of an input of ``in_shape``; with the dense convolution (where
-        there is one and ``dense``), then ``+ add`` (channels-last, the output's shape); ``extra``: the folded
-        projection's input (``fold_projection``), needed once one is folded."""
+        """The convolution of ``buf``, the packed buffer of an input of ``in_shape``; with the dense convolution
+        (where there is one and ``dense``), then ``+ add`` (channels-last, the output's shape); ``extra``: the
+        folded projection's input (``fold_projection``), needed once one is folded."""
         n, _, t, h, w = in_shape
-        buf = self._buffer(*in_shape)
         t_out, h_out, w_out = self.out_size(t, h, w)
         if not (dense and self.has_dense):
             if self.spatial_stride != 1:
@@ -712,7 +714,18 @@ def conv3d_weight_grad(
 # mfnet::fiber_conv3d: a grouped convolution for training, with its autograd formula
 
 
-@torch.library.custom_op("mfnet::fiber_conv3d", mutates_args=())
+torch.library.define(
+    "mfnet::fiber_conv3d",
+    "(Tensor x, Tensor weight, int[] padding, int groups, Tensor? add=None) -> Tensor",
+    lib=native.LIBRARY,
+)
+torch.library.define(
+    "mfnet::fiber_conv3d_backward",
+    "(Tensor grad, Tensor x, Tensor weight, int[] padding, int groups) -> (Tensor, Tensor)",
+    lib=native.LIBRARY,
+)
+
+
 def fiber_conv3d(
     x: torch.Tensor, weight: torch.Tensor, padding: list[int], groups: int, add: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -722,6 +735,13 @@ def fiber_conv3d(
     ``x`` ``(N, C_in, T, H, W)`` float32 on CPU (any layout; the output is channels-last-3d); ``add`` of the
     output's shape. Check ``training_conv_fits`` and ``native.load()`` first.
     """
+    return torch.ops.mfnet.fiber_conv3d(x, weight, list(padding), groups, add)
+
+
+@torch.library.impl("mfnet::fiber_conv3d", "cpu", lib=native.LIBRARY)
+def _fiber_conv3d_cpu(
+    x: torch.Tensor, weight: torch.Tensor, padding: list[int], groups: int, add: torch.Tensor | None = None
+) -> torch.Tensor:
     buf_x, key_x = _packed_into_kept(x, groups, tuple(padding))
     out_shape = (x.shape[0], weight.shape[0], *x.shape[2:])
     out = _conv(buf_x, _kernel_weight(weight, groups), out_shape, add=add)
@@ -729,13 +749,14 @@ def fiber_conv3d(
     return out
 
 
-@fiber_conv3d.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, padding: list[int], groups: int, add: torch.Tensor | None = None):
+def _fiber_conv3d_fake(
+    x: torch.Tensor, weight: torch.Tensor, padding: list[int], groups: int, add: torch.Tensor | None = None
+) -> torch.Tensor:
     return x.new_empty((x.shape[0], weight.shape[0], *x.shape[2:])).contiguous(memory_format=CL3D)
 
 
-@torch.library.custom_op("mfnet::fiber_conv3d_backward", mutates_args=())
-def fiber_conv3d_backward(
+@torch.library.impl("mfnet::fiber_conv3d_backward", "cpu", lib=native.LIBRARY)
+def _fiber_conv3d_backward_cpu(
     grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: list[int], groups: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The input and weight gradients of ``fiber_conv3d`` given its output's gradient ``grad``."""
@@ -754,11 +775,11 @@ def fiber_conv3d_backward(
     return grad_x, grad_w.contiguous(memory_format=CL3D)
 
 
-@fiber_conv3d_backward.register_fake
-def _(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: list[int], groups: int):
-    return x.new_empty(x.shape).contiguous(memory_format=CL3D), weight.new_empty(weight.shape).contiguous(
-        memory_format=CL3D
-    )
+def _fiber_conv3d_backward_fake(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: list[int], groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_x = x.new_empty(x.shape).contiguous(memory_format=CL3D)
+    return grad_x, weight.new_empty(weight.shape).contiguous(memory_format=CL3D)
 
 
 def _fiber_conv3d_setup(ctx: object, inputs: tuple, output: torch.Tensor) -> None:
@@ -769,8 +790,13 @@ def _fiber_conv3d_setup(ctx: object, inputs: tuple, output: torch.Tensor) -> Non
 
 def _fiber_conv3d_grad(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     x, weight = ctx.saved_tensors
-    grad_x, grad_w = fiber_conv3d_backward(grad.contiguous(memory_format=CL3D), x, weight, ctx.padding, ctx.groups)
+    grad = grad.contiguous(memory_format=CL3D)
+    grad_x, grad_w = torch.ops.mfnet.fiber_conv3d_backward(grad, x, weight, ctx.padding, ctx.groups)
     return grad_x, grad_w, None, None, grad if ctx.has_add else None
 
 
-fiber_conv3d.register_autograd(_fiber_conv3d_grad, setup_context=_fiber_conv3d_setup)
+torch.library.register_fake("mfnet::fiber_conv3d", _fiber_conv3d_fake, lib=native.LIBRARY)
+torch.library.register_fake("mfnet::fiber_conv3d_backward", _fiber_conv3d_backward_fake, lib=native.LIBRARY)
+torch.library.register_autograd(
+    "mfnet::fiber_conv3d", _fiber_conv3d_grad, setup_context=_fiber_conv3d_setup, lib=native.LIBRARY
+)

@@ -43,6 +43,8 @@ SOURCES = ("ops.cpp", "fiber_conv.cpp", "fiber_conv.h")
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
+# the operators written in Python on top of the native ones (mfnet::fiber_conv3d, mfnet::bn_relu_train, ...)
+LIBRARY = torch.library.Library("mfnet", "FRAGMENT")
 
 
 def switched_on(variable: str) -> bool:
@@ -122,6 +124,8 @@ def load() -> bool:
     ``False`` with ``MFNET_KERNELS=0``, on a CPU without AVX2 and FMA, or where the build failed (then a warning
     says why, once per process).
     """
+    if "loaded" in _state:  # without the lock: what a traced graph reads
+        return bool(_state["loaded"])
     with _lock:
         if "loaded" in _state:
             return bool(_state["loaded"])

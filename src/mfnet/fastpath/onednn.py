@@ -27,7 +27,7 @@ def fused_ops_available(device: torch.device | str = "cpu") -> bool:
 
 def fused_ops_run(x: torch.Tensor) -> bool:
     """Whether the fused operators run on ``x``: float32 on a CPU that has them, outside a traced graph."""
-    return x.dtype == torch.float32 and fused_ops_available(x.device) and not torch.compiler.is_compiling()
+    return not torch.compiler.is_compiling() and x.dtype == torch.float32 and fused_ops_available(x.device)
 
 
 def pack_weight(

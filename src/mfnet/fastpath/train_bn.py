@@ -82,12 +82,31 @@ def _affine(
     return scale.float().contiguous(), shift.float().contiguous()
 
 
-@torch.library.custom_op("mfnet::bn_relu_train", mutates_args=())
+torch.library.define(
+    "mfnet::bn_relu_train",
+    "(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)",
+    lib=native.LIBRARY,
+)
+torch.library.define(
+    "mfnet::bn_relu_train_backward",
+    "(Tensor dy, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor invstd) -> (Tensor, Tensor, Tensor)",
+    lib=native.LIBRARY,
+)
+
+
 def bn_relu_batch(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``relu(batch_norm(x))`` with the batch's statistics: ``(y, mean, invstd, var)`` (the last three float64
-    ``(C,)``, ``var`` biased). ``x`` ``(N, C, T, H, W)`` channels-last-3d float32."""
+    ``(C,)``, ``var`` biased), differentiable in ``x``, ``weight`` and ``bias`` (``mfnet::bn_relu_train``).
+    ``x`` ``(N, C, T, H, W)`` channels-last-3d float32."""
+    return torch.ops.mfnet.bn_relu_train(x, weight, bias, eps)
+
+
+@torch.library.impl("mfnet::bn_relu_train", "cpu", lib=native.LIBRARY)
+def _bn_relu_train_cpu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     rows, c, blocks = _blocks(x)
     shift_k = x.permute(0, 2, 3, 4, 1).reshape(rows, c)[0].clone()
     s1, s2 = torch.empty(2, blocks, c, dtype=torch.float64).unbind(0)
@@ -102,15 +121,15 @@ def bn_relu_batch(
     return y, mean, invstd, var
 
 
-@bn_relu_batch.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
-    c = x.shape[1]
-    stat = x.new_empty(c, dtype=torch.float64)
+def _bn_relu_train_fake(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    stat = x.new_empty(x.shape[1], dtype=torch.float64)
     return torch.empty_like(x, memory_format=_CL3D), stat, stat.clone(), stat.clone()
 
 
-@torch.library.custom_op("mfnet::bn_relu_train_backward", mutates_args=())
-def bn_relu_batch_backward(
+@torch.library.impl("mfnet::bn_relu_train_backward", "cpu", lib=native.LIBRARY)
+def _bn_relu_train_backward_cpu(
     dy: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -133,8 +152,14 @@ def bn_relu_batch_backward(
     return dx, grad_weight, grad_bias
 
 
-@bn_relu_batch_backward.register_fake
-def _(dy, x, weight, bias, mean, invstd):
+def _bn_relu_train_backward_fake(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.empty_like(x, memory_format=_CL3D), torch.empty_like(weight), torch.empty_like(bias)
 
 
@@ -146,10 +171,11 @@ def _bn_relu_setup(ctx: object, inputs: tuple, output: tuple) -> None:
 
 def _bn_relu_grad(ctx: object, dy: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     x, weight, bias, mean, invstd = ctx.saved_tensors
-    dx, grad_weight, grad_bias = bn_relu_batch_backward(
-        dy.contiguous(memory_format=_CL3D), x, weight, bias, mean, invstd
-    )
+    dy = dy.contiguous(memory_format=_CL3D)
+    dx, grad_weight, grad_bias = torch.ops.mfnet.bn_relu_train_backward(dy, x, weight, bias, mean, invstd)
     return dx, grad_weight, grad_bias, None
 
 
-bn_relu_batch.register_autograd(_bn_relu_grad, setup_context=_bn_relu_setup)
+torch.library.register_fake("mfnet::bn_relu_train", _bn_relu_train_fake, lib=native.LIBRARY)
+torch.library.register_fake("mfnet::bn_relu_train_backward", _bn_relu_train_backward_fake, lib=native.LIBRARY)
+torch.library.register_autograd("mfnet::bn_relu_train", _bn_relu_grad, setup_context=_bn_relu_setup, lib=native.LIBRARY)

@@ -194,13 +194,13 @@ class InferencePlan(nn.Module):
         if self.kernel_m1 is not None and self.conv_w1_compact is not None and self.kernel_m1.wide_enough(x):
             # a stage's first unit: the multiplexer packs conv_m1's buffer; conv_m1 and the dense conv_m2 with the
             # projection's sum on the kernels
-            proj = self.kernel_m1.pack_from(x, self.kernel_mux)
+            buf, proj = self.kernel_m1.pack_from(x, self.kernel_mux)
             if self.kernel_m1.projection_channels:
-                return self.kernel_m1.conv(x.shape, extra=proj)
+                return self.kernel_m1.conv(buf, x.shape, extra=proj)
             shortcut = self.conv_w1_compact(proj)
             if self.kernel_m1.has_dense:
-                return self.kernel_m1.conv(x.shape, add=shortcut)
-            return self.conv_m2(self.kernel_m1.conv(x.shape), add=shortcut, add_in_place=True)
+                return self.kernel_m1.conv(buf, x.shape, add=shortcut)
+            return self.conv_m2(self.kernel_m1.conv(buf, x.shape), add=shortcut, add_in_place=True)
         if self.conv_w1_compact is not None:
             y, proj = self.kernel_mux.forward_with_projection(x)
             return self.conv_m2(self.conv_m1(y), add=self.conv_w1_compact(proj), add_in_place=True)

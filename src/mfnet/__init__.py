@@ -10,19 +10,9 @@ The public entry points::
 
 from __future__ import annotations
 
-import os
-import sys
-
-# OpenMP threads that spin while they wait take a core from the fast path's kernel threads (mfnet.tools.fiber_kernel
-# runs beside PyTorch's thread pool): on 2 cores mfnet3d inference takes 210 ms with spinning and 172 ms without.
-# The setting only takes effect before PyTorch loads its OpenMP runtime, so it is made here, on import, unless the
-# user chose a policy (set OMP_WAIT_POLICY=ACTIVE to keep spinning) or imported torch first.
-if "torch" not in sys.modules:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from mfnet.errors import MfnetError
+from mfnet.fastpath import optimize_for_inference, prepare_for_training
 from mfnet.models import create_model, get_weights, list_models, list_weights
-from mfnet.tools.fastpath import optimize_for_inference
 from mfnet.tools.flops import count_macs, count_params
 
 __version__ = "0.1.0"
@@ -37,4 +27,5 @@ __all__ = [
     "list_models",
     "list_weights",
     "optimize_for_inference",
+    "prepare_for_training",
 ]

@@ -32,7 +32,7 @@ from mfnet.engine.inputs import DataSpec, build_eval_dataset, make_loader
 from mfnet.engine.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_correct
 from mfnet.engine.predictor import average_by_video
 from mfnet.errors import MfnetError
-from mfnet.tools.fastpath import to_channels_last
+from mfnet.fastpath import to_channels_last
 
 logger = logging.getLogger("mfnet")
 

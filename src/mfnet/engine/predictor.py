@@ -30,9 +30,9 @@ from mfnet.engine.exported import load_exported
 from mfnet.engine.input_spec import ResolvedSpec, input_spec_of
 from mfnet.engine.input_spec import apply_overrides as spec_overrides
 from mfnet.errors import MfnetError
+from mfnet.fastpath import autocast_context
 from mfnet.models.hub import resolve_weights
 from mfnet.models.weights import InputSpec
-from mfnet.tools.fastpath import autocast_context
 
 
 def average_by_video(clip_probs: torch.Tensor, video_index: torch.Tensor, num_videos: int) -> torch.Tensor:
@@ -386,7 +386,7 @@ def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.M
         A module with the classifier's interface (``forward``, ``clip_features``) for inference only.
     """
     try:
-        from mfnet.tools.fastpath import optimize_for_inference
+        from mfnet.fastpath import optimize_for_inference
     except ImportError:  # the fast path is optional: the plain model computes the same numbers
         return copy.deepcopy(model).eval().to(example_input.device)
     return optimize_for_inference(model, example_input)
@@ -575,7 +575,7 @@ class Predictor:
     def _forward(self, clips: torch.Tensor, *, features: bool) -> torch.Tensor:
         """Logits ``(N, K)`` or embeddings ``(N, C)`` of clips ``(N, 3, T, H, W)``, on the CPU.
 
-        A PyTorch model on a GPU runs under fp16 autocast (``mfnet.tools.fastpath.autocast_context``: 1.5x the
+        A PyTorch model on a GPU runs under fp16 autocast (``mfnet.fastpath.autocast_context``: 1.5x the
         clips/s of fp32 for mfnet3d on an H100); on CPU in fp32.
         """
         with autocast_context(self.device, enabled=isinstance(self._source, nn.Module)):

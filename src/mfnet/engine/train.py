@@ -54,9 +54,9 @@ from mfnet.engine.optim import build_optimizer
 from mfnet.engine.recipes import Recipe
 from mfnet.engine.schedule import LRSchedule
 from mfnet.errors import MfnetError
+from mfnet.fastpath import prepare_for_training, to_channels_last
 from mfnet.models import create_model
 from mfnet.models.base import first_conv_weight
-from mfnet.tools.fastpath import prepare_for_training, to_channels_last
 
 logger = logging.getLogger("mfnet")
 

@@ -13,6 +13,7 @@ and writes ``report.md`` and ``report.html`` beside them. Figures whose inputs a
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -60,7 +61,7 @@ def _frame_strip(path: str, count: int = 6, height: int = 72) -> np.ndarray | No
     from mfnet.data.readers import open_video
 
     try:
-        with contextlib_closing(open_video(path)) as reader:
+        with contextlib.closing(open_video(path)) as reader:
             n = reader.num_frames
             idx = np.linspace(0, n - 1, num=min(count, n)).round().astype(np.int64)
             frames = reader.read(idx)  # (F, H, W, 3) uint8
@@ -70,19 +71,6 @@ def _frame_strip(path: str, count: int = 6, height: int = 72) -> np.ndarray | No
     size = (height, max(1, round(w * height / h)))
     small = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", antialias=True)
     return small.clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-
-
-class contextlib_closing:
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def __enter__(self) -> Any:
-        return self.obj
-
-    def __exit__(self, *exc: object) -> None:
-        close = getattr(self.obj, "close", None)
-        if close is not None:
-            close()
 
 
 def _true_prob(prediction: dict[str, Any]) -> float:

@@ -129,6 +129,10 @@ def test_file_url_with_the_right_hash_loads_and_is_cached(tiny_record: WeightsRe
     cached = cached_path(tiny_record)
     assert cached.is_file() and sha256_of(cached) == tiny_record.sha256
     assert cached.parent.parent.parent == cache_dir()
+    # a registered name as init weights of a fine-tune (recipe init_weights=NAME): the classifier is left new
+    tuned = mfnet.create_model("mfnet3d", num_classes=5, weights="mfnet3d.tiny_test", **SMALL)
+    assert tuned.num_classes == 5
+    assert torch.equal(tuned.state_dict()["conv1.conv.weight"], reference.state_dict()["conv1.conv.weight"])
     # now offline: the cache answers
     os.environ["MFNET_OFFLINE"] = "1"
     try:

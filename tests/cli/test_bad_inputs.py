@@ -9,6 +9,7 @@ format, and a full disk (in a child process with a file-size limit). New command
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -25,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 import mfnet
-from mfnet.cli import main
+from mfnet.cli import build_parser, main
 from mfnet.cli._common import print_json
 from mfnet.data.video_writer import numbered_frames, write_video
 from mfnet.errors import MfnetError
@@ -411,6 +412,9 @@ ROWS: list[tuple[str, Args, int, str]] = [
         2,
         "could run code",
     ),
+    ("models --no-such-option", lambda f: ["models", "--no-such-option"], 2, "unrecognized arguments"),
+    ("recipes --no-such-option", lambda f: ["recipes", "--no-such-option"], 2, "unrecognized arguments"),
+    ("data make-motion without --out", lambda f: ["data", "make-motion"], 2, "--out"),
     ("report missing run", lambda f: ["report", str(f["root"] / "no-run")], 2, "no-run"),
     ("recipes show unknown", lambda f: ["recipes", "show", "nope"], 2, "nope"),
 ]
@@ -426,6 +430,25 @@ def test_bad_input(name: str, argv: Args, status: int, message: str, env: dict[s
     assert "Traceback" not in err and message in lines[0], f"{name}: {lines[0]!r} lacks {message!r}"
     assert lines[0].startswith("mfnet"), lines[0]
     assert not env["marker"].exists(), f"{name}: the malicious payload ran"
+
+
+def _commands() -> list[str]:
+    """Every command of the parser, as typed (``predict``, ``data index``, ...)."""
+    parser = build_parser()
+    names = []
+    for action in parser._subparsers._group_actions:  # the top-level commands
+        for name, sub in action.choices.items():
+            groups = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+            inner = [f"{name} {child}" for g in groups for child in g.choices] if name == "data" else []
+            names += inner or [name]
+    return names
+
+
+def test_every_command_has_rows() -> None:
+    """A new command joins the table: each one must have at least one bad-input row."""
+    covered = {row[0] for row in ROWS}
+    missing = [c for c in _commands() if not any(name.startswith(c + " ") for name in covered)]
+    assert not missing, f"commands without bad-input rows: {missing}"
 
 
 def _run_limited(argv: list[str], limit_bytes: int, cwd: Path) -> subprocess.CompletedProcess:

@@ -624,3 +624,19 @@ def test_bn_relu_matches_pytorch() -> None:
     expected = torch.relu(x * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1))
     assert got.is_contiguous(memory_format=CL3D)
     torch.testing.assert_close(got, expected, equal_nan=True)
+
+
+def test_a_failed_build_warns_once_and_the_fast_path_still_runs(monkeypatch, tmp_path, recwarn) -> None:
+    """Without a compiler the operators cannot be built: one warning saying why and what to install, then oneDNN."""
+    monkeypatch.setenv(native.KERNELS_SWITCH, "1")
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("MFNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.warns(RuntimeWarning, match="could not build its native CPU operators.*Install a C\\+\\+ compiler"):
+        assert native.load() is False
+    assert native.load() is False  # once per process
+    assert not [w for w in recwarn if "could not build" in str(w.message)]
+    model = mfnet.create_model("mfnet3d", num_classes=3, widths=(96, 96, 96, 96), depths=(1, 1, 1, 1)).eval()
+    fast = optimize_for_inference(model, torch.randn(1, 3, 4, 32, 32), check=True)
+    assert fast.fastpath_info.kernel_units == 0 and fast.fastpath_info.fused_units == 4

@@ -11,6 +11,8 @@ from torch import nn
 
 import mfnet
 from mfnet.fastpath import native, optimize_for_inference, prepare_for_training, to_channels_last
+from mfnet.fastpath.fused import FusedConv
+from mfnet.fastpath.train_convs import TrainingSequential
 from mfnet.fastpath.unit import FUSED, KERNEL, REFERENCE, TRAINING, FastFiberUnit, InferencePlan
 from mfnet.models.fiber import MultiFiberUnit
 
@@ -148,6 +150,7 @@ def test_a_model_trained_in_the_process_then_optimized_fuses_every_unit() -> Non
     torch.manual_seed(0)
     model = mfnet.create_model("mfnet3d", num_classes=10)
     prepare_for_training(model)
+    assert isinstance(model.conv1, TrainingSequential)  # the stem's convolution gets the faster gradients
     x = to_channels_last(torch.randn(2, 3, 4, 32, 32))
     nn.functional.cross_entropy(model(x), torch.tensor([1, 2])).backward()
     with torch.no_grad():
@@ -158,6 +161,7 @@ def test_a_model_trained_in_the_process_then_optimized_fuses_every_unit() -> Non
     fast = optimize_for_inference(model, example, check=True)
     assert _count(fast) == (16, 16)
     assert fast.fastpath_info.fused_units == 16
+    assert isinstance(fast.conv1, FusedConv)  # the stem, prepared for training too, is fused as well
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ from mfnet.fastpath.fold import fold_batchnorm
 from mfnet.fastpath.fused import FusedBnReLU, FusedConv, bn_or_none, memory_format, to_channels_last
 from mfnet.fastpath.max_pool import KernelMaxPool, max_pool_fits
 from mfnet.fastpath.onednn import fused_ops_available
+from mfnet.fastpath.train_convs import TrainingSequential
 from mfnet.fastpath.unit import FastFiberUnit, InferencePlan, unit_fuses
 from mfnet.models.fiber import MultiFiberUnit
 
@@ -196,7 +197,9 @@ def fuse_modules(model: nn.Module, *, n_dim: int) -> int:
                 unit.plan = InferencePlan(unit)
                 replacement = unit
                 count += 1
-        elif isinstance(child, nn.Sequential) and type(child).forward is nn.Sequential.forward:
+        elif isinstance(child, TrainingSequential) or (
+            isinstance(child, nn.Sequential) and type(child).forward is nn.Sequential.forward
+        ):
             replacement = _fuse_sequential(child, n_dim)
         elif n_dim == 3 and max_pool_fits(child) and native.load():
             replacement = KernelMaxPool(child)
@@ -243,7 +246,9 @@ def prepare_for_training(model: nn.Module) -> nn.Module:
     - every multi-fiber unit becomes a ``FastFiberUnit`` over the same submodules, whose training backend runs
       each pre-activation ``BN -> ReLU`` as one fused operator, the 3D convolutions with faster CPU gradients
       (the 6- and 12-channel fiber convolutions on the native kernels) and the residual sums inside the
-      convolutions (on GPUs and in eval mode the unit runs as built).
+      convolutions (on GPUs and in eval mode the unit runs as built);
+    - a plain ``nn.Sequential`` with 3D convolutions (the stem) becomes a ``TrainingSequential`` over the same
+      children, whose convolutions get the same faster gradients.
 
     The parameters keep their values, shapes and names (optimizers, checkpoints and ``state_dict`` are
     unaffected). Idempotent, and it composes with ``optimize_for_inference`` in either order.
@@ -256,6 +261,8 @@ def prepare_for_training(model: nn.Module) -> nn.Module:
 
 
 def _prepare_units(module: nn.Module) -> None:
+    """Multi-fiber units -> ``FastFiberUnit`` with the training backend; a plain ``nn.Sequential`` holding a 3D
+    convolution (the stem) -> ``TrainingSequential``. Same submodules, so the same parameters and keys."""
     for name, child in list(module.named_children()):
         if isinstance(child, MultiFiberUnit):
             unit = FastFiberUnit.of(child)
@@ -263,6 +270,8 @@ def _prepare_units(module: nn.Module) -> None:
             unit.plan = None  # an inference plan holds copies of the weights, which training changes
             if unit is not child:
                 setattr(module, name, unit)
+        elif type(child) is nn.Sequential and any(type(m) is nn.Conv3d for m in child.children()):
+            setattr(module, name, TrainingSequential(child))
         _prepare_units(module.get_submodule(name))
 
 

@@ -45,6 +45,7 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 # the operators written in Python on top of the native ones (mfnet::fiber_conv3d, mfnet::bn_relu_train, ...)
 LIBRARY = torch.library.Library("mfnet", "FRAGMENT")
+_FAKES: set[str] = set()
 
 
 def switched_on(variable: str) -> bool:
@@ -200,7 +201,9 @@ def _register_fakes() -> None:
         "max_pool",
     )
     for name in names:
-        torch.library.register_fake(f"mfnet::{name}")(_writes_only)
+        if name not in _FAKES:  # once per process, however often the state is reset
+            torch.library.register_fake(f"mfnet::{name}", _writes_only, lib=LIBRARY)
+            _FAKES.add(name)
 
 
 def _writes_only(*args: object, **kwargs: object) -> None:

@@ -27,6 +27,7 @@ on GPUs, without gradients and while tracing it is the module's own forward.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +63,24 @@ def conv3d_train(conv: nn.Conv3d, x: torch.Tensor, add: torch.Tensor | None = No
         return _FastBackward.apply(*args, add)
     out = conv(x)
     return out if add is None else out + add
+
+
+class TrainingSequential(nn.Sequential):
+    """An ``nn.Sequential`` (a stem ``Conv -> BN -> ReLU``, say) whose plain 3D convolutions get the faster CPU
+    gradients of ``conv3d_train`` in training; the same children, names, ``state_dict`` keys and outputs.
+
+    Args:
+        seq: The sequential whose children this one takes over.
+    """
+
+    def __init__(self, seq: nn.Sequential) -> None:
+        super().__init__(OrderedDict(seq.named_children()))
+        self.train(seq.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self:
+            x = conv3d_train(module, x) if self.training and type(module) is nn.Conv3d else module(x)
+        return x
 
 
 def _out_shape(conv: nn.Conv3d, x: torch.Tensor) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev,onnx]"
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev,onnx,hub,yaml,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)

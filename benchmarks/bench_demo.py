@@ -56,11 +56,11 @@ def main() -> int:
     if proc.returncode != 0:
         print(f"mfnet demo failed with status {proc.returncode}", file=sys.stderr)
         return proc.returncode
-    demo = json.loads(proc.stdout.strip().splitlines()[-1])
+    demo = _relative_paths(json.loads(proc.stdout.strip().splitlines()[-1]), out)
     models = demo["models"]
     cores = os.cpu_count() or 1
     record = {
-        "command": " ".join(command),
+        "command": " ".join(["mfnet", *command[1:3], out.name, *command[4:]]),
         "wall_s": round(wall_s, 1),
         "cpu_s": round(cpu_s, 1),
         "cores": cores,
@@ -85,6 +85,19 @@ def main() -> int:
         f"mfnet3d {top1['mfnet3d']:.1f}%, mfnet2d {top1['mfnet2d']:.1f}% -> {path}"
     )
     return 0
+
+
+def _relative_paths(value: object, out: Path) -> object:
+    """The demo's JSON with paths under ``out`` written relative to it (no machine paths in committed results)."""
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(v, out) for v in value]
+    if isinstance(value, str) and value.startswith(str(out.resolve())):
+        return str(Path(value).relative_to(out.resolve())) or "."
+    if isinstance(value, str) and value.startswith(str(out)):
+        return str(Path(value).relative_to(out)) or "."
+    return value
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""Speed targets of issue 7, measured side by side in one process (`python benchmarks/bench_speed.py`).
+"""The speed benchmark (`python benchmarks/bench_speed.py`): the user-order run first, then every engine.
 
-Inference: mfnet3d at 1x3x16x224x224 (fast path, plain, our ONNX export in ONNX Runtime, optionally
-torch.compile) against torchvision's r3d_18 / mc3_18 / r2plus1d_18 at 1x3x16x112x112. Training: one SGD step
-on a batch of 8 clips of 16x112x112, mfnet3d against r3d_18. Every candidate is timed in interleaved rounds
-(see ``mfnet.tools.bench``); the targets compare medians of the same run:
+First, as a user meets it (``bench_user_order.py``): one process with ``import torch`` then ``import mfnet`` (and
+again with mfnet first), no environment variable set, mfnet3d's fast path against r3d_18 as shipped in the same
+process and ONNX Runtime in its own; its figures are the ones the README quotes. Then the engine table, each
+candidate in a worker process of its own (``mfnet.tools.bench``): inference: mfnet3d at 1x3x16x224x224 (fast
+path, plain, our ONNX export in ONNX Runtime, optionally torch.compile) against torchvision's r3d_18 / mc3_18 /
+r2plus1d_18 at 1x3x16x112x112. Training: one SGD step on a batch of 8 clips of 16x112x112, mfnet3d against
+r3d_18. Candidates are timed in interleaved rounds; the targets compare medians of the same run:
 
 - mfnet3d inference at 224 >= 2.5x faster than r3d_18 at 112, and >= 1.5x faster than ONNX Runtime on our own
   export;
@@ -20,21 +23,16 @@ Writes ``<out>/speed_infer.json``, ``speed_train.json``, ``speed.md`` (tables an
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
 import os
 import sys
-
-if __name__ == "__main__" and "--omp-active" not in sys.argv:
-    # On a shared machine, OpenMP threads that spin at every barrier take the core from the thread they wait for
-    # (2 threads, load above 2: PyTorch steps become 1.5-2x slower). Passive waiting must be set before torch loads
-    # libgomp; ONNX Runtime gets the same treatment (no spinning) in mfnet.tools.bench.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse
-import json
 from pathlib import Path
 
 from mfnet.tools.bench import BenchReport, BenchRow, Candidate, format_table, plot_efficiency, run_benchmark
 
+_USER_ORDER = Path(__file__).with_name("bench_user_order.py")
 MF = "mfnet3d@16x224x224"
 MF_TRAIN = "mfnet3d@16x112x112"
 R3D = "r3d_18@16x112x112"
@@ -133,7 +131,7 @@ def main() -> int:
     parser.add_argument("--skip-infer", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/speed", help="output folder")
-    parser.add_argument("--omp-active", action="store_true", help="keep OpenMP's default (spinning) wait policy")
+    parser.add_argument("--skip-user-order", action="store_true", help="skip the one-process user-order run")
     parser.add_argument("--rebuild", action="store_true", help="rewrite speed.md from the JSON files in --out")
     args = parser.parse_args()
     out = Path(args.out)
@@ -142,6 +140,10 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     infer = train = None
     sections = []
+    if not args.skip_user_order:
+        argv = ["--threads", str(args.threads), "--out", str(out), "--train-repeats", str(args.train_repeats)]
+        _user_order().main(argv + (["--skip-train"] if args.skip_train else []))
+        sections.append((out / "user_order.md").read_text().strip())
     if not args.skip_infer:
         infer = run_benchmark(
             infer_candidates(compile=args.compile, peers=args.peers), threads=args.threads, repeats=args.repeats
@@ -157,9 +159,17 @@ def main() -> int:
         plot_efficiency(train, out / "speed_train.png")
         sections.append("## Training step\n\n" + format_table(train))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    footer = f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, "
+    footer = f"settings: OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, "
     footer += f"load average at the end: {load:.1f} on {os.cpu_count()} CPUs"
     return write_summary(out, sections, infer, train, footer)
+
+
+def _user_order():
+    """``bench_user_order.py`` beside this script, as a module."""
+    spec = importlib.util.spec_from_file_location("bench_user_order", _USER_ORDER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_summary(
@@ -188,7 +198,10 @@ def rebuild(out: Path) -> int:
     titles = {"infer": "## Inference", "train": "## Training step"}
     sections = [f"{titles[mode]}\n\n{format_table(report)}" for mode, report in reports.items()]
     old = (out / "speed.md").read_text().strip().splitlines() if (out / "speed.md").exists() else []
-    footer = old[-1] if old and old[-1].startswith("OMP_WAIT_POLICY=") else "rebuilt from the JSON files"
+    kept = old and old[-1].startswith(("settings: ", "OMP_WAIT_POLICY="))
+    footer = old[-1] if kept else "rebuilt from the JSON files"
+    if (out / "user_order.md").exists():
+        sections.insert(0, (out / "user_order.md").read_text().strip())
     return write_summary(out, sections, reports.get("infer"), reports.get("train"), footer)
 
 

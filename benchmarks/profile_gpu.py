@@ -16,8 +16,8 @@ from bench_gpu import time_cuda, variant_step  # run from the repository root: b
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from mfnet.fastpath.fold import fold_batchnorm
 from mfnet.tools.bench import build_model
-from mfnet.tools.fastpath import fold_batchnorm
 
 
 def top_kernels(step, *, rows: int = 18) -> str:

@@ -4,24 +4,15 @@ The public entry points::
 
     import mfnet
     model = mfnet.create_model("mfnet3d", num_classes=400, weights="MFNet3D_Kinetics-400_72.8.pth")
+    model = mfnet.create_model("mfnet3d.k400_authors", pretrained=True)  # cached, downloaded or imported; checked
     mfnet.count_params(model), mfnet.count_macs(model, (1, 3, 16, 224, 224))
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# OpenMP threads that spin while they wait take a core from the fast path's kernel threads (mfnet.tools.fiber_kernel
-# runs beside PyTorch's thread pool): on 2 cores mfnet3d inference takes 210 ms with spinning and 172 ms without.
-# The setting only takes effect before PyTorch loads its OpenMP runtime, so it is made here, on import, unless the
-# user chose a policy (set OMP_WAIT_POLICY=ACTIVE to keep spinning) or imported torch first.
-if "torch" not in sys.modules:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from mfnet.errors import MfnetError
-from mfnet.models import create_model, list_models
-from mfnet.tools.fastpath import optimize_for_inference
+from mfnet.fastpath import optimize_for_inference, prepare_for_training
+from mfnet.models import create_model, get_weights, list_models, list_weights
 from mfnet.tools.flops import count_macs, count_params
 
 __version__ = "0.1.0"
@@ -32,6 +23,9 @@ __all__ = [
     "count_macs",
     "count_params",
     "create_model",
+    "get_weights",
     "list_models",
+    "list_weights",
     "optimize_for_inference",
+    "prepare_for_training",
 ]

@@ -21,7 +21,7 @@ from mfnet.engine.train import train
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, ucf_spec) -> Path:
     run = tmp_path_factory.mktemp("uninterrupted")
-    result = train(tiny_recipe(), out_dir=run, data=ucf_spec, progress=False, figures=False)
+    result = train(tiny_recipe(), out_dir=run, data=ucf_spec, progress=False)
     assert result.finished and result.steps == 6
     return run
 
@@ -42,14 +42,14 @@ def _assert_identical(a: Path, b: Path) -> None:
 
 
 def test_interrupt_mid_epoch_and_resume(tmp_path, ucf_spec, uninterrupted) -> None:
-    first = train(tiny_recipe(), out_dir=tmp_path, data=ucf_spec, max_steps=4, progress=False, figures=False)
+    first = train(tiny_recipe(), out_dir=tmp_path, data=ucf_spec, max_steps=4, progress=False)
     assert not first.finished and first.steps == 4 and first.model_path is None
     state = ckpt.load_training_state(first.checkpoint)
     assert (state["epoch"], state["epoch_step"], state["step"]) == (1, 1, 4)  # inside the second epoch
     assert state["optimizer"]["state"] and len(state["rng"]) == 1
     with pytest.raises(Exception, match="already holds a run"):
-        train(tiny_recipe(), out_dir=tmp_path, data=ucf_spec, progress=False, figures=False)
-    second = train(tiny_recipe(), out_dir=tmp_path, data=ucf_spec, resume=True, progress=False, figures=False)
+        train(tiny_recipe(), out_dir=tmp_path, data=ucf_spec, progress=False)
+    second = train(tiny_recipe(), out_dir=tmp_path, data=ucf_spec, resume=True, progress=False)
     assert second.finished and second.steps == 6 and second.epochs_done == 2
     _assert_identical(uninterrupted, tmp_path)
     # The interrupted epoch's train_loss covers all its steps, before and after the resume.

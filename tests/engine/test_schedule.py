@@ -69,3 +69,24 @@ def test_adamw_option_and_unknown_optimizer() -> None:
     assert isinstance(opt, torch.optim.AdamW) and [g["lr_mult"] for g in opt.param_groups] == [0.5, 1.0]
     with pytest.raises(MfnetError, match="unknown optimizer"):
         build_optimizer(model, get_recipe("smoke", {"optimizer": "lamb"}))
+
+
+def test_constant_warmup_is_the_authors_half_lr_start() -> None:
+    s = LRSchedule(
+        base_lr=0.05,
+        total_steps=1000,
+        steps_per_epoch=100,
+        milestones=(5.0,),
+        warmup_epochs=1.0,
+        warmup_start_factor=0.5,
+        warmup_mode="constant",
+    )
+    assert [s.lr(i) for i in (0, 50, 99)] == pytest.approx([0.025] * 3)
+    assert s.lr(100) == pytest.approx(0.05) and s.lr(500) == pytest.approx(0.005)
+    with pytest.raises(ValueError, match="unknown warm-up"):
+        LRSchedule(base_lr=0.1, total_steps=10, steps_per_epoch=1, warmup_mode="cosine")
+    authors = get_recipe("ucf101-authors")
+    assert (authors.warmup_mode, authors.warmup_start_factor) == ("constant", 0.5)
+    assert get_recipe("kinetics400").warmup_mode == "linear"
+    with pytest.raises(MfnetError, match="unknown warmup_mode"):
+        get_recipe("smoke", ["warmup_mode=step"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +18,15 @@ from mfnet.engine.predictor import average_by_video
 from mfnet.engine.recipes import get_recipe
 from mfnet.engine.train import DataSpec, DivergedError, train
 from mfnet.models.checkpoint import model_from_checkpoint
+from mfnet.tools.report import write_figures
 
 
 def test_train_evaluate_report(tmp_path, ucf_spec) -> None:
     run = tmp_path / "run"
-    result = train(tiny_recipe(num_workers=2), out_dir=run, data=ucf_spec, progress=False)
+    finished: list[Path] = []
+    result = train(tiny_recipe(num_workers=2), out_dir=run, data=ucf_spec, progress=False, on_finish=finished.append)
+    assert finished == [run]  # the app's callback (mfnet train draws the figures there)
+    write_figures(run)
     assert result.finished and result.epochs_done == 2 and result.steps == 6
     assert {"train_loss", "train_top1", "val_clip_top1", "val_video_top1", "val_mean_class_accuracy"} <= set(
         result.metrics
@@ -69,7 +74,6 @@ def test_eval_cli_split_average(tmp_path, ucf_root, capsys) -> None:
         out_dir=run,
         data=DataSpec("ucf101", ucf_root, ucf_root, 1),
         progress=False,
-        figures=False,
     )
     (run / "data.json").write_text(json.dumps({"format": "ucf101"}))  # as `mfnet train` leaves it
     args = ["eval", "--weights", str(run / "model.pt"), "--annotations", str(ucf_root), "--data", str(ucf_root)]
@@ -106,7 +110,7 @@ def test_train_2d_model_on_images(tmp_path) -> None:
         },
     )
     spec = DataSpec(format="image-folder", root=tmp_path / "img")
-    result = train(recipe, out_dir=tmp_path / "run", data=spec, progress=False, figures=False)
+    result = train(recipe, out_dir=tmp_path / "run", data=spec, progress=False)
     assert result.finished and result.steps == 2 and result.metrics["val_videos"] == 4
     model, meta = model_from_checkpoint(tmp_path / "run" / "model.pt")
     assert meta["model"] == "mfnet2d" and meta["classes"] == ["cats", "dogs"] and model.input_ndim == 4
@@ -132,7 +136,7 @@ class _Poisoned(torch.utils.data.Dataset):
 def test_nan_loss_stops_with_good_checkpoint(tmp_path) -> None:
     recipe = tiny_recipe(checkpoint_every_steps=0, eval_every_epochs=0)
     with pytest.raises(DivergedError, match="became nan at step 3"):
-        train(recipe, out_dir=tmp_path, train_dataset=_Poisoned(), classes=["a", "b"], progress=False, figures=False)
+        train(recipe, out_dir=tmp_path, train_dataset=_Poisoned(), classes=["a", "b"], progress=False)
     _, state = ckpt.load_latest(tmp_path)
     assert state["step"] == 2 and state["epoch"] == 1  # the end of the good epoch
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())

@@ -148,13 +148,38 @@ def test_inflated_conv_reproduces_2d_conv_on_still_frames() -> None:
     assert not torch.allclose(out3d[:, :, 0], out2d, atol=1e-3)
 
 
-def test_random_inflation_sums_to_the_2d_kernel_but_breaks_symmetry() -> None:
-    torch.manual_seed(0)
-    w2d = torch.randn(8, 4, 3, 3)
-    w3d = inflate_kernel(w2d, 3, method="random")
-    assert torch.allclose(w3d.sum(2), w2d, atol=1e-5)
-    assert not torch.allclose(w3d[:, :, 0], w3d[:, :, 1])
-    assert inflate_kernel(w2d, 1).shape == (8, 4, 1, 3, 3)
+def test_authors_random_inflation_keeps_one_kernel_tap_and_cancelling_noise() -> None:
+    w2d = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    w3d = inflate_kernel(w2d, 3, method="random", generator=torch.Generator().manual_seed(1))
+    # Sum over time: W/3 (one W/3 tap and a cancelling pair u, -u), as in the authors' code.
+    assert torch.allclose(w3d.sum(2), w2d / 3, atol=1e-6)
+    # Per element: exactly the taps {W/3, u, -u}, |u| <= mean|W/3|, in a shuffled order.
+    taps = w3d.permute(0, 1, 3, 4, 2).reshape(-1, 3)
+    third = (w2d / 3).reshape(-1, 1)
+    is_kernel = (taps - third).abs() < 1e-7
+    assert bool((is_kernel.sum(1) >= 1).all())
+    rest = taps.masked_fill(is_kernel & (is_kernel.cumsum(1) == 1), 0.0)  # drop the first W/3 tap
+    assert torch.allclose(rest.sum(1), torch.zeros(len(taps)), atol=1e-6)
+    assert float(rest.abs().max()) <= float((w2d / 3).abs().mean()) + 1e-7
+    positions = is_kernel.float().argmax(1)
+    assert set(positions.tolist()) == {0, 1, 2}  # shuffled per element, not always first
+    again = inflate_kernel(w2d, 3, method="random", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(w3d, again)
+    # Other lengths: one W/T tap per group of three, as the authors fill them.
+    for time, copies in ((2, 2), (4, 2), (5, 3), (6, 2)):
+        w = inflate_kernel(w2d, time, method="random", generator=torch.Generator().manual_seed(time))
+        assert torch.allclose(w.sum(2), copies * w2d / time, atol=1e-6)
+
+
+def test_average_methods_sum_to_the_2d_kernel() -> None:
+    w2d = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(inflate_kernel(w2d, 3).sum(2), w2d, atol=1e-6)
+    noisy = inflate_kernel(w2d, 3, method="average-noise", generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(noisy.sum(2), w2d, atol=1e-5)
+    assert not torch.allclose(noisy[:, :, 0], noisy[:, :, 1])
+    assert inflate_kernel(w2d, 1, method="random").shape == (8, 4, 1, 3, 3)
+    with pytest.raises(CheckpointError):
+        inflate_kernel(w2d, 3, method="bogus")
     model = mfnet.create_model("mfnet3d", num_classes=10)
     flat = {k: (v[:, :, v.shape[2] // 2] if v.ndim == 5 else v) for k, v in model.state_dict().items()}
     model2 = mfnet.create_model("mfnet3d", num_classes=10)

@@ -1,4 +1,4 @@
-"""MF-ResNet-18, MF-MobileNet-v2 and the ResNeXt-26 baseline; the paper's ablation variants of MF-Net.
+"""MF-ResNet-18, MF-MobileNet-v2, Table 1's baselines and the ResNeXt-26 models; the ablation variants of MF-Net.
 
 Golden counts are computed on the meta device (shapes only, no arithmetic), which gives the same numbers as
 real tensors (checked once below) in a fraction of the time.
@@ -23,11 +23,17 @@ def _bn_statistics(model: nn.Module) -> int:
     return sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
 
 
-# name, classes, input, params, MACs, the paper's params and MACs (None: no number in the paper)
+# name, classes, input, params, MACs, the paper's params and MACs (None: no number to compare with)
 GOLDEN = [
     ("mf_resnet18", 1000, (1, 3, 224, 224), 9_338_024, 1_570_529_280, 9.6e6, 1.6e9),
     ("mf_mobilenet_v2", 1000, (1, 3, 224, 224), 5_949_520, 571_781_952, 6.0e6, 578e6),
-    ("resnext26", 400, (1, 3, 16, 224, 224), 9_061_120, 11_436_130_304, None, None),
+    ("resnet18", 1000, (1, 3, 224, 224), 11_689_512, 1_814_073_344, 11.7e6, 1.8e9),
+    # Table 1 quotes 6.9M parameters from the MobileNet-v2 paper, which the network it describes does not have
+    # (6.1M); its 585 M multiply-adds hold.
+    ("mobilenet_v2_140", 1000, (1, 3, 224, 224), 6_108_776, 582_195_824, None, 585e6),
+    # Table 1's ResNeXt-26 row is at 2D MF-Net's cost: compared with MF-Net 2D's 861 M multiply-adds.
+    ("resnext26_2d", 1000, (1, 3, 224, 224), 7_320_392, 867_885_056, None, 861e6),
+    ("resnext26_3d", 400, (1, 3, 16, 224, 224), 9_061_120, 11_436_130_304, None, None),
 ]
 
 
@@ -36,12 +42,21 @@ def test_family_golden_counts(name, classes, shape, params, macs, paper_params, 
     model = _meta_model(name, num_classes=classes)
     assert mfnet.count_params(model) == params
     assert mfnet.count_macs(model, shape) == macs
-    if paper_params is not None:  # within 3% of the paper's Table 1 (its parameter counts include BN statistics)
-        assert abs((params + _bn_statistics(model)) / paper_params - 1) < 0.03
-        assert abs(macs / paper_macs - 1) < 0.02
+    if paper_params is not None:  # within 4% of the paper's Table 1 (its parameter counts include BN statistics)
+        assert abs((params + _bn_statistics(model)) / paper_params - 1) < 0.04
+    if paper_macs is not None:
+        assert abs(macs / paper_macs - 1) < 0.04
 
 
-@pytest.mark.parametrize(("name", "shape"), [("mf_mobilenet_v2", (1, 3, 64, 64)), ("resnext26", (1, 3, 4, 64, 64))])
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("mf_mobilenet_v2", (1, 3, 64, 64)),
+        ("resnext26_3d", (1, 3, 4, 64, 64)),
+        ("resnext26_2d", (1, 3, 64, 64)),
+        ("mobilenet_v2_140", (1, 3, 64, 64)),
+    ],
+)
 def test_meta_counts_equal_real_counts(name: str, shape: tuple[int, ...]) -> None:
     real = mfnet.create_model(name, num_classes=10)
     meta = _meta_model(name, num_classes=10)
@@ -49,12 +64,16 @@ def test_meta_counts_equal_real_counts(name: str, shape: tuple[int, ...]) -> Non
     assert mfnet.count_macs(real, shape) == mfnet.count_macs(meta, shape)
 
 
-def test_resnext26_is_about_mfnet3d_cost() -> None:
-    resnext = _meta_model("resnext26", num_classes=400)
+def test_resnext26_is_about_mfnet_cost() -> None:
+    resnext = _meta_model("resnext26_3d", num_classes=400)
     mf = _meta_model("mfnet3d", num_classes=400)
     shape = (1, 3, 16, 224, 224)
     assert 1.0 < mfnet.count_params(resnext) / mfnet.count_params(mf) < 1.2
     assert 1.0 < mfnet.count_macs(resnext, shape) / mfnet.count_macs(mf, shape) < 1.1
+    resnext_2d = _meta_model("resnext26_2d", num_classes=1000)
+    mf_2d = _meta_model("mfnet2d", num_classes=1000)
+    ratio = mfnet.count_macs(resnext_2d, (1, 3, 224, 224)) / mfnet.count_macs(mf_2d, (1, 3, 224, 224))
+    assert 0.97 < ratio < 1.03
 
 
 # fibers -> (params, MACs) of mfnet3d with 400 classes at 16x224x224, with and without the multiplexer
@@ -110,11 +129,15 @@ def test_multiplexer_cost_is_two_1x1_convs_per_unit() -> None:
     assert mfnet.count_params(with_mux) - mfnet.count_params(without) == expected
 
 
-@pytest.mark.parametrize("name", ["mf_resnet18", "mf_mobilenet_v2", "resnext26"])
+@pytest.mark.parametrize("name", ["mf_resnet18", "mf_mobilenet_v2", "resnext26_3d", "resnext26_2d"])
 def test_families_ablate_through_builder_arguments(name: str) -> None:
     base = _meta_model(name, num_classes=10)
-    if name == "resnext26":
-        fewer = _meta_model(name, num_classes=10, cardinality=64, base_width=1)  # same widths, thinner groups
+    if name.startswith("resnext26"):
+        # twice the groups at half the group width: the same middle widths, thinner groups
+        width = base.stages.conv2.B01.conv_b.conv.out_channels // 32
+        fewer = _meta_model(name, num_classes=10, cardinality=64, base_width=max(1, width // 2))
+        if width == 1:  # the 2D model's 32x1d: 64x1d doubles the middle widths instead
+            fewer = _meta_model(name, num_classes=10, cardinality=64, base_width=1, widths=(128, 256, 512, 1024))
         groups = {m.groups for n, m in fewer.named_modules() if n.endswith("conv_b.conv")}
         assert groups == {64} and mfnet.count_params(fewer) < mfnet.count_params(base)
         return
@@ -155,7 +178,7 @@ def test_mf_mobilenet_v2_layout() -> None:
 
 
 def test_resnext26_layout() -> None:
-    model = mfnet.create_model("resnext26", num_classes=10).eval()
+    model = mfnet.create_model("resnext26_3d", num_classes=10).eval()
     assert model.input_ndim == 5 and model.num_features == 2048
     with torch.no_grad():
         assert model.forward_features(torch.randn(1, 3, 8, 64, 64)).shape == (1, 2048, 4, 2, 2)

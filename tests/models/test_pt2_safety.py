@@ -19,9 +19,10 @@ import pytest
 import torch
 
 import mfnet
+from mfnet.engine.exported import load_exported
 from mfnet.errors import CheckpointError
 from mfnet.models.pt2_safety import check_pt2_archive
-from mfnet.tools.export import export_model, load_exported
+from mfnet.tools.export import export_model
 
 SMALL = {"depths": (1, 1, 1, 1), "widths": (16, 16, 32, 32)}
 

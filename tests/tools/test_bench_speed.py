@@ -83,3 +83,19 @@ def test_rebuild_rewrites_the_summary_from_the_json_files(bench_speed, tmp_path,
     assert text.rstrip().endswith("load average at the end: 0.5 on 2 CPUs")
     assert bench_speed.rebuild(tmp_path / "nothing") == 2
     assert "run the benchmark first" in capsys.readouterr().err
+
+
+def test_user_order_summary_checks_the_targets_and_the_import_order() -> None:
+    path = SCRIPT.with_name("bench_user_order.py")
+    spec = importlib.util.spec_from_file_location("bench_user_order", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    infer = {"mfnet3d": [0.15, 0.16, 0.17], "r3d_18": [0.42] * 3, "onnxruntime": [0.20] * 3}
+    lines = module.summarize(
+        {"torch": {"infer": infer, "train": {"mfnet3d": [1.5], "r3d_18": [9.0]}}, "mfnet": {"infer": infer}}
+    )
+    text = "\n".join(lines)
+    assert "torch first, inference: mfnet3d@224 vs r3d_18: 2.62x (target 2.5x: met)" in text
+    assert "torch first, inference: mfnet3d@224 vs onnxruntime: 1.25x (target 1.5x: NOT met)" in text
+    assert "torch first, training step: mfnet3d 1500 ms, 6.00x faster than r3d_18" in text
+    assert "mfnet first vs torch first, infer vs r3d_18: +0.0% (within 5%)" in text

@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 import mfnet
+from mfnet.engine.exported import load_exported
 from mfnet.errors import MfnetError
 from mfnet.tools.export import (
     ONNX_OPSET,
     export_model,
     fold_batchnorm,
     inference_model,
-    load_exported,
     verify_export,
 )
 

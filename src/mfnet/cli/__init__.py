@@ -19,6 +19,7 @@ from mfnet.errors import MfnetError
 # Modules that add commands, in the order their commands are listed by ``mfnet --help``.
 COMMAND_MODULES = (
     "mfnet.cli.models",
+    "mfnet.cli.weights",
     "mfnet.cli.data",
     "mfnet.cli.train",
     "mfnet.cli.predict",

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from mfnet.data import transforms
 from mfnet.errors import MfnetError
 
 
@@ -131,3 +132,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not shape or any(d <= 0 for d in shape):
         raise ShapeError(f"invalid shape {text!r}: write positive sizes joined by 'x', e.g. 1x3x16x224x224")
     return shape
+
+
+def parse_resize(text: str) -> int | tuple[int, int]:
+    """``--resize``: ``"256"`` (the short side) or ``"340x256"`` (W x H) -> ``256`` or ``(256, 340)`` (H, W)."""
+    try:
+        return transforms.parse_resize(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

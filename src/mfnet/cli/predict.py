@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mfnet.cli._common import non_negative_int, parse_shape, positive_float, positive_int, print_json
+from mfnet.cli._common import non_negative_int, parse_resize, parse_shape, positive_float, positive_int, print_json
 from mfnet.errors import MfnetError, VideoError
 
 _GLOB_CHARS = frozenset("*?[")
@@ -28,7 +28,8 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         description="Runs --clips evenly spread clips of each video through the model and prints the top classes "
         "of the averaged probabilities. With --window, predicts consecutive windows of each video instead "
         "(a timeline). --weights may be a checkpoint or an exported .onnx / .pt2 model. The exit status is 1 "
-        "if any video failed to decode (the others are still predicted).",
+        "if any video failed to decode (the others are still predicted). With --out DIR the top classes go to "
+        "a folder of Parquet shards instead (resumable with --resume; --engine ray runs the job on Ray).",
     )
     _add_inputs(p)
     p.add_argument("--labels", default=None, help="class names: kinetics400, ucf101, hmdb51 or a text file")
@@ -52,7 +53,9 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         help="with --window: write the timeline plot (a .png, or a folder)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per video")
+    p.add_argument("--out", default=None, metavar="DIR", help="write Parquet shards of results to this folder")
     _add_clip_options(p)
+    _add_scaleout_options(p)
     p.set_defaults(handler=_predict)
 
     p = commands.add_parser(
@@ -60,13 +63,15 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         help="write pooled clip or video embeddings of videos to .npy or .safetensors",
         description="Writes the pooled embeddings (forward_features + global average pooling, before the "
         "classifier) of --clips clips per video: one row per video (mean over its clips) or, with --per-clip, "
-        "one row per clip. A .npy file gets an index FILE.json beside it; a .safetensors file holds the index.",
+        "one row per clip. A .npy file gets an index FILE.json beside it; a .safetensors file holds the index. "
+        "Any other --out is a folder of Parquet shards (resumable with --resume; --engine ray runs the job on Ray).",
     )
     _add_inputs(p)
-    p.add_argument("--out", required=True, help="output file, .npy or .safetensors")
+    p.add_argument("--out", required=True, help="output file, .npy or .safetensors, or a folder for Parquet shards")
     p.add_argument("--clips", type=positive_int, default=10, help="clips per video (default 10)")
     p.add_argument("--per-clip", action="store_true", help="one row per clip instead of one per video")
     _add_clip_options(p)
+    _add_scaleout_options(p)
     p.set_defaults(handler=_features)
 
     p = commands.add_parser(
@@ -77,11 +82,16 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         "random clip and prints the largest absolute difference of the logits; the command fails (exit 1) above "
         "--tolerance.",
     )
-    p.add_argument("--weights", required=True, help="checkpoint to export")
+    p.add_argument("--weights", required=True, help="checkpoint to export (a path or a registered name)")
     p.add_argument("--model", default=None, help="model name (default: the checkpoint's, else mfnet3d)")
     p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx", help="artifact format (default onnx)")
     p.add_argument("--out", required=True, help="output file (.onnx, or .pt2 for torch-export)")
-    p.add_argument("--input", type=parse_shape, default=None, help="input shape NxCxTxHxW (default 1x3x16x224x224)")
+    p.add_argument(
+        "--input",
+        type=parse_shape,
+        default=None,
+        help="input shape NxCxTxHxW (default: 1x3xTxSxS of the checkpoint's clip spec, else 1x3x16x224x224)",
+    )
     p.add_argument("--dynamic-batch", action="store_true", help="let the exported graph take any batch size")
     p.add_argument("--labels", default=None, help="class names stored in the artifact (default: the checkpoint's)")
     p.add_argument(
@@ -92,23 +102,69 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
 
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="VIDEO", help="video files, folders (searched recursively) or globs")
-    p.add_argument("--weights", required=True, help="checkpoint (.pth/.pt/.safetensors) or exported .onnx / .pt2")
+    p.add_argument("inputs", nargs="*", metavar="VIDEO", help="video files, folders (searched recursively) or globs")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint (.pth/.pt/.safetensors), converted folder, exported .onnx / .pt2, or a registered name "
+        "(mfnet weights list)",
+    )
     p.add_argument("--model", default=None, help="model name (default: the checkpoint's, else mfnet3d)")
 
 
-def _add_clip_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("clips and pre-processing (defaults: the paper's test setting)")
+def _add_scaleout_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("manifests and large jobs (see docs/predict.md)")
+    g.add_argument("--manifest", default=None, metavar="FILE", help="videos listed in a text/CSV file or annotations")
     g.add_argument(
-        "--frames", type=positive_int, default=None, help="frames per clip (default 16, or the exported graph's)"
+        "--manifest-format",
+        default="paths",
+        metavar="FORMAT",
+        help="paths (text or CSV, default) or an annotation format of `mfnet data` (ucf101, kinetics-csv, ...)",
     )
-    g.add_argument("--interval", type=positive_int, default=2, help="frames between clip frames (default 2)")
-    g.add_argument("--size", type=positive_int, default=None, help="crop size (default 224, or the exported graph's)")
-    g.add_argument("--resize", type=positive_int, default=None, help="short side before cropping (default size * 8/7)")
+    g.add_argument("--root", default=None, metavar="DIR", help="folder relative manifest paths start from")
+    g.add_argument("--split", type=int, default=None, help="official split of ucf101 / hmdb51 manifests")
+    g.add_argument("--subset", default=None, help="only this subset of an annotation manifest (train, val, test)")
+    g.add_argument("--resume", action="store_true", help="skip the videos already in the --out folder")
+    g.add_argument(
+        "--shard-size", type=positive_int, default=256, metavar="N", help="videos per Parquet shard (default 256)"
+    )
+    g.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
+    g.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray model actor (default 0: CPU)")
+    g.add_argument(
+        "--threads-per-worker",
+        type=positive_int,
+        default=None,
+        help="PyTorch threads per CPU Ray model actor (default 1)",
+    )
+
+
+def _add_clip_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "clips and pre-processing (defaults: the clip spec stored in the checkpoint, else the paper's test setting)"
+    )
+    g.add_argument("--frames", type=positive_int, default=None, help="frames per clip (default: the checkpoint's)")
+    g.add_argument(
+        "--interval", type=positive_int, default=None, help="frames between clip frames (default: the checkpoint's)"
+    )
+    g.add_argument("--size", type=positive_int, default=None, help="crop size (default: the checkpoint's)")
+    g.add_argument(
+        "--resize",
+        type=parse_resize,
+        default=None,
+        metavar="N|WxH",
+        help="N: short side before cropping, aspect kept; WxH (e.g. 256x256): every frame resized to that size, "
+        "aspect not kept (the authors' protocol). Default: the checkpoint's; with --size alone, scaled like the crop",
+    )
     g.add_argument("--crops", type=int, choices=(1, 3), default=1, help="crops per clip: centre, or three (default 1)")
-    g.add_argument("--normalization", default="mfnet", help="mfnet (default), imagenet or none")
+    g.add_argument("--normalization", default=None, help="mfnet, imagenet or none (default: the checkpoint's)")
     g.add_argument("--batch-size", type=positive_int, default=8, help="clips per forward pass (default 8)")
-    g.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes (default 2)")
+    g.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=None,
+        help="DataLoader worker processes (default 2); --engine ray: model actors",
+    )
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
 
@@ -153,29 +209,104 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def _predictor(args: argparse.Namespace, loaded: Any, num_clips: int) -> Any:
-    from mfnet.engine.predictor import ClipSpec, Predictor
+def input_paths(args: argparse.Namespace) -> list[Path]:
+    """The videos named on the command line and in ``--manifest``, in order, no repeats."""
+    return list(dict.fromkeys([*expand_inputs(args.inputs), *(e.path for e in _manifest_entries(args))]))
 
-    frames, size, fixed_batch = args.frames or 16, args.size or 224, None
-    if loaded.exported:
-        n, _, t, h, w = loaded.input_shape
-        if (args.frames not in (None, t)) or (args.size not in (None, h)) or h != w:
-            raise MfnetError(
-                f"{args.weights} takes clips of {t} frames of {h}x{w}: drop --frames/--size or re-export with "
-                f"`mfnet export --input 1x3x{args.frames or t}x{args.size or h}x{args.size or w}`"
-            )
-        frames, size, fixed_batch = t, h, n
-    if min(frames, size, args.interval, num_clips, args.batch_size) <= 0 or args.workers < 0:
-        raise MfnetError("--frames, --size, --interval, --clips and --batch-size must be positive, --workers >= 0")
-    resize = args.resize or round(size * 8 / 7)  # 224 -> 256
-    spec = ClipSpec(
-        frames=frames,
-        interval=args.interval,
-        resize=resize,
-        crop_size=size,
+
+def _manifest_entries(args: argparse.Namespace) -> list[Any]:
+    from mfnet.engine.manifest import read_manifest
+
+    if not args.inputs and args.manifest is None:
+        raise MfnetError("no videos given: name video files, folders or globs, or pass --manifest FILE")
+    if args.manifest is None:
+        if args.manifest_format != "paths" or args.subset is not None or args.split is not None:
+            raise MfnetError("--manifest-format, --subset and --split describe a --manifest: pass one")
+        return []
+    return read_manifest(
+        args.manifest, format=args.manifest_format, root=args.root, split=args.split, subset=args.subset
+    )
+
+
+def _no_folder_options(args: argparse.Namespace) -> None:
+    if args.resume or args.engine != "local":
+        raise MfnetError("--resume and --engine ray write a folder of shards: pass --out DIR")
+
+
+def run_sharded(args: argparse.Namespace, task: str) -> int:
+    """``predict`` / ``features`` into a folder of Parquet shards, on the local or the Ray engine."""
+    from mfnet.engine.manifest import entries_from_paths
+    from mfnet.engine.predictor import load_model
+    from mfnet.engine.scaleout import JobOptions, run_job, run_settings
+
+    if task == "predict" and args.window is not None:
+        raise MfnetError("--window gives timelines, which are not written as shards: drop --out")
+    entries = list(
+        {e.video_id: e for e in [*entries_from_paths(expand_inputs(args.inputs)), *_manifest_entries(args)]}.values()
+    )
+    loaded = load_model(args.weights, model_name=args.model)
+    if task == "features" and loaded.exported:
+        raise MfnetError(f"{args.weights} is an exported graph that gives logits only: pass the PyTorch checkpoint")
+    if args.engine == "ray" and loaded.exported:
+        raise MfnetError(f"--engine ray runs PyTorch checkpoints: pass the checkpoint {args.weights} was exported from")
+    num_clips = (10 if args.clips is None else args.clips) if task == "predict" else args.clips
+    predictor = _predictor(args, loaded, num_clips)
+    options = JobOptions(
+        task=task,
+        topk=args.topk if task == "predict" else 5,
+        classes=_class_names(args.labels, loaded.meta) if task == "predict" else None,
+        per_clip=bool(getattr(args, "per_clip", False)),
+    )
+    run = run_settings(predictor, options, model=loaded.meta.get("model"), weights=Path(args.weights).name)
+    ray_options = {
+        "address": args.ray_address,
+        "workers": 1 if args.workers is None else args.workers,
+        "gpus_per_worker": args.gpus_per_worker,
+        "threads_per_worker": args.threads_per_worker,
+        "progress_bars": False,  # the command shows its own bar over videos
+    }
+    summary = run_job(
+        entries,
+        predictor,
+        options,
+        args.out,
+        run=run,
+        resume=args.resume,
+        engine=args.engine,
+        shard_size=args.shard_size,
+        ray_options=ray_options if args.engine == "ray" else None,
+        progress=len(entries) > 1,
+    )
+    for failure in summary.extra.get("first_errors", []):
+        _fail_line(Path(failure["video_id"]), failure["error"])
+    if getattr(args, "json", False):
+        print_json(summary.to_dict())
+    else:
+        print(
+            f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped of {summary.videos} videos "
+            f"({summary.videos_per_s:.2f} videos/s, {args.engine} engine); results in {args.out} "
+            f"({summary.folder_ok} ok, {summary.folder_failed} failed in all)"
+        )
+    return 1 if summary.folder_failed else 0
+
+
+def _predictor(args: argparse.Namespace, loaded: Any, num_clips: int) -> Any:
+    from mfnet.engine.predictor import Predictor, clip_spec_for
+
+    if num_clips <= 0 or args.batch_size <= 0 or (args.workers or 0) < 0:
+        raise MfnetError("--clips and --batch-size must be positive, --workers >= 0")
+    spec, resolved, fixed_batch = clip_spec_for(
+        loaded,
         crops=args.crops,
+        frames=args.frames,
+        interval=args.interval,
+        crop_size=args.size,
+        resize=args.resize,
         normalization=args.normalization,
     )
+    print(f"mfnet: {resolved.describe_geometry()}", file=sys.stderr)
+    if resolved.note:
+        print(f"mfnet: note: {resolved.note}", file=sys.stderr)
     try:
         spec.transform()
     except ValueError as err:
@@ -185,7 +316,7 @@ def _predictor(args: argparse.Namespace, loaded: Any, num_clips: int) -> Any:
         spec=spec,
         num_clips=num_clips,
         batch_size=args.batch_size,
-        num_workers=args.workers,
+        num_workers=2 if args.workers is None else args.workers,
         device=args.device,
         fixed_batch=fixed_batch,
     )
@@ -246,7 +377,10 @@ def _predict(args: argparse.Namespace) -> int:
         raise MfnetError("--topk must be positive")
     if args.window is None and (args.stride is not None or args.plot is not None):
         raise MfnetError("--stride and --plot need --window SECONDS")
-    paths = expand_inputs(args.inputs)
+    if args.out is not None:
+        return run_sharded(args, "predict")
+    _no_folder_options(args)
+    paths = input_paths(args)
     loaded = load_model(args.weights, model_name=args.model)
     classes = _class_names(args.labels, loaded.meta)
     if args.window is not None:
@@ -357,8 +491,9 @@ def _features(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.suffix.lower() not in (".npy", ".safetensors"):
-        raise MfnetError(f"--out {out} must end in .npy or .safetensors")
-    paths = expand_inputs(args.inputs)
+        return run_sharded(args, "features")
+    _no_folder_options(args)
+    paths = input_paths(args)
     loaded = load_model(args.weights, model_name=args.model)
     if loaded.exported:
         raise MfnetError(f"{args.weights} is an exported graph that gives logits only: pass the PyTorch checkpoint")
@@ -397,6 +532,7 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from mfnet.engine.input_spec import apply_overrides as spec_overrides
     from mfnet.engine.predictor import EXPORTED_SUFFIXES, load_model
     from mfnet.tools.export import DEFAULT_TOLERANCE, export_model
 
@@ -404,10 +540,24 @@ def _export(args: argparse.Namespace) -> int:
         raise MfnetError(f"{args.weights} is already exported: pass the PyTorch checkpoint it came from")
     loaded = load_model(args.weights, model_name=args.model)
     model, meta = loaded.model, dict(loaded.meta)
-    shape = args.input or ((1, 3, 16, 224, 224) if getattr(model, "input_ndim", 5) == 5 else (1, 3, 224, 224))
-    allowed = (5,) if getattr(model, "input_ndim", 5) == 5 else (4, 5)  # image models also take clips
+    resolved = loaded.input_spec
+    video = getattr(model, "input_ndim", 5) == 5
+    shape = args.input or (resolved.spec.input_shape(1) if video or resolved.spec.frames == 1 else (1, 3, 224, 224))
+    allowed = (5,) if video else (4, 5)  # image models also take clips
     if len(shape) not in allowed or shape[1] != 3:
         raise MfnetError(f"--input {'x'.join(map(str, shape))} does not fit {meta.get('model')}: give NxCxTxHxW, C=3")
+    spec = resolved.spec
+    if args.input is not None:  # the graph's clip size is what the exported file will expect
+        spec = spec_overrides(resolved, frames=shape[2] if len(shape) == 5 else None, crop_size=shape[-1]).spec
+    if spec != resolved.spec:
+        print(
+            f"mfnet: note: --input {'x'.join(map(str, shape))} changes the clips of {resolved.source} "
+            f"({resolved.spec.describe()}) to {spec.describe()}",
+            file=sys.stderr,
+        )
+    elif resolved.note:
+        print(f"mfnet: note: {resolved.note}", file=sys.stderr)
+    meta["input_spec"] = spec.to_dict()
     if args.labels is not None:
         meta["classes"] = _class_names(args.labels, meta)
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance

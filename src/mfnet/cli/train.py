@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mfnet.cli._common import non_negative_int, positive_int, print_json
+from mfnet.cli._common import non_negative_int, parse_resize, positive_int, print_json
 from mfnet.errors import MfnetError
 
 
@@ -26,7 +26,11 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         description="Train a model with a named recipe. Run it under `torchrun --nproc-per-node N` for distributed "
         "data parallel training. RUN_DIR receives checkpoints, metrics.jsonl, TensorBoard logs, model.pt and figures.",
     )
-    p.add_argument("--recipe", help="a recipe name (see `mfnet recipes`); not needed with --resume")
+    p.add_argument(
+        "--recipe",
+        help="a recipe name (see `mfnet recipes`) or a recipe file (.json/.yaml, e.g. a run's recipe.json); not "
+        "needed with --resume",
+    )
     _add_data_args(p)
     p.add_argument(
         "--set",
@@ -69,9 +73,21 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     p.add_argument("--subset", help="part of the annotations to evaluate (default: test, else val)")
     p.add_argument("--clips", type=positive_int, default=10, help="clips per video (default 10)")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="crops per clip (default 1)")
-    p.add_argument("--clip-length", type=positive_int, help="frames per clip (default: from the run's recipe, else 16)")
-    p.add_argument("--frame-interval", type=positive_int, help="frame interval (default: from the recipe, else 2)")
-    p.add_argument("--crop-size", type=positive_int, help="crop size (default: from the recipe, else 224)")
+    p.add_argument(
+        "--random-crop",
+        action="store_true",
+        help="one crop per clip at a seeded random position instead of the centre (the authors' test script)",
+    )
+    p.add_argument("--clip-length", type=positive_int, help="frames per clip (default: the checkpoint's clip spec)")
+    p.add_argument("--frame-interval", type=positive_int, help="frame interval (default: the checkpoint's)")
+    p.add_argument("--crop-size", type=positive_int, help="crop size (default: the checkpoint's)")
+    p.add_argument(
+        "--resize",
+        type=parse_resize,
+        metavar="N|WxH",
+        help="N: short side before cropping, aspect kept; WxH (e.g. 256x256): every frame resized to that size, "
+        "aspect not kept (the authors' protocol). Default: the checkpoint's clip spec; 256x256 for the authors' files",
+    )
     p.add_argument("--batch-size", type=positive_int, default=8, help="clips per batch and process (default 8)")
     p.add_argument("--workers", type=non_negative_int, default=2, help="data loader workers (default 2)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -80,12 +96,17 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_eval)
 
-    p = commands.add_parser("recipes", help="list the training recipes, or show one (recipes show NAME)")
+    p = commands.add_parser("recipes", help="list the training recipes, or show one (recipes show NAME|FILE)")
     sub = p.add_subparsers(title="recipes commands", metavar="RECIPES_COMMAND")
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(handler=_recipes_list)
-    show = sub.add_parser("show", help="print every field of a recipe")
-    show.add_argument("name", help="a recipe name")
+    show = sub.add_parser(
+        "show",
+        help="print every field of a recipe (a name, or a .json/.yaml file such as a run's recipe.json)",
+        description="Prints every field of a built-in recipe or a recipe file. `mfnet recipes show NAME --json > "
+        "my.json`, edited, is a recipe file for `mfnet train --recipe my.json`; unknown fields are refused by name.",
+    )
+    show.add_argument("name", help="a recipe name or file")
     show.add_argument(
         "--set",
         dest="overrides",
@@ -103,6 +124,15 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
         "--samples", type=positive_int, default=4, help="sample videos in the predictions figure (default 4)"
     )
     p.add_argument("--eval-dir", type=Path, help="an `mfnet eval --out` folder (default: RUN_DIR/eval)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="CSV_OR_RUN_DIR",
+        help="more rows for the accuracy-against-GFLOPs chart: another evaluated run directory, or a CSV with "
+        "dataset,model,params_m,gflops,top1,top5,source (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(handler=_report)
 
@@ -124,8 +154,9 @@ def _setup_logging() -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from mfnet.engine.inputs import DataSpec
-    from mfnet.engine.recipes import apply_overrides, get_recipe
+    from mfnet.engine.recipes import apply_overrides, resolve_recipe
     from mfnet.engine.train import recipe_of_run, train
+    from mfnet.tools.report import write_figures
 
     _setup_logging()
     if args.resume is not None:
@@ -136,9 +167,9 @@ def _train(args: argparse.Namespace) -> int:
         saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
     else:
         if not args.recipe or args.out is None:
-            raise MfnetError("give --recipe NAME and --out RUN_DIR (or --resume RUN_DIR); see `mfnet recipes`")
+            raise MfnetError("give --recipe NAME|FILE and --out RUN_DIR (or --resume RUN_DIR); see `mfnet recipes`")
         run_dir = args.out
-        recipe = get_recipe(args.recipe, args.overrides)
+        recipe = resolve_recipe(args.recipe, args.overrides)
         saved = {}
     if args.amp:
         recipe = apply_overrides(recipe, {"amp": True})
@@ -164,7 +195,7 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         max_steps=args.max_steps,
         progress=not args.no_progress,
-        figures=not args.no_figures,
+        on_finish=None if args.no_figures else write_figures,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports
@@ -247,10 +278,12 @@ def _eval_splits(args: argparse.Namespace, ctx: Any, fmt: str, splits: list[int 
             spec,
             clips=args.clips,
             crops=args.crops,
+            random_crop=args.random_crop,
             subset=args.subset,
             clip_length=args.clip_length,
             frame_interval=args.frame_interval,
             crop_size=args.crop_size,
+            resize=args.resize,
             batch_size=args.batch_size,
             num_workers=args.workers,
             out_dir=out_dir,
@@ -303,9 +336,9 @@ def _recipes_list(args: argparse.Namespace) -> int:
 
 
 def _recipes_show(args: argparse.Namespace) -> int:
-    from mfnet.engine.recipes import describe, get_recipe
+    from mfnet.engine.recipes import describe, resolve_recipe
 
-    recipe = get_recipe(args.name, args.overrides)
+    recipe = resolve_recipe(args.name, args.overrides)
     if args.json:
         print_json({**recipe.to_dict(), "scaled_lr": recipe.scaled_lr()})
     else:
@@ -316,10 +349,10 @@ def _recipes_show(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from mfnet.tools.report import write_report
 
-    paths = write_report(args.run_dir, samples=args.samples, eval_dir=args.eval_dir)
+    paths = write_report(args.run_dir, samples=args.samples, eval_dir=args.eval_dir, results=args.results)
     if args.json:
         print_json({k: str(v) for k, v in paths.items()})
     else:
         for name, path in paths.items():
-            print(f"{name:<10} {path}")
+            print(f"{name:<18} {path}")
     return 0

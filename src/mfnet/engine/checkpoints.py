@@ -105,6 +105,7 @@ def save_training_state(
     rng: list[dict[str, Any]],
     recipe: Mapping[str, Any],
     keep: int = 3,
+    input_spec: Mapping[str, Any] | None = None,
     epoch_sums: Mapping[str, float] | None = None,
 ) -> Path:
     """Writes ``RUN_DIR/checkpoints/step-<step>.pt`` atomically and deletes all but the newest ``keep`` files.
@@ -115,6 +116,7 @@ def save_training_state(
         model: The bare model (not the DDP wrapper).
         rng: One :func:`capture_rng` state per process, in rank order.
         keep: How many checkpoints to keep (at least 1).
+        input_spec: The clips the weights expect (``InputSpec.to_dict()``), stored in the ``"mfnet"`` metadata.
         epoch_sums: The running sums of the epoch in progress (``count`` and metric totals), so that a resumed
             run reports the epoch's means over all its steps.
 
@@ -135,7 +137,15 @@ def save_training_state(
         "epoch_sums": {k: float(v) for k, v in (epoch_sums or {}).items()},
     }
     try:
-        save_checkpoint(path, model, model_name=model_name, model_kwargs=model_kwargs, classes=classes, extra=extra)
+        save_checkpoint(
+            path,
+            model,
+            model_name=model_name,
+            model_kwargs=model_kwargs,
+            classes=classes,
+            extra=extra,
+            input_spec=input_spec,
+        )
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError of its zip writer
         reason = (getattr(err, "strerror", None) or str(err).splitlines()[0] or type(err).__name__).strip()
         raise CheckpointError(

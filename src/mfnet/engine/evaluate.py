@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,15 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mfnet.engine.distributed import DistContext, all_gather_objects, cleanup, init_distributed
+from mfnet.engine.input_spec import ResolvedSpec
+from mfnet.engine.input_spec import apply_overrides as spec_overrides
 from mfnet.engine.inputs import DataSpec, build_eval_dataset, make_loader
 from mfnet.engine.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_correct
 from mfnet.engine.predictor import average_by_video
 from mfnet.errors import MfnetError
-from mfnet.tools.fastpath import to_channels_last
+from mfnet.fastpath import to_channels_last
+
+logger = logging.getLogger("mfnet")
 
 
 @dataclass
@@ -293,11 +298,12 @@ def evaluate(
     *,
     clips: int = 10,
     crops: int = 1,
+    random_crop: bool = False,
     subset: str | None = None,
     clip_length: int | None = None,
     frame_interval: int | None = None,
     crop_size: int | None = None,
-    resize: int | None = None,
+    resize: int | tuple[int, int] | None = None,
     batch_size: int = 8,
     num_workers: int = 2,
     device: str | None = None,
@@ -308,15 +314,21 @@ def evaluate(
 ) -> EvalResult:
     """Evaluates a checkpoint on a dataset with ``clips`` clips x ``crops`` crops per video.
 
-    Clip settings default to those of the training recipe stored next to the checkpoint (``recipe.json`` of its
-    run directory) and otherwise to the paper's 16 frames, interval 2, 224 crops. Works under ``torchrun``.
+    Clip settings default to the clip spec the checkpoint stores (``mfnet.engine.input_spec``: for older runs the
+    ``recipe.json`` of its run directory, else the paper's test setting); arguments given override it, and what they
+    change is logged in one line. Works under ``torchrun``.
 
     Args:
         weights: A checkpoint of the package (``model.pt`` or a training checkpoint), or the authors' file.
         data: The dataset; ``subset`` chooses its part (default: the test/val part).
         clips: Clips per video, spread uniformly over it.
         crops: 1 (centre) or 3 (left/centre/right, or top/centre/bottom).
+        random_crop: One crop per clip at a seeded random position instead of the centre (the authors' test
+            script); needs ``crops=1``.
         out_dir: Where to write ``metrics.json``, ``predictions.csv/json`` and ``scores.pt`` (rank 0).
+        resize: A short side (aspect kept) or ``(H, W)`` (the authors' fixed-size protocol); by default the
+            checkpoint's clip spec (``mfnet.engine.input_spec.input_spec_of``: its stored spec, its run's recipe,
+            its registry record, else the paper's 256x256 test setting).
         fast: Run the inference fast path of ``mfnet.engine.predictor.prepare_for_inference``.
         ctx: A process group already joined (e.g. by a caller evaluating several splits); by default the
             ``torchrun`` environment is joined and left here.
@@ -328,6 +340,8 @@ def evaluate(
 
     if crops not in (1, 3):
         raise MfnetError(f"crops must be 1 or 3, got {crops}")
+    if random_crop and crops != 1:
+        raise MfnetError("a random crop is one crop per clip: drop --crops 3 or --random-crop")
     own_ctx = ctx is None
     ctx = ctx or init_distributed(device)
     try:
@@ -336,8 +350,12 @@ def evaluate(
             raise MfnetError(f"{weights} is an exported graph: evaluate the .pt checkpoint it was exported from")
         model, meta = loaded.model, loaded.meta
         model.to(ctx.device)
-        settings = _clip_settings(Path(weights), clip_length, frame_interval, crop_size, resize, model)
-        built = build_eval_dataset(data, clips=clips, crops=crops, subset=subset, **settings)
+        settings, resolved = _clip_settings(loaded, clip_length, frame_interval, crop_size, resize)
+        if ctx.is_main:
+            logger.info("%s", resolved.describe_geometry())
+            if resolved.note:
+                logger.warning("%s", resolved.note)
+        built = build_eval_dataset(data, clips=clips, crops=crops, random_crop=random_crop, subset=subset, **settings)
         classes = meta.get("classes") or built.classes
         if built.classes and len(built.classes) != model.num_classes:
             raise MfnetError(
@@ -369,27 +387,26 @@ def evaluate(
 
 
 def _clip_settings(
-    weights: Path,
+    loaded: Any,
     clip_length: int | None,
     frame_interval: int | None,
     crop_size: int | None,
-    resize: int | None,
-    model: nn.Module,
-) -> dict[str, Any]:
-    """Clip settings from the arguments, else the run's recipe, else the paper's defaults."""
-    recipe: dict[str, Any] = {}
-    for candidate in (weights.parent / "recipe.json", weights.parent.parent / "recipe.json"):
-        if candidate.exists():
-            recipe = json.loads(candidate.read_text())
-            break
-    image = getattr(model, "input_ndim", 5) == 4 and recipe.get("clip_length", 16) == 1
-    return {
-        "clip_length": clip_length or recipe.get("clip_length", 1 if image else 16),
-        "frame_interval": frame_interval or recipe.get("frame_interval", 2),
-        "crop_size": crop_size or recipe.get("crop_size", 224),
-        "resize": resize or recipe.get("resize", 256),
-        "normalization": recipe.get("normalization", "mfnet"),
+    resize: int | tuple[int, int] | None,
+) -> tuple[dict[str, Any], ResolvedSpec]:
+    """Clip settings: the checkpoint's clip spec with the given arguments applied, and where they came from."""
+    resolved = spec_overrides(
+        loaded.input_spec, frames=clip_length, interval=frame_interval, crop_size=crop_size, resize=resize
+    )
+    spec = resolved.spec
+    settings = {
+        "clip_length": spec.frames,
+        "frame_interval": spec.interval,
+        "crop_size": spec.crop_size,
+        "resize": spec.eval_resize,
+        "normalization": spec.normalization,
+        "test_protocol": spec.test_protocol,
     }
+    return settings, resolved
 
 
 def average_splits(results: list[EvalResult]) -> dict[str, float]:

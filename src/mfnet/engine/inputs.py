@@ -114,14 +114,15 @@ def build_datasets(spec: DataSpec, recipe: Recipe, *, train: bool = True, val: b
     ``train_frame_intervals``) and the paper's augmentation; validation: ``val_clips`` uniform clips, centre crop.
     """
     from mfnet.data.sampling import RandomClipSampler, UniformClipSampler
-    from mfnet.data.transforms import eval_transform, train_transform
+    from mfnet.data.transforms import build_eval_transform, build_train_transform
 
     ann = _annotations(spec)
     train_ds = val_ds = None
     val_names = None
     if train:
         sampler = RandomClipSampler(recipe.clip_length, recipe.train_frame_intervals or recipe.frame_interval)
-        transform = train_transform(
+        transform = build_train_transform(
+            recipe.train_protocol,
             crop_size=recipe.crop_size,
             short_side=recipe.train_scale,
             flip=recipe.train_flip,
@@ -133,7 +134,13 @@ def build_datasets(spec: DataSpec, recipe: Recipe, *, train: bool = True, val: b
         val_ann = ann if spec.val_annotations is None else _annotations(spec, val=True, classes=list(ann.classes))
         val_records = _records(val_ann, recipe.val_subset, spec, any_subset=spec.val_annotations is not None)
         sampler = UniformClipSampler(recipe.val_clips, recipe.clip_length, recipe.frame_interval)
-        transform = eval_transform(crop_size=recipe.crop_size, resize=recipe.resize, normalization=recipe.normalization)
+        transform = build_eval_transform(
+            recipe.test_protocol,
+            crop_size=recipe.crop_size,
+            resize=recipe.resize,
+            normalization=recipe.normalization,
+            random_crop=recipe.test_random_crop,
+        )
         val_ds = _dataset(spec, val_records, sampler=sampler, transform=transform)
         val_names = [str(r.path) for r in val_records]
     return TrainData(train_ds, val_ds, list(ann.classes) if ann.classes else None, val_names)
@@ -148,12 +155,20 @@ def build_eval_dataset(
     clip_length: int,
     frame_interval: int,
     crop_size: int,
-    resize: int,
+    resize: int | Sequence[int] | None,
     normalization: str = "mfnet",
+    test_protocol: str | None = None,
+    random_crop: bool = False,
 ) -> EvalData:
-    """The test dataset: ``clips`` uniform clips x ``crops`` crops per video of ``subset`` (default: test or val)."""
+    """The test dataset: ``clips`` uniform clips x ``crops`` crops per video of ``subset`` (default: test or val).
+
+    ``test_protocol`` (``"authors"`` or ``"keep-aspect"``, see ``mfnet.data.transforms``) with ``resize`` gives the
+    geometry; without a protocol, a ``(H, W)`` resize is the authors' and a number keeps the aspect ratio.
+    ``random_crop`` takes one crop per clip at a position drawn from the item's seeded generator (reproducible)
+    instead of the centre, as the authors' released test script does.
+    """
     from mfnet.data.sampling import UniformClipSampler
-    from mfnet.data.transforms import eval_transform
+    from mfnet.data.transforms import build_eval_transform, protocol_of_resize
 
     ann = _annotations(spec, val=True)
     if subset is None:
@@ -164,7 +179,14 @@ def build_eval_dataset(
         spec,
         records,
         sampler=UniformClipSampler(clips, clip_length, frame_interval),
-        transform=eval_transform(crop_size=crop_size, resize=resize, crops=crops, normalization=normalization),
+        transform=build_eval_transform(
+            test_protocol or ("keep-aspect" if resize is None else protocol_of_resize(resize)),
+            crop_size=crop_size,
+            resize=resize,
+            crops=crops,
+            normalization=normalization,
+            random_crop=random_crop,
+        ),
     )
     return EvalData(dataset, list(ann.classes) if ann.classes else None, [str(r.path) for r in records], subset)
 

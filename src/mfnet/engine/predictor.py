@@ -25,9 +25,14 @@ from mfnet.data.datasets import VideoClipDataset
 from mfnet.data.loader import build_loader
 from mfnet.data.readers import open_video
 from mfnet.data.sampling import ClipIndices, UniformClipSampler
-from mfnet.data.transforms import eval_transform
+from mfnet.data.transforms import build_eval_transform, protocol_of_resize
+from mfnet.engine.exported import load_exported
+from mfnet.engine.input_spec import ResolvedSpec, input_spec_of
+from mfnet.engine.input_spec import apply_overrides as spec_overrides
 from mfnet.errors import MfnetError
-from mfnet.tools.fastpath import autocast_context
+from mfnet.fastpath import autocast_context
+from mfnet.models.hub import resolve_weights
+from mfnet.models.weights import InputSpec
 
 
 def average_by_video(clip_probs: torch.Tensor, video_index: torch.Tensor, num_videos: int) -> torch.Tensor:
@@ -75,10 +80,12 @@ class ClipSpec:
     Attributes:
         frames: Frames per clip ``T``.
         interval: Frames between consecutive clip frames.
-        resize: Short side after resizing (or ``(height, width)``).
+        resize: Short side after resizing (``"keep-aspect"``), or ``(height, width)`` (``"authors"``).
         crop_size: Square crop ``H = W``.
         crops: Crops per clip: 1 (centre) or 3 (along the longer side).
         normalization: A normalisation of ``mfnet.data.transforms`` (``"mfnet"``, ``"imagenet"``, ``"none"``).
+        test_protocol: ``"authors"`` or ``"keep-aspect"`` (see ``mfnet.data.transforms``); ``None``: the one
+            ``resize`` implies (a pair is the authors' fixed size, a number keeps the aspect ratio).
     """
 
     frames: int = 16
@@ -87,11 +94,23 @@ class ClipSpec:
     crop_size: int = 224
     crops: int = 1
     normalization: str = "mfnet"
+    test_protocol: str | None = None
+
+    @classmethod
+    def from_input_spec(cls, spec: InputSpec, *, crops: int = 1) -> ClipSpec:
+        """The clips of a checkpoint's ``InputSpec`` (its test protocol chooses the resize)."""
+        return cls(
+            spec.frames, spec.interval, spec.eval_resize, spec.crop_size, crops, spec.normalization, spec.test_protocol
+        )
 
     def transform(self) -> Any:
         """The evaluation transform: uint8 ``(T, H, W, C)`` -> float ``(C, T, crop, crop)``."""
-        return eval_transform(
-            resize=self.resize, crop_size=self.crop_size, crops=self.crops, normalization=self.normalization
+        return build_eval_transform(
+            self.test_protocol or protocol_of_resize(self.resize),
+            resize=self.resize,
+            crop_size=self.crop_size,
+            crops=self.crops,
+            normalization=self.normalization,
         )
 
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int, int]:
@@ -173,6 +192,88 @@ class VideoFeatures:
     video_index: torch.Tensor
     clip_id: torch.Tensor
     errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class VideoEmbedding:
+    """The pooled embedding(s) of one video.
+
+    Attributes:
+        path: The video file.
+        features: ``(1, C)`` the mean over the video's clips x crops, or ``(M, C)`` one row per clip x crop with
+            ``per_clip``; ``(0, C)`` (or ``(0, 0)``) when the video failed.
+        clip_id: Clip of each row ``(rows,)`` (-1 for the video row).
+        clips: Clips that decoded (crops not counted).
+        seconds: Duration of the video in seconds; NaN if unknown.
+        error: Why the video could not be used (one sentence), else ``None``.
+    """
+
+    path: Path
+    features: torch.Tensor
+    clip_id: torch.Tensor
+    clips: int
+    seconds: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the video gave an embedding."""
+        return self.error is None
+
+
+@dataclass
+class DecodedVideo:
+    """Every clip x crop of one video, decoded and pre-processed: what the decoding side hands the model side.
+
+    Produced by ``decode_video`` (in a DataLoader worker, a Ray task, ...) and consumed by
+    ``Predictor.predict_decoded`` / ``Predictor.features_decoded``.
+
+    Attributes:
+        path: The video file.
+        clips: ``(M, 3, T, H, W)`` float32, ``M = num_clips x crops``, in item order; zeros where an item failed.
+        ok: ``(M,)`` bool, the items that decoded.
+        clip_id: ``(M,)`` clip of each item.
+        errors: The distinct reasons of the failed items.
+        seconds: Duration of the video in seconds; NaN if unknown.
+    """
+
+    path: Path
+    clips: torch.Tensor
+    ok: torch.Tensor
+    clip_id: torch.Tensor
+    errors: list[str]
+    seconds: float
+
+
+def decode_video(path: str | Path, *, spec: ClipSpec, num_clips: int) -> DecodedVideo:
+    """Decodes and pre-processes the ``num_clips`` evenly spread clips (x crops) of one video, as ``predict`` does.
+
+    Never raises for a bad file: failed items have ``ok`` False and their reason in ``errors``.
+
+    Args:
+        path: The video file (or frame folder).
+        spec: Clip length, sampling interval, resize, crop and normalisation.
+        num_clips: Clips per video.
+    """
+    path = Path(path)
+    items = _prediction_items([path], UniformClipSampler(num_clips, spec.frames, spec.interval), spec)
+    with _quiet_data_log():
+        rows = [items[i] for i in range(len(items))]
+    errors = list(dict.fromkeys(row["error"] for row in rows if row["error"]))
+    return DecodedVideo(
+        path,
+        torch.stack([row["clip"] for row in rows]),
+        torch.tensor([row["ok"] for row in rows], dtype=torch.bool),
+        torch.tensor([row["clip_id"] for row in rows], dtype=torch.long),
+        errors,
+        float(rows[0]["seconds"]),
+    )
+
+
+def _prediction_items(paths: list[Path], sampler: Any, spec: ClipSpec, *, durations: bool = True) -> _PredictionItems:
+    records = [VideoRecord(Path(p), -1, "all") for p in paths]
+    dataset = VideoClipDataset(records, sampler=sampler, transform=spec.transform(), max_substitutions=0)
+    return _PredictionItems(dataset, (3, spec.frames, spec.crop_size, spec.crop_size), durations=durations)
 
 
 class _WindowSampler:
@@ -285,7 +386,7 @@ def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.M
         A module with the classifier's interface (``forward``, ``clip_features``) for inference only.
     """
     try:
-        from mfnet.tools.fastpath import optimize_for_inference
+        from mfnet.fastpath import optimize_for_inference
     except ImportError:  # the fast path is optional: the plain model computes the same numbers
         return copy.deepcopy(model).eval().to(example_input.device)
     return optimize_for_inference(model, example_input)
@@ -300,13 +401,17 @@ class LoadedModel:
 
     Attributes:
         model: The classifier (``nn.Module``) or an ``ExportedRunner`` (ONNX Runtime / ExportedProgram).
-        meta: The ``"mfnet"`` meta: ``model``, ``num_classes``, ``model_kwargs``, ``classes`` (may be ``None``).
+        meta: The ``"mfnet"`` meta: ``model``, ``num_classes``, ``model_kwargs``, ``classes``, ``input_spec``.
         input_shape: For an exported graph, its input ``(N or None, 3, T, H, W)``; ``None`` for a checkpoint.
+        input_spec: The clips the weights expect and where that came from (``mfnet.engine.input_spec``).
+        path: The file the weights were read from.
     """
 
     model: Any
     meta: dict[str, Any]
     input_shape: tuple[int | None, ...] | None = None
+    input_spec: ResolvedSpec | None = None
+    path: Path | None = None
 
     @property
     def exported(self) -> bool:
@@ -318,24 +423,59 @@ def load_model(weights: str | Path, *, model_name: str | None = None) -> LoadedM
     """Loads weights for prediction: our checkpoints, the authors' files, or an exported ``.onnx`` / ``.pt2``.
 
     Args:
-        weights: The file.
+        weights: The file, a folder of ``mfnet weights convert``, a registered name (``mfnet3d.k400_authors``,
+            fetched and checked by ``mfnet.models.hub.resolve_weights``) or ``hf-hub:ORG/NAME``.
         model_name: The registered model to build; default: the one the checkpoint names, else ``mfnet3d``
             (the authors' files name none). Ignored for exported graphs.
 
     Raises:
         CheckpointError, MfnetError: Missing file, unreadable file, or weights that do not fit the model.
     """
-    path = Path(weights)
+    resolved = resolve_weights(weights)
+    path, record = resolved.path, resolved.record
     if path.suffix.lower() in EXPORTED_SUFFIXES:
-        from mfnet.tools.export import load_exported
-
         runner = load_exported(path)
-        return LoadedModel(runner, dict(runner.meta), runner.input_shape)
+        spec = input_spec_of(runner.meta, weights=path)
+        return LoadedModel(runner, dict(runner.meta), runner.input_shape, spec, path)
     from mfnet.models.checkpoint import model_from_checkpoint, read_checkpoint
 
-    name = model_name or (read_checkpoint(path).meta or {}).get("model") or "mfnet3d"
-    model, meta = model_from_checkpoint(path, model_name=name)
-    return LoadedModel(model.eval(), meta)
+    stored = read_checkpoint(path).meta or {}
+    name = model_name or stored.get("model") or (record.architecture if record else None) or "mfnet3d"
+    model, meta = model_from_checkpoint(path, model_name=name, **(record.arch_kwargs if record else {}))
+    if record is not None and not meta.get("classes"):
+        meta["classes"] = record.classes()
+    spec = input_spec_of(meta, weights=path, record=record, image=getattr(model, "input_ndim", 5) == 4)
+    return LoadedModel(model.eval(), meta, None, spec, path)
+
+
+def clip_spec_for(
+    loaded: LoadedModel, *, crops: int = 1, **overrides: Any
+) -> tuple[ClipSpec, ResolvedSpec, int | None]:
+    """The clips for a loaded model: its stored ``InputSpec`` with the user's ``overrides`` applied.
+
+    An exported graph fixes the frames and the crop size (``overrides`` that differ raise ``MfnetError``) and
+    possibly the batch.
+
+    Returns:
+        The predictor's ``ClipSpec``, the resolved spec with its note for the user, and the graph's fixed batch
+        size (``None`` when any batch size runs).
+    """
+    resolved = loaded.input_spec or input_spec_of(loaded.meta, weights=loaded.path)
+    fixed_batch = None
+    if loaded.exported and loaded.input_shape is not None and len(loaded.input_shape) == 5:
+        n, _, t, h, w = loaded.input_shape
+        frames, size = overrides.get("frames"), overrides.get("crop_size")
+        if (frames not in (None, t)) or (size not in (None, h)) or h != w:
+            raise MfnetError(
+                f"{loaded.path} takes clips of {t} frames of {h}x{w}: drop --frames/--size or re-export with "
+                f"`mfnet export --input 1x3x{frames or t}x{size or h}x{size or w}`"
+            )
+        if (resolved.spec.frames, resolved.spec.crop_size) != (t, h):  # the graph is authoritative
+            graph = spec_overrides(ResolvedSpec(resolved.spec, resolved.source, True), frames=t, crop_size=h)
+            resolved = ResolvedSpec(graph.spec, resolved.source, resolved.stored, resolved.note)
+        fixed_batch = n
+    resolved = spec_overrides(resolved, **overrides)
+    return ClipSpec.from_input_spec(resolved.spec, crops=crops), resolved, fixed_batch
 
 
 class Predictor:
@@ -347,7 +487,7 @@ class Predictor:
 
     Args:
         model: A classifier (``nn.Module``), or any callable mapping clips ``(N, 3, T, H, W)`` to logits
-            ``(N, K)`` (such as ``mfnet.tools.export.ExportedRunner``; embeddings need an ``nn.Module``).
+            ``(N, K)`` (such as ``mfnet.engine.exported.ExportedRunner``; embeddings need an ``nn.Module``).
         spec: Clip length, sampling interval, resize, crop and normalisation.
         num_clips: Clips per video (per window in window mode), spread evenly.
         batch_size: Clips per forward pass.
@@ -381,7 +521,49 @@ class Predictor:
         self._source = model
         self._model: Callable[[torch.Tensor], torch.Tensor] | None = None if isinstance(model, nn.Module) else model
 
+    @classmethod
+    def from_weights(
+        cls,
+        weights: str | Path,
+        *,
+        model_name: str | None = None,
+        crops: int = 1,
+        num_clips: int = 10,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        device: str | torch.device | None = None,
+        **clip_overrides: Any,
+    ) -> Predictor:
+        """A predictor that cuts clips the way the weights expect (the ``InputSpec`` they carry).
+
+        Args:
+            weights: A checkpoint, a registered weights name, or an exported ``.onnx`` / ``.pt2``.
+            model_name: The model to build (default: the checkpoint's).
+            crops: Crops per clip, 1 or 3.
+            **clip_overrides: ``frames``, ``interval``, ``crop_size``, ``resize``, ``normalization`` or
+                ``test_protocol`` to use instead of the stored ones; what they change is logged in one line
+                (as is the fallback to the paper's setting for checkpoints that store no spec).
+        """
+        loaded = load_model(weights, model_name=model_name)
+        spec, resolved, fixed_batch = clip_spec_for(loaded, crops=crops, **clip_overrides)
+        if resolved.note:
+            logging.getLogger("mfnet").warning("%s", resolved.note)
+        return cls(
+            loaded.model,
+            spec=spec,
+            num_clips=num_clips,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            fixed_batch=fixed_batch,
+        )
+
     # -- the model -----------------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> nn.Module | Callable[[torch.Tensor], torch.Tensor]:
+        """The model as given (not the prepared copy that runs)."""
+        return self._source
 
     def _module(self) -> Callable[[torch.Tensor], torch.Tensor]:
         if self._model is None:
@@ -393,7 +575,7 @@ class Predictor:
     def _forward(self, clips: torch.Tensor, *, features: bool) -> torch.Tensor:
         """Logits ``(N, K)`` or embeddings ``(N, C)`` of clips ``(N, 3, T, H, W)``, on the CPU.
 
-        A PyTorch model on a GPU runs under fp16 autocast (``mfnet.tools.fastpath.autocast_context``: 1.5x the
+        A PyTorch model on a GPU runs under fp16 autocast (``mfnet.fastpath.autocast_context``: 1.5x the
         clips/s of fp32 for mfnet3d on an H100); on CPU in fp32.
         """
         with autocast_context(self.device, enabled=isinstance(self._source, nn.Module)):
@@ -417,10 +599,7 @@ class Predictor:
     # -- running items -------------------------------------------------------------------------------------------
 
     def _items(self, paths: list[Path], sampler: Any, *, durations: bool = True) -> _PredictionItems:
-        records = [VideoRecord(Path(p), -1, "all") for p in paths]
-        dataset = VideoClipDataset(records, sampler=sampler, transform=self.spec.transform(), max_substitutions=0)
-        shape = (3, self.spec.frames, self.spec.crop_size, self.spec.crop_size)
-        return _PredictionItems(dataset, shape, durations=durations)
+        return _prediction_items(paths, sampler, self.spec, durations=durations)
 
     def _run(
         self,
@@ -544,26 +723,20 @@ class Predictor:
             progress: Show a progress bar over files on stderr.
         """
         paths = [Path(p) for p in paths]
-        sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
         rows, videos, clips, errors = [], [], [], {}
-        bar = tqdm(total=len(paths), unit="video", disable=None if progress else True, leave=False)
-        try:
-            for video in self._run(self._items(paths, sampler), features=True, progress=bar):
-                out = video.outputs  # (M_ok, C)
-                if out.shape[0] == 0:
-                    errors[str(paths[video.video])] = video.errors[0] if video.errors else "no clip decoded"
-                if per_clip:
-                    rows.append(out if out.shape[0] else None)
-                    videos.append(torch.full((out.shape[0],), video.video))
-                    clips.append(video.clip_id)
-                else:
-                    rows.append(out.mean(0, keepdim=True) if out.shape[0] else None)
-                    videos.append(torch.tensor([video.video]))
-                    clips.append(torch.tensor([-1]))
-        finally:
-            bar.close()
+        for index, video in enumerate(self.iter_features(paths, per_clip=per_clip, progress=progress)):
+            if not video.ok:
+                errors[str(video.path)] = video.error
+            if per_clip:  # a failed video has no rows
+                rows.append(video.features if video.ok else None)
+                videos.append(torch.full((video.features.shape[0] if video.ok else 0,), index))
+                clips.append(video.clip_id)
+            else:
+                rows.append(video.features if video.ok else None)
+                videos.append(torch.tensor([index]))
+                clips.append(torch.tensor([-1]))
         width = next((r.shape[1] for r in rows if r is not None and r.shape[0]), 0)
-        if per_clip:  # a failed video has no rows
+        if per_clip:
             rows = [r for r in rows if r is not None]
         rows = [r if r is not None else torch.full((1, width), math.nan) for r in rows]
         return VideoFeatures(
@@ -573,6 +746,58 @@ class Predictor:
             torch.cat(clips).long() if clips else torch.zeros(0, dtype=torch.long),
             errors,
         )
+
+    def iter_features(
+        self, paths: Sequence[str | Path], *, per_clip: bool = False, progress: bool = False
+    ) -> Iterator[VideoEmbedding]:
+        """Like ``features`` but yields each video's ``VideoEmbedding`` as soon as it is done, in input order."""
+        paths = [Path(p) for p in paths]
+        if not paths:
+            return
+        sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
+        bar = tqdm(total=len(paths), unit="video", disable=None if progress else True, leave=False)
+        try:
+            for video in self._run(self._items(paths, sampler), features=True, progress=bar):
+                yield _video_embedding(paths[video.video], video, per_clip=per_clip, crops=self.spec.crops)
+        finally:
+            bar.close()
+
+    # -- videos decoded elsewhere (Ray tasks): the same model code and the same averaging --------------------------
+
+    def predict_decoded(self, videos: Sequence[DecodedVideo]) -> list[VideoPrediction]:
+        """Predictions of videos decoded by ``decode_video`` (in other processes); the numbers of ``predict``.
+
+        The good clips of all ``videos`` share batches of ``batch_size``.
+        """
+        outputs = self._run_decoded(videos, features=False)
+        return [
+            _video_prediction(v.path, out.outputs, out.errors, out.seconds, self.spec.crops)
+            for v, out in zip(videos, outputs, strict=True)
+        ]
+
+    def features_decoded(self, videos: Sequence[DecodedVideo], *, per_clip: bool = False) -> list[VideoEmbedding]:
+        """Embeddings of videos decoded by ``decode_video``; the numbers of ``iter_features``."""
+        outputs = self._run_decoded(videos, features=True)
+        return [
+            _video_embedding(v.path, out, per_clip=per_clip, crops=self.spec.crops)
+            for v, out in zip(videos, outputs, strict=True)
+        ]
+
+    def _run_decoded(self, videos: Sequence[DecodedVideo], *, features: bool) -> list[_VideoOutputs]:
+        good = [v.clips[v.ok] for v in videos]  # (M_ok, 3, T, H, W) each
+        flat = torch.cat(good) if good else torch.zeros(0)
+        outs = (
+            torch.cat([self._forward(chunk, features=features) for chunk in flat.split(self.batch_size)])
+            if flat.shape[0]
+            else torch.zeros(0, 0)
+        )
+        result, start = [], 0
+        for index, (video, clips) in enumerate(zip(videos, good, strict=True)):
+            n = clips.shape[0]
+            out = outs[start : start + n] if n else torch.zeros(0, 0)
+            result.append(_VideoOutputs(index, out, video.clip_id[video.ok], list(video.errors), video.seconds))
+            start += n
+        return result
 
 
 @dataclass
@@ -592,6 +817,18 @@ class _VideoOutputs:
         clip_id = torch.tensor([clip for clip, _ in good], dtype=torch.long)
         errors = list(dict.fromkeys(err for *_, err, _ in items if err))
         return cls(items[0][0], outputs, clip_id, errors, items[0][4])
+
+
+def _video_embedding(path: Path, video: _VideoOutputs, *, per_clip: bool, crops: int) -> VideoEmbedding:
+    """A video's embedding: the mean of its decoded clips x crops ``(M, C)``, or every row with ``per_clip``."""
+    out = video.outputs  # (M_ok, C)
+    if out.shape[0] == 0:
+        reason = video.errors[0] if video.errors else f"no clip of {path} could be decoded: re-encode or remove it"
+        return VideoEmbedding(path, out, torch.zeros(0, dtype=torch.long), 0, video.seconds, reason)
+    clips = -(-out.shape[0] // max(1, crops))
+    if per_clip:
+        return VideoEmbedding(path, out, video.clip_id, clips, video.seconds)
+    return VideoEmbedding(path, out.mean(0, keepdim=True), torch.tensor([-1]), clips, video.seconds)
 
 
 def _video_prediction(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 SCHEDULES = ("step", "exp", "cosine", "constant")
+WARMUP_MODES = ("linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,10 @@ class LRSchedule:
             step), ``cosine`` (half cosine to 0 at ``total_steps``) or ``constant``.
         milestones: Epochs of the step decays.
         gamma: The step factor or the per-epoch exponential factor.
-        warmup_epochs: Length of the linear warm-up from ``warmup_start_factor`` to 1.
+        warmup_epochs: Length of the warm-up.
         warmup_start_factor: LR factor at step 0 when warming up.
+        warmup_mode: ``"linear"`` (from ``warmup_start_factor`` to 1) or ``"constant"`` (``warmup_start_factor``
+            throughout the warm-up, as the authors' scripts run their first 100 iterations at half the LR).
     """
 
     base_lr: float
@@ -39,10 +42,13 @@ class LRSchedule:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.1
+    warmup_mode: str = "linear"
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.kind!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.warmup_mode not in WARMUP_MODES:
+            raise ValueError(f"unknown warm-up {self.warmup_mode!r}; choose one of {', '.join(WARMUP_MODES)}")
         if self.steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be positive")
 
@@ -67,7 +73,9 @@ class LRSchedule:
         else:
             f = 1.0
         warm = self.warmup_steps
-        if step < warm:
+        if step < warm and self.warmup_mode == "constant":
+            f *= self.warmup_start_factor
+        elif step < warm:
             f *= self.warmup_start_factor + (1.0 - self.warmup_start_factor) * step / warm
         return f
 

@@ -32,7 +32,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,14 +47,16 @@ from tqdm.auto import tqdm
 
 from mfnet.engine import checkpoints as ckpt
 from mfnet.engine.distributed import DistContext, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
+from mfnet.engine.input_spec import input_spec_of_recipe
 from mfnet.engine.inputs import DataSpec, batches_after, build_datasets, make_loader, video_names_of
 from mfnet.engine.metrics import MetricsLog, RunningMeans, topk_correct
 from mfnet.engine.optim import build_optimizer
 from mfnet.engine.recipes import Recipe
 from mfnet.engine.schedule import LRSchedule
 from mfnet.errors import MfnetError
+from mfnet.fastpath import prepare_for_training, to_channels_last
 from mfnet.models import create_model
-from mfnet.tools.fastpath import prepare_for_training, to_channels_last
+from mfnet.models.base import first_conv_weight
 
 logger = logging.getLogger("mfnet")
 
@@ -103,7 +105,7 @@ def train(
     device: str | None = None,
     max_steps: int | None = None,
     progress: bool = True,
-    figures: bool = True,
+    on_finish: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Trains ``recipe`` and writes the run to ``out_dir``.
 
@@ -122,7 +124,8 @@ def train(
         device: ``"cpu"`` or ``"cuda"`` (default: CUDA if available).
         max_steps: Stop after this many optimizer steps in total (saving a checkpoint), e.g. for a smoke test.
         progress: Show tqdm progress bars on stderr.
-        figures: Write the figures of ``mfnet.tools.plots`` at the end.
+        on_finish: Called on rank 0 with the run directory once ``model.pt`` and ``summary.json`` are written
+            (``mfnet train`` passes ``mfnet.tools.report.write_figures``).
 
     Returns:
         A :class:`TrainResult`.
@@ -140,7 +143,7 @@ def train(
             classes=classes,
             resume=resume,
             max_steps=max_steps,
-            figures=figures,
+            on_finish=on_finish,
         )
     finally:
         cleanup(ctx)
@@ -213,7 +216,7 @@ class _Trainer:
         classes: list[str] | None,
         resume: bool,
         max_steps: int | None,
-        figures: bool,
+        on_finish: Callable[[Path], None] | None,
     ) -> TrainResult:
         r, ctx = self.recipe, self.ctx
         if r.deterministic:
@@ -255,6 +258,7 @@ class _Trainer:
             gamma=r.lr_gamma,
             warmup_epochs=r.warmup_epochs,
             warmup_start_factor=r.warmup_start_factor,
+            warmup_mode=r.warmup_mode,
         )
 
         seed_everything(r.seed)
@@ -293,7 +297,7 @@ class _Trainer:
             (self.run_dir / "recipe.json").write_text(json.dumps(r.to_dict(), indent=2) + "\n")
             if self.classes is not None:
                 (self.run_dir / "classes.txt").write_text("".join(c + "\n" for c in self.classes))
-            if step == 0 and figures:
+            if step == 0:
                 _save_initial_filters(model, self.run_dir)
         log = MetricsLog(self.run_dir, enabled=ctx.is_main, resume_step=step)
         log.truncate_after(step)
@@ -348,14 +352,13 @@ class _Trainer:
                 model_name=r.model,
                 model_kwargs=self.model_kwargs,
                 classes=self.classes,
+                input_spec=input_spec_of_recipe(r).to_dict(),
             )
             (self.run_dir / "summary.json").write_text(
                 json.dumps({"recipe": r.name, "history": history}, indent=2) + "\n"
             )
-            if figures:
-                from mfnet.tools.report import write_figures
-
-                write_figures(self.run_dir)
+            if on_finish is not None:
+                on_finish(self.run_dir)
         barrier(ctx)
         epochs_done = (history[-1]["epoch"] if history else start_epoch) if ctx.is_main else epoch
         return TrainResult(
@@ -561,6 +564,7 @@ class _Trainer:
                 model_name=self.recipe.model,
                 model_kwargs=self.model_kwargs,
                 classes=self.classes,
+                input_spec=input_spec_of_recipe(self.recipe).to_dict(),
                 optimizer=self.optimizer,
                 scaler=self.scaler,
                 epoch=epoch,
@@ -577,8 +581,6 @@ class _Trainer:
 
 def _save_initial_filters(model: nn.Module, run_dir: Path) -> None:
     """Keeps conv1's initial weights (``RUN_DIR/conv1_init.pt``) for the before/after filter figure."""
-    from mfnet.tools.plots import first_conv_weight
-
     weight = first_conv_weight(model)
     if weight is not None:
         torch.save(weight.detach().cpu().contiguous(), run_dir / "conv1_init.pt")

@@ -93,3 +93,11 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             init_classifier(m)
+
+
+def first_conv_weight(model: nn.Module) -> torch.Tensor | None:
+    """The weight of the model's first convolution, ``(O, C, T, kH, kW)`` or ``(O, C, kH, kW)``, or ``None``."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            return module.weight
+    return None

@@ -34,7 +34,7 @@ from mfnet.errors import CheckpointError
 
 logger = logging.getLogger("mfnet")
 
-INFLATE_METHODS = ("average", "random")
+INFLATE_METHODS = ("average", "random", "average-noise")
 _CLASSIFIER_PREFIX = "classifier."
 _IGNORED_SUFFIX = "num_batches_tracked"
 
@@ -178,7 +178,7 @@ def load_weights(
         checkpoint: A ``Checkpoint`` or a path.
         skip_classifier: Leave a classifier of another size as initialised instead of failing (fine-tuning, or
             inflating an ImageNet model for another label set).
-        inflate: ``"average"`` or ``"random"``, see ``inflate_kernel``.
+        inflate: ``"average"``, ``"random"`` (the authors') or ``"average-noise"``, see ``inflate_kernel``.
 
     Raises:
         CheckpointError: The checkpoint is for another architecture or class count.
@@ -250,36 +250,70 @@ def _check_values(path: Path, key: str, value: torch.Tensor) -> None:
         )
 
 
-def inflate_kernel(kernel: torch.Tensor, time: int, *, method: str = "average") -> torch.Tensor:
-    """Turns a 2D kernel ``(O, I, kH, kW)`` into a 3D kernel ``(O, I, time, kH, kW)`` that sums to it over time.
+def inflate_kernel(
+    kernel: torch.Tensor, time: int, *, method: str = "average", generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Turns a 2D kernel ``W`` ``(O, I, kH, kW)`` into a 3D kernel ``(O, I, time, kH, kW)``.
 
-    ``"average"`` repeats the 2D kernel ``time`` times and divides by ``time`` (I3D-style inflation: on a clip of
-    identical frames the 3D convolution reproduces the 2D one away from the temporal borders). ``"random"`` is
-    the authors' alternative filling: the averaged kernel plus uniform noise of the kernel's mean magnitude that
-    cancels over time, so the sum over time is still the 2D kernel but the frames are not treated alike.
-    A temporal size of 1 is a plain reshape.
+    * ``"average"`` (I3D-style): ``W / time`` at every tap, so the sum over time is ``W`` and on a clip of
+      identical frames the 3D convolution reproduces the 2D one away from the temporal borders.
+    * ``"random"`` (the authors' ``init_3d_from_2d_dict(method='random')``): every tap starts from
+      ``W / time``; the taps after the first are filled in groups of three ``(u, W / time, -u)``, then a pair
+      ``(u, -u)`` or a single ``W / time`` for the rest, with ``u`` uniform in ``±mean|W / time|``; finally the taps
+      of every kernel element are shuffled independently. The noise cancels, so the sum over time is
+      ``c * W / time`` with ``c`` the number of ``W / time`` taps: ``W / 3`` for the 3-tap kernels of MF-Net
+      (one kernel tap and a cancelling pair), ``W / 2`` for 4 taps, ``W`` for 2 taps.
+    * ``"average-noise"``: ``"average"`` plus uniform noise of the kernel's mean magnitude that cancels over time,
+      so the sum over time stays ``W`` but the frames are not treated alike.
+
+    A temporal size of 1 is a plain reshape. ``generator`` makes the random methods reproducible.
     """
     kernel = kernel.float() if not kernel.is_floating_point() else kernel
-    out = kernel.unsqueeze(2).repeat(1, 1, time, 1, 1) / time  # (O, I, kH, kW) -> (O, I, T, kH, kW)
-    if method == "random" and time > 1:
-        scale = out.abs().mean()
-        noise = torch.empty_like(out).uniform_(-1.0, 1.0) * scale
-        out = out + noise - noise.mean(dim=2, keepdim=True)  # zero-sum noise over time
-    elif method not in INFLATE_METHODS:
+    if method not in INFLATE_METHODS:
         raise CheckpointError(f"unknown inflation method {method!r}: use one of {', '.join(INFLATE_METHODS)}")
-    return out
+    tap = kernel / time
+    out = tap.unsqueeze(2).repeat(1, 1, time, 1, 1)  # (O, I, kH, kW) -> (O, I, T, kH, kW), W/T at every tap
+    if time == 1 or method == "average":
+        return out
+    if method == "average-noise":
+        scale = out.abs().mean()
+        noise = (torch.rand(out.shape, generator=generator) * 2 - 1).to(out) * scale
+        return out + noise - noise.mean(dim=2, keepdim=True)  # zero-sum noise over time
+    scale = tap.abs().mean()
+    index = 1
+    while index < time:
+        if time - index >= 3:  # (u, W/T, -u)
+            noise = (torch.rand(tap.shape, generator=generator) * 2 - 1).to(tap) * scale
+            out[:, :, index], out[:, :, index + 2] = noise, -noise
+            index += 3
+        elif time - index == 2:  # (u, -u)
+            noise = (torch.rand(tap.shape, generator=generator) * 2 - 1).to(tap) * scale
+            out[:, :, index], out[:, :, index + 1] = noise, -noise
+            index += 2
+        else:  # a last W/T tap
+            index += 1
+    order = torch.rand(out.shape, generator=generator).argsort(dim=2).to(out.device)  # a permutation per element
+    return out.gather(2, order)
 
 
 def make_meta(
-    model_name: str, *, num_classes: int, model_kwargs: Mapping[str, Any] | None = None, classes: list[str] | None
+    model_name: str,
+    *,
+    num_classes: int,
+    model_kwargs: Mapping[str, Any] | None = None,
+    classes: list[str] | None,
+    input_spec: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``"mfnet"`` metadata entry of our checkpoints."""
-    return {
+    """The ``"mfnet"`` metadata entry of our checkpoints (``input_spec``: ``mfnet.models.weights.InputSpec``)."""
+    meta = {
         "model": model_name,
         "num_classes": int(num_classes),
         "model_kwargs": dict(model_kwargs or {}),
         "classes": list(classes) if classes is not None else None,
     }
+    if input_spec:
+        meta["input_spec"] = dict(input_spec)
+    return meta
 
 
 def save_checkpoint(
@@ -290,8 +324,11 @@ def save_checkpoint(
     model_kwargs: Mapping[str, Any] | None = None,
     classes: list[str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    input_spec: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes ``{"state_dict", "mfnet", **extra}`` atomically (a temporary file renamed over ``path``).
+
+    ``input_spec`` (``InputSpec.to_dict()``) records the clips the weights expect, for predict, eval and export.
 
     A ``.safetensors`` path writes the tensors with the metadata as JSON (``extra`` is not allowed there).
     Every value must be loadable with ``torch.load(weights_only=True)``: tensors and plain Python types.
@@ -299,7 +336,9 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     num_classes = int(getattr(model, "num_classes", 0))
-    meta = make_meta(model_name, num_classes=num_classes, model_kwargs=model_kwargs, classes=classes)
+    meta = make_meta(
+        model_name, num_classes=num_classes, model_kwargs=model_kwargs, classes=classes, input_spec=input_spec
+    )
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -338,4 +377,10 @@ def model_from_checkpoint(
     num_classes = ckpt.num_classes
     model = build_model(name, num_classes=num_classes, **kwargs)
     load_weights(model, ckpt)
-    return model, make_meta(name, num_classes=num_classes or 0, model_kwargs=kwargs, classes=meta.get("classes"))
+    return model, make_meta(
+        name,
+        num_classes=num_classes or 0,
+        model_kwargs=kwargs,
+        classes=meta.get("classes"),
+        input_spec=meta.get("input_spec"),
+    )

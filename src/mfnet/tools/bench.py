@@ -31,15 +31,15 @@ import torch
 from torch import nn
 
 from mfnet.errors import MfnetError
-from mfnet.models import create_model, list_models
-from mfnet.tools.bench_worker import CandidateProcess
-from mfnet.tools.fastpath import (
+from mfnet.fastpath import (
     autocast_context,
     optimize_for_inference,
     prepare_for_training,
     to_channels_last,
     to_layout,
 )
+from mfnet.models import create_model, list_models
+from mfnet.tools.bench_worker import CandidateProcess
 from mfnet.tools.flops import count_macs, count_params
 
 if TYPE_CHECKING:

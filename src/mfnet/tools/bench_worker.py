@@ -35,9 +35,7 @@ class CandidateProcess:
     def __init__(self, candidate: Any, **settings: Any) -> None:
         self.label = candidate.label
         self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (the worker's stderr; closed in close())
-        code = "from mfnet.tools.bench_worker import serve; serve()"
-        if "OMP_WAIT_POLICY" not in os.environ:  # keep OpenMP's default, as here: torch first, so mfnet sets none
-            code = "import torch; " + code
+        code = "import torch; from mfnet.tools.bench_worker import serve; serve()"  # a user's order: torch first
         self._proc = subprocess.Popen(
             [sys.executable, "-c", code],
             stdin=subprocess.PIPE,

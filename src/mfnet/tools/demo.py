@@ -292,7 +292,6 @@ def _run_demo(
                 resume=True,
                 device=device,
                 progress=progress,
-                figures=False,
             )
             if result.model_path is None:
                 raise MfnetError(f"training {name} stopped before the end: run the demo again to resume it")

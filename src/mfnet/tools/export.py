@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 
+from mfnet.engine.exported import META_KEY, load_exported
 from mfnet.errors import MfnetError
-from mfnet.models.pt2_safety import check_pt2_archive
+from mfnet.fastpath.fold import fold_batchnorm
 
 FORMATS = ("onnx", "torch-export")
 DEFAULT_TOLERANCE = 1e-3
 ONNX_OPSET = 18
 INPUT_NAME = "clip"
 OUTPUT_NAME = "logits"
-META_KEY = "mfnet"  # ONNX metadata_props key / ExportedProgram extra file holding the mfnet meta as JSON
 
 
 @dataclass
@@ -60,70 +60,6 @@ class ExportResult:
     def ok(self) -> bool:
         """Whether the artifact matched PyTorch within the tolerance."""
         return self.max_abs_diff <= self.tolerance
-
-
-class _FeatureGraph(nn.Module):
-    """Wraps a classifier so that ``torch.fx`` traces its ``forward_features`` (no input-shape branches)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
-
-
-def fold_batchnorm(model: nn.Module) -> list[str]:
-    """Folds, in place, every BatchNorm that reads the output of one convolution and nothing else.
-
-    ``conv -> BN`` becomes ``conv'`` with ``W' = W * s`` and ``b' = (b - mean) * s + beta`` where
-    ``s = gamma / sqrt(var + eps)`` per output channel, and the BN is replaced by ``nn.Identity``. The
-    pairs are found on a ``torch.fx`` trace of ``model.forward_features``: the convolution's only user
-    must be the BN, and each module must be called once. A model that cannot be traced is left as it is.
-
-    Args:
-        model: A classifier in eval mode (its BN running statistics are used).
-
-    Returns:
-        Qualified names of the folded BatchNorm modules (empty if none could be folded).
-    """
-    try:
-        graph = fx.symbolic_trace(_FeatureGraph(model)).graph
-    except Exception:  # a model with data-dependent control flow: keep it unfolded, it is still correct
-        return []
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    folded = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not node.args or not isinstance(node.args[0], fx.Node):
-            continue
-        src = node.args[0]
-        if src.op != "call_module" or len(src.users) != 1 or calls[node.target] != 1 or calls[src.target] != 1:
-            continue
-        bn_name, conv_name = node.target.removeprefix("model."), src.target.removeprefix("model.")
-        bn, conv = model.get_submodule(bn_name), model.get_submodule(conv_name)
-        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or type(conv) not in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-            continue
-        if bn.running_mean is None or bn.running_var is None or bn.num_features != conv.out_channels:
-            continue
-        _fold_into_conv(conv, bn)
-        parent_name, _, child = bn_name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, nn.Identity())
-        folded.append(bn_name)
-    return folded
-
-
-@torch.no_grad()
-def _fold_into_conv(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm) -> None:
-    scale = torch.rsqrt(bn.running_var + bn.eps)  # (C_out,)
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-    conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.ndim - 1))))  # (C_out, C_in/groups, k...) scaled per C_out
-    conv.bias = nn.Parameter(bias * scale + shift)
 
 
 def inference_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -268,75 +204,3 @@ def verify_export(
             return float("inf")
         worst = max(worst, float((got - expected).abs().max()))
     return worst
-
-
-class ExportedRunner:
-    """Runs an exported artifact on clip batches: ``runner(x (N, C, T, H, W)) -> logits (N, K)`` on CPU.
-
-    Attributes:
-        path: The artifact.
-        meta: The mfnet meta stored at export (``{}`` if none): ``model``, ``num_classes``, ``classes``, ...
-        input_shape: The graph's input shape; a dynamic batch is ``None`` (others are fixed sizes).
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if self.path.exists() and not self.path.is_file():
-            raise MfnetError(f"{self.path} is not a regular file (a folder, FIFO or device): give the exported file")
-        if not self.path.is_file():
-            raise MfnetError(f"no exported model at {self.path}: check the path or run `mfnet export` first")
-        if self.path.suffix.lower() == ".onnx":
-            self._init_onnx()
-        else:
-            self._init_program()
-
-    def _init_onnx(self) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MfnetError("running an ONNX model needs onnxruntime: pip install 'mfnet[onnx]'") from None
-        try:
-            self._session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        except Exception as err:
-            raise MfnetError(
-                f"ONNX Runtime cannot load {self.path} ({err}); re-export it with `mfnet export`"
-            ) from None
-        meta = self._session.get_modelmeta().custom_metadata_map.get(META_KEY, "{}")
-        self.meta = json.loads(meta)
-        (inp,) = self._session.get_inputs()
-        self._input_name = inp.name
-        self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
-        self._program = None
-
-    def _init_program(self) -> None:
-        extra = {META_KEY: ""}
-        check_pt2_archive(self.path)  # torch.export.load can run code from a crafted file: refuse those first
-        try:
-            program = torch.export.load(str(self.path), extra_files=extra)
-        except Exception as err:
-            raise MfnetError(
-                f"{self.path} is not an ExportedProgram torch.export can load ({type(err).__name__}); "
-                "re-export it with `mfnet export --format torch-export`"
-            ) from None
-        self.meta = json.loads(extra[META_KEY] or "{}")
-        (spec,) = [
-            s
-            for s in program.graph_signature.input_specs
-            if s.kind == torch.export.graph_signature.InputKind.USER_INPUT
-        ]
-        example = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == spec.arg.name)
-        shape = example.meta["val"].shape
-        self.input_shape = tuple(int(d) if isinstance(d, int) else None for d in shape)
-        self._program = program.module()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._program is not None:
-            with torch.no_grad():
-                return self._program(x)
-        out = self._session.run(None, {self._input_name: x.detach().cpu().float().numpy()})[0]
-        return torch.from_numpy(out)
-
-
-def load_exported(path: str | Path) -> ExportedRunner:
-    """Opens an ``.onnx`` file or an ExportedProgram as an ``ExportedRunner``."""
-    return ExportedRunner(path)

@@ -5,6 +5,7 @@
 * :func:`plot_per_class`: per-class accuracy sorted descending with the best and worst classes named (Fig. 7).
 * :func:`plot_confusion`: the row-normalised confusion matrix.
 * :func:`plot_samples`: top-5 predictions on sample videos next to a strip of their frames (Fig. 8).
+* :func:`plot_accuracy_vs_gflops`: top-1 accuracy against multiply-adds, circle area = parameters (Figs. 4b, 6).
 
 Each function takes plain data (records, tensors, lists) and writes one PNG; ``mfnet.tools.report`` gathers the
 data of a run directory and calls them.
@@ -23,17 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch import nn
 
 _DPI = 110
-
-
-def first_conv_weight(model: nn.Module) -> torch.Tensor | None:
-    """The weight of the model's first convolution, ``(O, C, T, kH, kW)`` or ``(O, C, kH, kW)``, or ``None``."""
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-            return module.weight
-    return None
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -216,6 +208,55 @@ def plot_samples(samples: Sequence[dict[str, Any]], path: str | Path) -> Path:
         ax_bar.tick_params(axis="x", labelsize=7)
         if row == n - 1:
             ax_bar.set_xlabel("probability (%)", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_gflops(rows: Sequence[Any], path: str | Path, *, title: str = "") -> Path:
+    """Top-1 accuracy against GFLOPs (multiply-adds, log scale), one panel per dataset; circle area = parameters.
+
+    Args:
+        rows: ``mfnet.tools.results.ResultRow``-like records (``dataset``, ``model``, ``params_m``, ``gflops``,
+            ``top1``, ``published``). The paper's rows are drawn in blue, the others (the user's runs) in orange.
+        path: The PNG to write.
+        title: A title over the panels.
+    """
+    datasets = list(dict.fromkeys(r.dataset for r in rows)) or ["(no results)"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.2), squeeze=False)
+    largest = max((r.params_m for r in rows), default=1.0) or 1.0
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        subset = [r for r in rows if r.dataset == dataset]
+        for row in subset:
+            color = "tab:blue" if row.published else "tab:orange"
+            area = 1600 * row.params_m / largest  # points^2, proportional to the parameters
+            ax.scatter(row.gflops, row.top1, s=area, color=color, alpha=0.45, edgecolors=color, linewidths=1.2)
+            ax.annotate(
+                f"{row.model}\n{row.params_m:.1f}M",
+                (row.gflops, row.top1),
+                fontsize=7,
+                ha="center",
+                va="bottom",
+                xytext=(0, math.sqrt(area) / 2 + 2),  # above the circle (its radius in points)
+                textcoords="offset points",
+            )
+        if subset:
+            ax.set_xscale("log")
+            xs = [r.gflops for r in subset]
+            ys = [r.top1 for r in subset]
+            ax.set_xlim(min(xs) / 2, max(xs) * 2)
+            ax.set_ylim(min(ys) - 4, max(ys) + 4)
+        ax.set_title(dataset, fontsize=10)
+        ax.set_xlabel("GFLOPs (multiply-adds, log scale)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", color="tab:blue", alpha=0.5, label="paper"),
+        plt.Line2D([], [], marker="o", ls="", color="tab:orange", alpha=0.5, label="this run / yours"),
+    ]
+    axes[0][-1].legend(
+        handles=handles, fontsize=8, loc="lower right", title="circle area = parameters", title_fontsize=7
+    )
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
 
 

@@ -6,12 +6,14 @@ Reads what ``mfnet train`` (and ``mfnet eval --out RUN_DIR/eval``) left in the r
     conv1_init.pt + model.pt (or the newest checkpoint) -> figures/filters.png
     eval/metrics.json    -> figures/per_class.png, figures/confusion.png
     eval/predictions.json + the videos -> figures/samples.png
+    the paper's results + this run's + --results CSVs -> figures/accuracy_vs_gflops.png
 
 and writes ``report.md`` and ``report.html`` beside them. Figures whose inputs are missing are skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -25,6 +27,7 @@ import torch
 from mfnet.engine.metrics import read_metrics
 from mfnet.errors import MfnetError
 from mfnet.tools import plots
+from mfnet.tools.results import ResultRow, paper_results, read_results, run_result
 
 logger = logging.getLogger("mfnet")
 
@@ -58,7 +61,7 @@ def _frame_strip(path: str, count: int = 6, height: int = 72) -> np.ndarray | No
     from mfnet.data.readers import open_video
 
     try:
-        with contextlib_closing(open_video(path)) as reader:
+        with contextlib.closing(open_video(path)) as reader:
             n = reader.num_frames
             idx = np.linspace(0, n - 1, num=min(count, n)).round().astype(np.int64)
             frames = reader.read(idx)  # (F, H, W, 3) uint8
@@ -70,33 +73,52 @@ def _frame_strip(path: str, count: int = 6, height: int = 72) -> np.ndarray | No
     return small.clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
-class contextlib_closing:
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def __enter__(self) -> Any:
-        return self.obj
-
-    def __exit__(self, *exc: object) -> None:
-        close = getattr(self.obj, "close", None)
-        if close is not None:
-            close()
+def _true_prob(prediction: dict[str, Any]) -> float:
+    """The probability of the true class (0 when it is not among the stored top classes)."""
+    return next((float(t["prob"]) for t in prediction.get("top", []) if t.get("class") == prediction["label"]), 0.0)
 
 
-def _pick_samples(predictions: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
-    """Alternates correct and wrong predictions so the figure shows both."""
-    right = [p for p in predictions if p.get("correct")]
-    wrong = [p for p in predictions if not p.get("correct")]
+def pick_samples(predictions: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The samples of paper Fig. 8: the hardest categories, each with an easy and a hard sample.
+
+    Categories are ranked by video accuracy (lowest first; ties: lower mean probability of the true class). From
+    each of the ``ceil(count / 2)`` hardest, the easy sample is the video with the highest probability of its true
+    class and the hard sample the one with the lowest. Each returned record gains ``"difficulty"`` (``"easy"``,
+    ``"hard"``, or ``"only"`` for a category of one video) and ``"category_accuracy"``.
+    """
+    by_class: dict[int, list[dict[str, Any]]] = {}
+    for p in predictions:
+        by_class.setdefault(int(p["label"]), []).append(p)
+
+    def hardness(videos: list[dict[str, Any]]) -> tuple[float, float]:
+        accuracy = sum(bool(v.get("correct")) for v in videos) / len(videos)
+        return accuracy, sum(_true_prob(v) for v in videos) / len(videos)
+
+    ranked = sorted(by_class.items(), key=lambda item: (hardness(item[1]), item[0]))
     picked: list[dict[str, Any]] = []
-    while len(picked) < count and (right or wrong):
-        for pool in (right, wrong):
-            if pool and len(picked) < count:
-                picked.append(pool.pop(0))
+    for _, videos in ranked:
+        if len(picked) >= count:
+            break
+        accuracy = hardness(videos)[0]
+        ordered = sorted(videos, key=_true_prob)
+        pairs = [("easy", ordered[-1]), ("hard", ordered[0])] if len(ordered) > 1 else [("only", ordered[0])]
+        for difficulty, video in pairs[: count - len(picked)]:
+            picked.append({**video, "difficulty": difficulty, "category_accuracy": accuracy})
     return picked
 
 
-def write_figures(run_dir: str | Path, *, samples: int = 4, eval_dir: str | Path | None = None) -> dict[str, Path]:
-    """Writes every figure whose inputs the run directory has; returns ``{figure name: path}``."""
+def write_figures(
+    run_dir: str | Path,
+    *,
+    samples: int = 4,
+    eval_dir: str | Path | None = None,
+    results: list[str | Path] | None = None,
+) -> dict[str, Path]:
+    """Writes every figure whose inputs the run directory has; returns ``{figure name: path}``.
+
+    ``results`` are more rows for the accuracy-against-GFLOPs chart: CSV files (see ``mfnet.tools.results``) or
+    other evaluated run directories.
+    """
     run_dir = Path(run_dir)
     out = run_dir / FIGURES
     written: dict[str, Path] = {}
@@ -124,7 +146,7 @@ def write_figures(run_dir: str | Path, *, samples: int = 4, eval_dir: str | Path
         preds_path = eval_dir / "predictions.json"
         if samples and preds_path.exists():
             chosen = []
-            for p in _pick_samples(json.loads(preds_path.read_text()), samples * 3):
+            for p in pick_samples(json.loads(preds_path.read_text()), samples):
                 strip = _frame_strip(p["video"])
                 if strip is None:
                     continue
@@ -134,15 +156,45 @@ def write_figures(run_dir: str | Path, *, samples: int = 4, eval_dir: str | Path
                         "frames": strip,
                         "label": p["label_name"],
                         "top": p["top"],
-                        "title": f"{Path(p['video']).name}: true '{p['label_name']}', "
-                        f"predicted '{p['pred_name']}' ({mark})",
+                        "title": f"{p['difficulty']} sample of '{p['label_name']}' (category accuracy "
+                        f"{100 * p['category_accuracy']:.0f}%): {Path(p['video']).name}, predicted "
+                        f"'{p['pred_name']}' ({mark})",
                     }
                 )
-                if len(chosen) == samples:
-                    break
             if chosen:
                 written["samples"] = plots.plot_samples(chosen, out / "samples.png")
+    rows = results_table(run_dir, ev, results)
+    written["accuracy_vs_gflops"] = plots.plot_accuracy_vs_gflops(
+        rows, out / "accuracy_vs_gflops.png", title="accuracy against cost (paper Figs. 4b and 6)"
+    )
     return written
+
+
+def results_table(
+    run_dir: str | Path, evaluation: dict[str, Any] | None, results: list[str | Path] | None = None
+) -> list[ResultRow]:
+    """The paper's rows, the rows of ``results`` (CSV files, or other evaluated run directories) and this run's row.
+
+    Raises:
+        MfnetError: A ``results`` folder that is not an evaluated run (no ``recipe.json`` and ``eval/metrics.json``).
+    """
+    rows = paper_results()
+    for path in results or []:
+        path = Path(path)
+        if not path.is_dir():
+            rows += read_results(path)
+            continue
+        other = run_result(path, _read_eval(path / "eval") or {})
+        if other is None:
+            raise MfnetError(
+                f"{path} is not an evaluated training run (it needs recipe.json and eval/metrics.json): run "
+                f"`mfnet eval --out {path / 'eval'}` first, or give a results CSV"
+            )
+        rows.append(other)
+    own = run_result(run_dir, evaluation) if evaluation else None
+    if own is not None:
+        rows.append(own)
+    return rows
 
 
 def _read_eval(eval_dir: Path) -> dict[str, Any] | None:
@@ -150,14 +202,23 @@ def _read_eval(eval_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_report(run_dir: str | Path, *, samples: int = 4, eval_dir: str | Path | None = None) -> dict[str, Path]:
-    """Regenerates the figures and writes ``report.md`` and ``report.html``; returns their paths and the figures'."""
+def write_report(
+    run_dir: str | Path,
+    *,
+    samples: int = 4,
+    eval_dir: str | Path | None = None,
+    results: list[str | Path] | None = None,
+) -> dict[str, Path]:
+    """Regenerates the figures and writes ``report.md`` and ``report.html``; returns their paths and the figures'.
+
+    ``results``: more rows for the accuracy-against-GFLOPs chart, CSV files or other evaluated run directories.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not ((run_dir / "metrics.jsonl").exists() or (run_dir / "recipe.json").exists()):
         raise MfnetError(
             f"{run_dir} is not a training run directory (no metrics.jsonl): pass the --out of `mfnet train`"
         )
-    figures = write_figures(run_dir, samples=samples, eval_dir=eval_dir)
+    figures = write_figures(run_dir, samples=samples, eval_dir=eval_dir, results=results)
     recipe = json.loads((run_dir / "recipe.json").read_text()) if (run_dir / "recipe.json").exists() else {}
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -214,7 +275,9 @@ def write_report(run_dir: str | Path, *, samples: int = 4, eval_dir: str | Path 
         "filters": "conv1 spatio-temporal filters before and after training (Fig. 5).",
         "per_class": "Per-class accuracy, sorted (Fig. 7).",
         "confusion": "Confusion matrix (video level).",
-        "samples": "Top-5 predictions on sample videos (Fig. 8).",
+        "samples": "Top-5 predictions on an easy and a hard sample of the hardest categories (Fig. 8).",
+        "accuracy_vs_gflops": "Top-1 accuracy against GFLOPs, circle area = parameters: the paper's models and "
+        "this run (Figs. 4b and 6).",
     }
     for name, path in figures.items():
         lines += [f"![{captions[name]}]({path.relative_to(run_dir)})", "", f"*{captions[name]}*", ""]

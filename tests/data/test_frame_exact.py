@@ -97,3 +97,20 @@ def test_ucf101_xvid_clips_of_16_frames() -> None:
         with open_video(XVID) as reader:
             got = reader.read(indices).numpy()
         assert all(np.array_equal(frame, expected[i]) for i, frame in zip(indices, got, strict=True))
+
+
+@pytest.mark.parametrize("container", ["mkv", "mp4"])
+def test_packed_b_frames_remuxed_out_of_avi_read_frame_exact(tmp_path: Path, container: str) -> None:
+    """The XVID stream copied unchanged into another container: its packets have times, but the decoded
+    frames' times contradict them; the reader notices and indexes the file by decoding."""
+    path = tmp_path / f"xvid.{container}"
+    with av.open(str(XVID)) as source, av.open(str(path), "w") as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                target.mux(packet)
+    with av.open(str(path)) as copied:
+        stamps = [frame.pts for frame in copied.decode(video=0)]
+    assert stamps != sorted(stamps)  # the decoded frames' times are out of order
+    _check_exact(path, seed=7)

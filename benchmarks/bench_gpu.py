@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mfnet.tools.bench import BenchReport, Candidate, build_model, format_table, run_benchmark
+from mfnet.tools.bench import BenchReport, Candidate, build_benchmark_model, format_table, run_benchmark
 
 PEERS = ("r3d_18", "r2plus1d_18", "mc3_18")
 
@@ -71,7 +71,7 @@ def variants(out: Path, *, batch_infer: int, batch_train: int) -> str:
     for train, batch, size in ((False, batch_infer, 224), (True, batch_train, 224), (True, batch_train * 4, 112)):
         for dtype in (None, torch.bfloat16, torch.float16):
             for channels_last in (False, True):
-                model = build_model("mfnet3d").cuda()
+                model = build_benchmark_model("mfnet3d").cuda()
                 x = torch.randn(batch, 3, 16, size, size, device="cuda")
                 if channels_last:
                     model = model.to(memory_format=torch.channels_last_3d)

@@ -125,7 +125,7 @@ def _onnx_process(threads: int) -> tuple[_Process, str]:
         "seed": 0,
         "warmup": 2,
     }
-    code = "import torch; from mfnet.tools.bench_worker import serve; serve()"
+    code = "import torch; from mfnet.tools.bench.worker import serve; serve()"
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
     )

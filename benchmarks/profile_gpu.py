@@ -17,7 +17,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from mfnet.fastpath.fold import fold_batchnorm
-from mfnet.tools.bench import build_model
+from mfnet.tools.bench import build_benchmark_model
 
 
 def top_kernels(step, *, rows: int = 18) -> str:
@@ -45,7 +45,7 @@ def conv_times(c: int, t: int, hw: int, k: tuple[int, int, int], *, channels_las
 
 
 def model_and_input(name: str, batch: int, size: int, *, channels_last: bool, fold: bool = False):
-    model = build_model(name).cuda()
+    model = build_benchmark_model(name).cuda()
     if fold:
         model.eval()
         fold_batchnorm(model)

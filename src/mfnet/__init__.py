@@ -13,7 +13,7 @@ from __future__ import annotations
 from mfnet.errors import MfnetError
 from mfnet.fastpath import optimize_for_inference, prepare_for_training
 from mfnet.models import create_model, get_weights, list_models, list_weights
-from mfnet.tools.flops import count_macs, count_params
+from mfnet.models.macs import count_macs, count_params
 
 __version__ = "0.1.0"
 

@@ -34,6 +34,8 @@ from mfnet.errors import MfnetError
 from mfnet.models.checkpoint import make_meta, save_checkpoint
 from mfnet.tools.export import export_model
 
+pytestmark = pytest.mark.slow
+
 SMALL = {"depths": [1, 1, 1, 1], "widths": [16, 16, 32, 32]}
 CLIP = ["--frames", "4", "--size", "32", "--workers", "0", "--device", "cpu"]
 

@@ -160,6 +160,7 @@ def test_features_npy_and_safetensors(
     assert np.allclose(clip_features[:2].mean(0).numpy(), features[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_onnx_then_predict_with_it(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from engine_helpers import TINY, tiny_cli_args
 
 from mfnet.cli import main
 from mfnet.engine.metrics import read_metrics
 from mfnet.models import create_model
+
+pytestmark = pytest.mark.slow
 
 
 def test_torchrun_two_processes_match_single_process(tmp_path, ucf_root) -> None:

@@ -64,6 +64,7 @@ def test_interrupt_mid_epoch_and_resume(tmp_path, ucf_spec, uninterrupted) -> No
     assert epochs[0] == epochs[1] and len(epochs[0]) == 2
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(tmp_path, ucf_root, uninterrupted) -> None:
     run = tmp_path / "run"
     cmd = [

@@ -15,8 +15,9 @@ import mfnet
 from mfnet.data.video_writer import write_video
 from mfnet.engine.manifest import ManifestEntry, entries_from_paths, read_manifest
 from mfnet.engine.predictor import ClipSpec, Predictor
-from mfnet.engine.scaleout import JobOptions, embedding_table, run_job, run_settings
+from mfnet.engine.scaleout import run_job, run_settings
 from mfnet.engine.shards import ShardFolder, read_shards, shard_paths
+from mfnet.engine.tables import JobOptions, embedding_table
 from mfnet.errors import DataError
 
 SPEC = ClipSpec(frames=8, interval=2, resize=64, crop_size=64)

@@ -21,6 +21,7 @@ from mfnet.models.checkpoint import model_from_checkpoint
 from mfnet.tools.report import write_figures
 
 
+@pytest.mark.slow
 def test_train_evaluate_report(tmp_path, ucf_spec) -> None:
     run = tmp_path / "run"
     finished: list[Path] = []

@@ -233,6 +233,7 @@ def test_memory_format_follows_the_device_and_the_model():
     assert fast.fastpath_info.memory_format == torch.channels_last_3d
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
 def test_the_copy_moves_to_the_example_device() -> None:
     """A model loaded on the CPU with an example on the GPU: the fast copy runs on the GPU (``Predictor`` relies on

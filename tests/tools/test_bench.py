@@ -9,8 +9,10 @@ import torch
 
 from mfnet.cli import main
 from mfnet.errors import MfnetError
-from mfnet.tools.bench import Candidate, build_model, parse_candidates, plot_efficiency, run_benchmark
-from mfnet.tools.flops import count_macs, count_params
+from mfnet.models.macs import count_macs, count_params
+from mfnet.tools.bench import Candidate, build_benchmark_model, parse_candidates, plot_efficiency, run_benchmark
+
+pytestmark = pytest.mark.slow
 
 ROW_KEYS = {
     "label",
@@ -73,7 +75,7 @@ def test_bench_json_compares_models_and_engines(capsys):
         _check_row(row, batch=1, repeats=2)
     mf, mc3 = report["rows"][0], report["rows"][2]
     assert mf["input_shape"] == [1, 3, 4, 32, 32] and mc3["input_shape"] == [1, 3, 2, 32, 32]
-    model = build_model("mfnet3d")
+    model = build_benchmark_model("mfnet3d")
     assert mf["params"] == count_params(model) == 7_996_368
     assert mf["macs_per_clip"] == count_macs(model, (1, 3, 4, 32, 32))
     assert mc3["params"] == 11_695_440 and mc3["macs_per_clip"] == 442_474_496  # torchvision mc3_18, 400 classes
@@ -143,7 +145,7 @@ def test_efficiency_plot_labels_of_neighbouring_points_do_not_overlap():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mfnet.tools.bench import _label_offsets
+    from mfnet.tools.bench.run import _label_offsets
 
     fig, ax = plt.subplots(figsize=(7.0, 4.8))
     ax.set_xscale("log")

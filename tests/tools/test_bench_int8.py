@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("onnxruntime")
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_int8.py"

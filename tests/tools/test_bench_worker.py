@@ -1,4 +1,4 @@
-"""``mfnet.tools.bench_worker``: a benchmark candidate stepped in its own process, and its failures."""
+"""``mfnet.tools.bench.worker``: a benchmark candidate stepped in its own process, and its failures."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import os
 import pytest
 
 from mfnet.errors import MfnetError
+from mfnet.models.macs import count_macs
 from mfnet.tools.bench import Candidate
-from mfnet.tools.bench_worker import CandidateProcess
-from mfnet.tools.flops import count_macs
+from mfnet.tools.bench.worker import CandidateProcess
+
+pytestmark = pytest.mark.slow
 
 SETTINGS = {"mode": "infer", "batch": 1, "threads": 1, "num_classes": 400, "seed": 0, "warmup": 1}
 
@@ -18,9 +20,9 @@ def test_worker_reports_the_candidate_and_times_its_steps():
     with CandidateProcess(Candidate("mfnet3d", (2, 32, 32), "plain"), **SETTINGS) as worker:
         assert worker._proc.pid != os.getpid()
         assert worker.params == 7_996_368
-        from mfnet.tools.bench import build_model
+        from mfnet.tools.bench import build_benchmark_model
 
-        assert worker.macs_per_clip == count_macs(build_model("mfnet3d"), (1, 3, 2, 32, 32))
+        assert worker.macs_per_clip == count_macs(build_benchmark_model("mfnet3d"), (1, 3, 2, 32, 32))
         assert worker.state_bytes > worker.params * 4 and worker.setup_s >= 0
         times = [worker.step() for _ in range(2)]
     assert all(wall > 0 and cpu > 0 for wall, cpu in times)

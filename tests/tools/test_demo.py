@@ -12,6 +12,8 @@ from mfnet.data.motion import MOTION_CLASSES
 from mfnet.errors import MfnetError
 from mfnet.tools.demo import DEFAULT_MINUTES, DemoConfig, pair_accuracy, run_demo
 
+pytestmark = pytest.mark.slow
+
 # Seconds instead of minutes: 2 videos per class, 8-frame 32x32 videos, 2-frame clips, one step per epoch.
 TINY = DemoConfig(
     videos_per_class=2,

@@ -72,6 +72,7 @@ def test_fold_batchnorm_leaves_untraceable_models_alone() -> None:
     assert fold_batchnorm(Branchy().eval()) == []
 
 
+@pytest.mark.slow
 def test_onnx_round_trip_with_dynamic_batch(model: nn.Module, tmp_path: Path) -> None:
     meta = {"model": "mfnet3d", "num_classes": 5, "classes": list("abcde")}
     result = export_model(model, tmp_path / "m.onnx", format="onnx", input_shape=SHAPE, dynamic_batch=True, meta=meta)
@@ -87,6 +88,7 @@ def test_onnx_round_trip_with_dynamic_batch(model: nn.Module, tmp_path: Path) ->
             assert (runner(x) - model(x)).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_torch_export_round_trip(model: nn.Module, tmp_path: Path) -> None:
     result = export_model(model, tmp_path / "m.pt2", format="torch-export", input_shape=SHAPE, meta={"model": "x"})
     assert result.ok and result.max_abs_diff < 1e-4

@@ -14,7 +14,7 @@ from mfnet.engine.evaluate import scores_from_clips
 from mfnet.errors import MfnetError
 from mfnet.models import create_model
 from mfnet.models.checkpoint import save_checkpoint
-from mfnet.tools.flops import count_macs, count_params
+from mfnet.models.macs import count_macs, count_params
 from mfnet.tools.plots import plot_accuracy_vs_gflops
 from mfnet.tools.report import pick_samples, results_table, write_report
 from mfnet.tools.results import paper_results, read_results, run_result
@@ -49,6 +49,7 @@ def _fake_run(run) -> None:
     result.save(run / "eval")
 
 
+@pytest.mark.slow
 def test_report_from_run_dir(tmp_path) -> None:
     run = tmp_path / "run"
     _fake_run(run)

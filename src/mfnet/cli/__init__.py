@@ -13,6 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from mfnet import __version__
 from mfnet.cli._common import OneLineParser, report_error, run_handler
 from mfnet.errors import MfnetError
 
@@ -30,7 +31,6 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     """Builds the full ``mfnet`` parser from every command module."""
-    from mfnet import __version__
 
     parser = OneLineParser(
         prog="mfnet",

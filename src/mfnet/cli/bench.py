@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mfnet.cli._common import non_negative_int, positive_int, print_json
+from mfnet.cli._common import non_negative_int, parse_shape, positive_int, print_json
+from mfnet.errors import MfnetError
+from mfnet.tools.bench import format_table, parse_candidates, plot_efficiency, run_benchmark
 
 DEFAULT_MODELS = "mfnet3d,r3d_18,mc3_18,r2plus1d_18,s3d"
 
@@ -52,9 +54,6 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``mfnet bench``."""
-    from mfnet.cli._common import parse_shape
-    from mfnet.errors import MfnetError
-    from mfnet.tools.bench import format_table, parse_candidates, plot_efficiency, run_benchmark
 
     train = args.mode == "train"
     size = parse_shape(args.input or ("16x112x112" if train else "16x224x224"))

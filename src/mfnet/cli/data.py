@@ -6,6 +6,9 @@ import argparse
 from typing import TYPE_CHECKING
 
 from mfnet.cli._common import positive_int, print_json
+from mfnet.data.annotations import FORMATS, load_annotations
+from mfnet.data.check import check_videos
+from mfnet.errors import DataError
 
 if TYPE_CHECKING:
     from mfnet.data.annotations import Annotations
@@ -13,7 +16,6 @@ if TYPE_CHECKING:
 
 def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     """Adds ``data index`` and ``data check`` to the ``mfnet data`` group."""
-    from mfnet.data.annotations import FORMATS
 
     data = groups["data"]
     index = data.add_parser(
@@ -52,7 +54,6 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
 
 
 def _load(args: argparse.Namespace) -> Annotations:
-    from mfnet.data.annotations import load_annotations
 
     return load_annotations(args.format, args.annotations, args.root, split=args.split, classes=args.classes)
 
@@ -101,8 +102,6 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from mfnet.data.check import check_videos
-    from mfnet.errors import DataError
 
     annotations = _load(args)
     records = annotations.subset(args.subset) if args.subset else annotations.records

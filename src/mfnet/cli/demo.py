@@ -7,11 +7,12 @@ import logging
 import sys
 
 from mfnet.cli._common import fraction, positive_float, positive_int, print_json
+from mfnet.data.motion import MotionSpec, make_motion_dataset
+from mfnet.tools.demo import DEFAULT_MINUTES, DemoConfig, format_table, run_demo
 
 
 def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     """Adds ``mfnet demo`` and ``mfnet data make-motion`` to the ``mfnet`` parser."""
-    from mfnet.tools.demo import DEFAULT_MINUTES
 
     demo = commands.add_parser(
         "demo",
@@ -53,7 +54,6 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
 
 
 def _make_motion(args: argparse.Namespace) -> int:
-    from mfnet.data.motion import MotionSpec, make_motion_dataset
 
     spec = MotionSpec(
         videos_per_class=args.videos_per_class,
@@ -80,7 +80,6 @@ def _make_motion(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mfnet.tools.demo import DemoConfig, format_table, run_demo
 
     config = DemoConfig()
     if not logging.getLogger().handlers:

@@ -6,8 +6,11 @@ import argparse
 
 import torch
 
+from mfnet import count_macs, count_params, create_model
 from mfnet.cli._common import parse_shape, positive_int, print_json
 from mfnet.errors import MfnetError
+from mfnet.models import list_models
+from mfnet.models.registry import get_builder
 
 
 def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -37,8 +40,6 @@ def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._S
 
 
 def _models(args: argparse.Namespace) -> int:
-    from mfnet.models import list_models
-    from mfnet.models.registry import get_builder
 
     names = list_models()
     if args.json:
@@ -51,7 +52,6 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from mfnet import count_macs, count_params, create_model
 
     kwargs = {}
     if args.fibers is not None:

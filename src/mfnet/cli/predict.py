@@ -7,17 +7,26 @@ Argument parsing and printing only; the work is done by ``mfnet.engine.predictor
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from mfnet.cli._common import non_negative_int, parse_resize, parse_shape, positive_float, positive_int, print_json
-from mfnet.errors import MfnetError, VideoError
+import numpy as np
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
-_GLOB_CHARS = frozenset("*?[")
+from mfnet.cli._common import non_negative_int, parse_resize, parse_shape, positive_float, positive_int, print_json
+from mfnet.engine.input_spec import apply_overrides as spec_overrides
+from mfnet.engine.manifest import entries_from_paths, expand_inputs, read_manifest
+from mfnet.engine.predictor import EXPORTED_SUFFIXES, Predictor, clip_spec_for, load_model
+from mfnet.engine.scaleout import run_job, run_settings
+from mfnet.engine.tables import JobOptions
+from mfnet.errors import MfnetError
+from mfnet.labels import class_names_for
+from mfnet.tools.export import DEFAULT_TOLERANCE, export_model
+from mfnet.tools.timeline import plot_timeline
 
 
 def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -171,51 +180,12 @@ def _add_clip_options(p: argparse.ArgumentParser) -> None:
 # -- inputs -----------------------------------------------------------------------------------------------------
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (every video inside, recursively, sorted) and globs -> video paths, in order, no repeats.
-
-    A file given by name is kept whatever its suffix (decoding will tell); folders and globs keep files with a
-    video suffix. Raises ``VideoError`` for a path that does not exist or a folder / glob without videos.
-    """
-    from mfnet.data.readers import VIDEO_SUFFIXES
-
-    def videos_in(paths: list[Path]) -> list[Path]:
-        found = []
-        for path in paths:
-            if path.is_dir():
-                found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
-            elif path.suffix.lower() in VIDEO_SUFFIXES:
-                found.append(path)
-        return found
-
-    out: list[Path] = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_file():
-            found = [path]
-        elif path.is_dir():
-            found = videos_in([path])
-            if not found:
-                raise VideoError(f"folder {path} holds no video files ({', '.join(VIDEO_SUFFIXES)}): check the path")
-        elif _GLOB_CHARS & set(text):
-            found = videos_in([Path(p) for p in sorted(glob.glob(text, recursive=True))])
-            if not found:
-                raise VideoError(f"no video files match {text!r}: check the pattern (quote it to stop the shell)")
-        elif path.exists():
-            raise VideoError(f"{path} is not a regular file (a FIFO, socket or device): give a video file")
-        else:
-            raise VideoError(f"{path} does not exist: check the path")
-        out += found
-    return list(dict.fromkeys(out))
-
-
 def input_paths(args: argparse.Namespace) -> list[Path]:
     """The videos named on the command line and in ``--manifest``, in order, no repeats."""
     return list(dict.fromkeys([*expand_inputs(args.inputs), *(e.path for e in _manifest_entries(args))]))
 
 
 def _manifest_entries(args: argparse.Namespace) -> list[Any]:
-    from mfnet.engine.manifest import read_manifest
 
     if not args.inputs and args.manifest is None:
         raise MfnetError("no videos given: name video files, folders or globs, or pass --manifest FILE")
@@ -235,9 +205,6 @@ def _no_folder_options(args: argparse.Namespace) -> None:
 
 def run_sharded(args: argparse.Namespace, task: str) -> int:
     """``predict`` / ``features`` into a folder of Parquet shards, on the local or the Ray engine."""
-    from mfnet.engine.manifest import entries_from_paths
-    from mfnet.engine.predictor import load_model
-    from mfnet.engine.scaleout import JobOptions, run_job, run_settings
 
     if task == "predict" and args.window is not None:
         raise MfnetError("--window gives timelines, which are not written as shards: drop --out")
@@ -254,7 +221,7 @@ def run_sharded(args: argparse.Namespace, task: str) -> int:
     options = JobOptions(
         task=task,
         topk=args.topk if task == "predict" else 5,
-        classes=_class_names(args.labels, loaded.meta) if task == "predict" else None,
+        classes=class_names_for(args.labels, loaded.meta) if task == "predict" else None,
         per_clip=bool(getattr(args, "per_clip", False)),
     )
     run = run_settings(predictor, options, model=loaded.meta.get("model"), weights=Path(args.weights).name)
@@ -291,7 +258,6 @@ def run_sharded(args: argparse.Namespace, task: str) -> int:
 
 
 def _predictor(args: argparse.Namespace, loaded: Any, num_clips: int) -> Any:
-    from mfnet.engine.predictor import Predictor, clip_spec_for
 
     if num_clips <= 0 or args.batch_size <= 0 or (args.workers or 0) < 0:
         raise MfnetError("--clips and --batch-size must be positive, --workers >= 0")
@@ -322,25 +288,6 @@ def _predictor(args: argparse.Namespace, loaded: Any, num_clips: int) -> Any:
     )
 
 
-def _class_names(labels: str | None, meta: dict[str, Any]) -> list[str] | None:
-    """``--labels``, else the checkpoint's classes, else a shipped list of the same size, else ``None``."""
-    from mfnet.labels import load_labels
-
-    num_classes = meta.get("num_classes")
-    if labels is not None:
-        names = load_labels(labels)
-        if num_classes and len(names) != num_classes:
-            raise MfnetError(
-                f"--labels {labels} has {len(names)} names but the model has {num_classes} classes: give the "
-                "list the model was trained with"
-            )
-        return names
-    if meta.get("classes"):
-        return [str(c) for c in meta["classes"]]
-    shipped = {400: "kinetics400", 101: "ucf101", 51: "hmdb51"}
-    return load_labels(shipped[num_classes]) if num_classes in shipped else None
-
-
 def _name(classes: list[str] | None, index: int) -> str:
     if classes is None:
         return f"class {index}"
@@ -360,7 +307,6 @@ def _seconds(value: float) -> float | None:
 
 
 def _fail_line(path: Path, error: str | None) -> None:
-    from tqdm.auto import tqdm
 
     tqdm.write(f"mfnet: failed: {path}: {error}", file=sys.stderr)  # keeps a progress bar intact
 
@@ -369,9 +315,7 @@ def _fail_line(path: Path, error: str | None) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
 
-    from mfnet.engine.predictor import load_model
 
     if args.topk <= 0:
         raise MfnetError("--topk must be positive")
@@ -382,7 +326,7 @@ def _predict(args: argparse.Namespace) -> int:
     _no_folder_options(args)
     paths = input_paths(args)
     loaded = load_model(args.weights, model_name=args.model)
-    classes = _class_names(args.labels, loaded.meta)
+    classes = class_names_for(args.labels, loaded.meta)
     if args.window is not None:
         return _predict_windows(args, loaded, paths, classes)
     predictor = _predictor(args, loaded, 10 if args.clips is None else args.clips)
@@ -421,7 +365,6 @@ def _plot_path(plot: str | None, video: Path, many: bool) -> Path | None:
 
 
 def _predict_windows(args: argparse.Namespace, loaded: Any, paths: list[Path], classes: list[str] | None) -> int:
-    from mfnet.tools.timeline import plot_timeline
 
     predictor = _predictor(args, loaded, 3 if args.clips is None else args.clips)
     failed = 0
@@ -485,9 +428,7 @@ def _predict_windows(args: argparse.Namespace, loaded: Any, paths: list[Path], c
 
 
 def _features(args: argparse.Namespace) -> int:
-    import numpy as np
 
-    from mfnet.engine.predictor import load_model
 
     out = Path(args.out)
     if out.suffix.lower() not in (".npy", ".safetensors"):
@@ -518,7 +459,6 @@ def _features(args: argparse.Namespace) -> int:
         index_path.write_text(json.dumps(index, indent=1) + "\n")
         where = f"{out} (index {index_path})"
     else:
-        from safetensors.torch import save_file
 
         tensors = {"features": features, "video_index": result.video_index, "clip_id": result.clip_id}
         save_file(tensors, str(out), metadata={"index": json.dumps(index)})
@@ -532,9 +472,6 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from mfnet.engine.input_spec import apply_overrides as spec_overrides
-    from mfnet.engine.predictor import EXPORTED_SUFFIXES, load_model
-    from mfnet.tools.export import DEFAULT_TOLERANCE, export_model
 
     if Path(args.weights).suffix.lower() in EXPORTED_SUFFIXES:
         raise MfnetError(f"{args.weights} is already exported: pass the PyTorch checkpoint it came from")
@@ -559,7 +496,7 @@ def _export(args: argparse.Namespace) -> int:
         print(f"mfnet: note: {resolved.note}", file=sys.stderr)
     meta["input_spec"] = spec.to_dict()
     if args.labels is not None:
-        meta["classes"] = _class_names(args.labels, meta)
+        meta["classes"] = class_names_for(args.labels, meta)
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     result = export_model(
         model,

@@ -7,15 +7,19 @@ The work is done by ``mfnet.engine.train.train``, ``mfnet.engine.evaluate.evalua
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from mfnet.cli._common import non_negative_int, parse_resize, positive_int, print_json
+from mfnet.engine.distributed import cleanup, init_distributed, is_main_process
+from mfnet.engine.evaluate import average_splits, evaluate, weights_per_split
+from mfnet.engine.inputs import DataSpec, data_format_beside, resolve_data_spec, saved_data_spec
+from mfnet.engine.recipes import RECIPES, apply_overrides, describe, resolve_recipe
+from mfnet.engine.train import recipe_of_run, train
 from mfnet.errors import MfnetError
+from mfnet.tools.report import write_figures, write_report
 
 
 def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -153,10 +157,6 @@ def _setup_logging() -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mfnet.engine.inputs import DataSpec
-    from mfnet.engine.recipes import apply_overrides, resolve_recipe
-    from mfnet.engine.train import recipe_of_run, train
-    from mfnet.tools.report import write_figures
 
     _setup_logging()
     if args.resume is not None:
@@ -164,7 +164,7 @@ def _train(args: argparse.Namespace) -> int:
             raise MfnetError("--resume RUN_DIR continues that directory: leave out --out or give the same path")
         run_dir = args.resume
         recipe = apply_overrides(recipe_of_run(run_dir), args.overrides)
-        saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
+        saved = saved_data_spec(run_dir)
     else:
         if not args.recipe or args.out is None:
             raise MfnetError("give --recipe NAME|FILE and --out RUN_DIR (or --resume RUN_DIR); see `mfnet recipes`")
@@ -173,20 +173,17 @@ def _train(args: argparse.Namespace) -> int:
         saved = {}
     if args.amp:
         recipe = apply_overrides(recipe, {"amp": True})
-    spec = DataSpec(
-        format=args.format or saved.get("format") or recipe.data_format,
-        annotations=args.annotations or saved.get("annotations"),
-        root=args.root or saved.get("root"),
-        split=args.split or saved.get("split") or recipe.split,
-        val_annotations=args.val_annotations or saved.get("val_annotations"),
+    spec = resolve_data_spec(
+        saved,
+        recipe,
+        format=args.format,
+        annotations=args.annotations,
+        root=args.root,
+        split=args.split,
+        val_annotations=args.val_annotations,
     )
-    if spec.annotations is None and spec.root is None:
-        raise MfnetError("say where the data is: --annotations FILE and/or --data ROOT (see `mfnet train --help`)")
     if spec.split is not None and spec.split != recipe.split:
         recipe = apply_overrides(recipe, {"split": spec.split})
-    if int(os.environ.get("RANK", "0")) == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "data.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
     result = train(
         recipe,
         out_dir=run_dir,
@@ -197,7 +194,7 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         on_finish=None if args.no_figures else write_figures,
     )
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return 0  # under torchrun only rank 0 reports
     out = {
         "run_dir": str(result.run_dir),
@@ -222,31 +219,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from mfnet.engine.distributed import cleanup, init_distributed
-    from mfnet.engine.evaluate import average_splits
 
     _setup_logging()
     if args.annotations is None and args.root is None:
         raise MfnetError("say where the data is: --annotations FILE and/or --data ROOT (see `mfnet eval --help`)")
-    fmt = args.format or _format_of(args.weights[0])
+    fmt = args.format or data_format_beside(args.weights[0])
     if fmt is None:
         raise MfnetError("give the annotation format with --format (ucf101, hmdb51, kinetics-csv, list, folder, ...)")
-    splits: list[int | None]
-    if args.splits:
-        try:
-            splits = [int(s) for s in args.splits.split(",")]
-        except ValueError:
-            raise MfnetError(f"invalid --splits {args.splits!r}: write e.g. 1,2,3") from None
-        if len(args.weights) == 1:
-            weights = [args.weights[0].replace("{split}", str(s)) for s in splits]
-        elif len(args.weights) == len(splits):
-            weights = list(args.weights)
-        else:
-            raise MfnetError(f"{len(splits)} splits need {len(splits)} --weights (or one path containing {{split}})")
-    else:
-        if len(args.weights) != 1:
-            raise MfnetError("several --weights need --splits (one checkpoint per split)")
-        splits, weights = [args.split], list(args.weights)
+    splits, weights = weights_per_split(args.weights, splits=args.splits, split=args.split)
     ctx = init_distributed(args.device)
     try:
         results = _eval_splits(args, ctx, fmt, splits, weights)
@@ -262,8 +242,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_splits(args: argparse.Namespace, ctx: Any, fmt: str, splits: list[int | None], weights: list[str]) -> list:
-    from mfnet.engine.evaluate import evaluate
-    from mfnet.engine.inputs import DataSpec
 
     results = []
     for split, w in zip(splits, weights, strict=True):
@@ -302,14 +280,6 @@ def _eval_splits(args: argparse.Namespace, ctx: Any, fmt: str, splits: list[int 
     return results
 
 
-def _format_of(weights: str) -> str | None:
-    """The data format recorded next to a run's checkpoint (``data.json``), if any."""
-    for folder in (Path(weights).parent, Path(weights).parent.parent):
-        if (folder / "data.json").exists():
-            return json.loads((folder / "data.json").read_text()).get("format")
-    return None
-
-
 def _describe(s: dict) -> str:
     parts = [
         f"video top-1 {100 * s['video_top1']:.2f}%",
@@ -324,7 +294,6 @@ def _describe(s: dict) -> str:
 
 
 def _recipes_list(args: argparse.Namespace) -> int:
-    from mfnet.engine.recipes import RECIPES
 
     if args.json:
         print_json({name: r.description for name, r in RECIPES.items()})
@@ -336,7 +305,6 @@ def _recipes_list(args: argparse.Namespace) -> int:
 
 
 def _recipes_show(args: argparse.Namespace) -> int:
-    from mfnet.engine.recipes import describe, resolve_recipe
 
     recipe = resolve_recipe(args.name, args.overrides)
     if args.json:
@@ -347,7 +315,6 @@ def _recipes_show(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from mfnet.tools.report import write_report
 
     paths = write_report(args.run_dir, samples=args.samples, eval_dir=args.eval_dir, results=args.results)
     if args.json:

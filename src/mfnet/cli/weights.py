@@ -14,6 +14,17 @@ from typing import Any
 
 from mfnet.cli._common import print_json
 from mfnet.errors import MfnetError
+from mfnet.models.convert import convert_weights
+from mfnet.models.hub import (
+    cached_path,
+    import_file,
+    is_converted_folder,
+    is_offline,
+    resolve_record,
+    resolve_weights,
+    sha256_of,
+)
+from mfnet.models.weights import get_weights, list_weights
 
 
 def register(commands: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -98,8 +109,6 @@ def _spec_text(spec: Any) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from mfnet.models.hub import cached_path
-    from mfnet.models.weights import get_weights, list_weights
 
     records = [get_weights(n) for n in list_weights()]
     if args.json:
@@ -127,8 +136,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from mfnet.models.hub import cached_path
-    from mfnet.models.weights import get_weights
 
     record = get_weights(args.name)
     target = cached_path(record)
@@ -167,8 +174,6 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from mfnet.models.hub import is_offline, resolve_record, sha256_of
-    from mfnet.models.weights import get_weights
 
     record = get_weights(args.name)
     resolved = resolve_record(record, offline=is_offline(), progress=True)
@@ -181,8 +186,6 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from mfnet.models.hub import import_file, sha256_of
-    from mfnet.models.weights import get_weights
 
     record = get_weights(args.name)
     target = import_file(args.path, record)
@@ -196,9 +199,6 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from mfnet.models.convert import convert_weights
-    from mfnet.models.hub import resolve_weights
-    from mfnet.models.weights import get_weights
 
     resolved = resolve_weights(args.path)
     record = get_weights(args.name) if args.name else resolved.record
@@ -212,8 +212,6 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from mfnet.models.convert import convert_weights
-    from mfnet.models.hub import is_converted_folder, resolve_weights
 
     if args.repo.count("/") != 1:
         raise MfnetError(f"--repo {args.repo!r} must be ORG/NAME")

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mfnet.data.video_writer import write_video
 from mfnet.errors import DataError
 
 # Pairs of classes that are the same motion in opposite directions; the second of each is the first reversed.
@@ -258,7 +259,6 @@ def make_motion_dataset(
         DataError: When ``root`` holds a motion dataset made with other settings (use another folder or
             ``overwrite``), or a file that is not a folder.
     """
-    from mfnet.data.video_writer import write_video
 
     spec = spec or MotionSpec()
     root = Path(root)

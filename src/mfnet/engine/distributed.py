@@ -35,6 +35,11 @@ class DistContext:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a ``torchrun`` job, or runs alone (``RANK`` unset)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def pick_device(name: str | None = None) -> torch.device:
     """``name`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or the best available: CUDA if present, else CPU."""
     if name:

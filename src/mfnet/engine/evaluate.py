@@ -15,6 +15,7 @@ import csv
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from mfnet.engine.input_spec import ResolvedSpec
 from mfnet.engine.input_spec import apply_overrides as spec_overrides
 from mfnet.engine.inputs import DataSpec, build_eval_dataset, make_loader
 from mfnet.engine.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_correct
-from mfnet.engine.predictor import average_by_video
+from mfnet.engine.predictor import average_by_video, load_model, prepare_for_inference
 from mfnet.errors import MfnetError
 from mfnet.fastpath import to_channels_last
 
@@ -336,7 +337,6 @@ def evaluate(
     Returns:
         The :class:`EvalResult` (on every process).
     """
-    from mfnet.engine.predictor import load_model, prepare_for_inference
 
     if crops not in (1, 3):
         raise MfnetError(f"crops must be 1 or 3, got {crops}")
@@ -407,6 +407,35 @@ def _clip_settings(
         "test_protocol": spec.test_protocol,
     }
     return settings, resolved
+
+
+def weights_per_split(
+    weights: Sequence[str], *, splits: str | None, split: int | None = None
+) -> tuple[list[int | None], list[str]]:
+    """Pairs checkpoints with the splits to evaluate them on.
+
+    Args:
+        weights: One checkpoint per split, or one path containing ``{split}`` (``runs/s{split}/model.pt``), or one
+            checkpoint when ``splits`` is ``None``.
+        splits: ``"1,2,3"`` (``--splits``) or ``None``.
+        split: The one split to use when ``splits`` is ``None``.
+
+    Raises:
+        MfnetError: ``splits`` is not a list of numbers, or the counts do not match.
+    """
+    if not splits:
+        if len(weights) != 1:
+            raise MfnetError("several --weights need --splits (one checkpoint per split)")
+        return [split], list(weights)
+    try:
+        numbers: list[int | None] = [int(s) for s in splits.split(",")]
+    except ValueError:
+        raise MfnetError(f"invalid --splits {splits!r}: write e.g. 1,2,3") from None
+    if len(weights) == 1:
+        return numbers, [weights[0].replace("{split}", str(s)) for s in numbers]
+    if len(weights) == len(numbers):
+        return numbers, list(weights)
+    raise MfnetError(f"{len(numbers)} splits need {len(numbers)} --weights (or one path containing {{split}})")
 
 
 def average_splits(results: list[EvalResult]) -> dict[str, float]:

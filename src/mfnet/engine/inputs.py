@@ -8,13 +8,19 @@ every dataset built here are dicts with ``"clip"`` (float ``(C, T, H, W)``, or `
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from mfnet.data.annotations import load_annotations
+from mfnet.data.datasets import ImageDataset, VideoClipDataset
+from mfnet.data.loader import build_loader
+from mfnet.data.sampling import RandomClipSampler, UniformClipSampler
+from mfnet.data.transforms import build_eval_transform, build_train_transform, protocol_of_resize
 from mfnet.engine.distributed import DistContext
 from mfnet.engine.recipes import Recipe
 from mfnet.errors import DataError
@@ -54,6 +60,54 @@ class DataSpec:
         }
 
 
+RUN_DATA_FILE = "data.json"  # where a training run keeps its DataSpec, so that --resume needs no data arguments
+
+
+def save_data_spec(run_dir: str | Path, spec: DataSpec) -> Path:
+    """Writes ``RUN_DIR/data.json``."""
+    path = Path(run_dir) / RUN_DATA_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+    return path
+
+
+def saved_data_spec(run_dir: str | Path) -> dict[str, Any]:
+    """The ``DataSpec`` fields a run directory recorded (``{}`` for none)."""
+    path = Path(run_dir) / RUN_DATA_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def data_format_beside(weights: str | Path) -> str | None:
+    """The annotation format of the run a checkpoint belongs to (its folder's or its parent's ``data.json``)."""
+    for folder in (Path(weights).parent, Path(weights).parent.parent):
+        saved = saved_data_spec(folder)
+        if saved:
+            return saved.get("format")
+    return None
+
+
+def resolve_data_spec(saved: Mapping[str, Any], recipe: Recipe, **given: Any) -> DataSpec:
+    """A ``DataSpec`` from the options given (``None``: not given), else a run's saved one, else the recipe's.
+
+    Raises:
+        DataError: Neither annotations nor a root folder are known.
+    """
+
+    def pick(key: str, default: Any = None) -> Any:
+        return given.get(key) or saved.get(key) or default
+
+    spec = DataSpec(
+        format=pick("format", recipe.data_format),
+        annotations=pick("annotations"),
+        root=pick("root"),
+        split=pick("split", recipe.split),
+        val_annotations=pick("val_annotations"),
+    )
+    if spec.annotations is None and spec.root is None:
+        raise DataError("say where the data is: --annotations FILE and/or --data ROOT (see `mfnet train --help`)")
+    return spec
+
+
 @dataclass
 class TrainData:
     """The datasets of a training run."""
@@ -75,7 +129,6 @@ class EvalData:
 
 
 def _annotations(spec: DataSpec, *, val: bool = False, classes: list[str] | None = None) -> Any:
-    from mfnet.data.annotations import load_annotations
 
     annotations = spec.val_annotations if val and spec.val_annotations is not None else spec.annotations
     root = spec.root
@@ -100,7 +153,6 @@ def _records(ann: Any, subset: str, spec: DataSpec, *, any_subset: bool = False)
 
 
 def _dataset(spec: DataSpec, records: list[Any], *, sampler: Any, transform: Any, seed: int = 0) -> Dataset:
-    from mfnet.data.datasets import ImageDataset, VideoClipDataset
 
     if spec.format in IMAGE_FORMATS:
         return ImageDataset(records, transform=transform, seed=seed)
@@ -113,8 +165,6 @@ def build_datasets(spec: DataSpec, recipe: Recipe, *, train: bool = True, val: b
     Training clips: ``RandomClipSampler`` (``clip_length`` frames, ``frame_interval`` or one drawn from
     ``train_frame_intervals``) and the paper's augmentation; validation: ``val_clips`` uniform clips, centre crop.
     """
-    from mfnet.data.sampling import RandomClipSampler, UniformClipSampler
-    from mfnet.data.transforms import build_eval_transform, build_train_transform
 
     ann = _annotations(spec)
     train_ds = val_ds = None
@@ -167,8 +217,6 @@ def build_eval_dataset(
     ``random_crop`` takes one crop per clip at a position drawn from the item's seeded generator (reproducible)
     instead of the centre, as the authors' released test script does.
     """
-    from mfnet.data.sampling import UniformClipSampler
-    from mfnet.data.transforms import build_eval_transform, protocol_of_resize
 
     ann = _annotations(spec, val=True)
     if subset is None:
@@ -209,7 +257,6 @@ def make_loader(
     a ``DistributedSampler`` under ``torchrun``). Evaluation (``shard_eval=True``) gives each process the strided
     shard ``rank::world_size`` in order, without the padding a ``DistributedSampler`` would add.
     """
-    from mfnet.data.loader import build_loader
 
     if shard_eval and ctx.distributed:
         dataset = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))

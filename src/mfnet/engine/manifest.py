@@ -17,12 +17,16 @@ as failed rows instead of stopping.
 from __future__ import annotations
 
 import csv
+import glob
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from mfnet.data.annotations import FORMATS, load_annotations
-from mfnet.errors import DataError
+from mfnet.data.readers import VIDEO_SUFFIXES
+from mfnet.errors import DataError, VideoError
+
+_GLOB_CHARS = frozenset("*?[")
 
 MANIFEST_FORMATS = ("paths", *FORMATS)
 _PATH_COLUMNS = ("path", "video", "file", "filename", "video_path")
@@ -158,3 +162,39 @@ def _unique(entries: list[ManifestEntry], manifest: Path) -> list[ManifestEntry]
         seen[entry.video_id] = entry.path
         out.append(entry)
     return out
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (every video inside, recursively, sorted) and globs -> video paths, in order, no repeats.
+
+    A file given by name is kept whatever its suffix (decoding will tell); folders and globs keep files with a
+    video suffix. Raises ``VideoError`` for a path that does not exist or a folder / glob without videos.
+    """
+    def videos_in(paths: list[Path]) -> list[Path]:
+        found = []
+        for path in paths:
+            if path.is_dir():
+                found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+            elif path.suffix.lower() in VIDEO_SUFFIXES:
+                found.append(path)
+        return found
+
+    out: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_file():
+            found = [path]
+        elif path.is_dir():
+            found = videos_in([path])
+            if not found:
+                raise VideoError(f"folder {path} holds no video files ({', '.join(VIDEO_SUFFIXES)}): check the path")
+        elif _GLOB_CHARS & set(text):
+            found = videos_in([Path(p) for p in sorted(glob.glob(text, recursive=True))])
+            if not found:
+                raise VideoError(f"no video files match {text!r}: check the pattern (quote it to stop the shell)")
+        elif path.exists():
+            raise VideoError(f"{path} is not a regular file (a FIFO, socket or device): give a video file")
+        else:
+            raise VideoError(f"{path} does not exist: check the path")
+        out += found
+    return list(dict.fromkeys(out))

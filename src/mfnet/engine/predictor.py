@@ -7,7 +7,6 @@ video-level averaging of clip predictions (the paper's protocol) is written here
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +29,8 @@ from mfnet.engine.exported import load_exported
 from mfnet.engine.input_spec import ResolvedSpec, input_spec_of
 from mfnet.engine.input_spec import apply_overrides as spec_overrides
 from mfnet.errors import MfnetError
-from mfnet.fastpath import autocast_context
+from mfnet.fastpath import autocast_context, optimize_for_inference
+from mfnet.models.checkpoint import model_from_checkpoint, read_checkpoint
 from mfnet.models.hub import resolve_weights
 from mfnet.models.weights import InputSpec
 
@@ -385,10 +385,6 @@ def prepare_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.M
     Returns:
         A module with the classifier's interface (``forward``, ``clip_features``) for inference only.
     """
-    try:
-        from mfnet.fastpath import optimize_for_inference
-    except ImportError:  # the fast path is optional: the plain model computes the same numbers
-        return copy.deepcopy(model).eval().to(example_input.device)
     return optimize_for_inference(model, example_input)
 
 
@@ -437,7 +433,6 @@ def load_model(weights: str | Path, *, model_name: str | None = None) -> LoadedM
         runner = load_exported(path)
         spec = input_spec_of(runner.meta, weights=path)
         return LoadedModel(runner, dict(runner.meta), runner.input_shape, spec, path)
-    from mfnet.models.checkpoint import model_from_checkpoint, read_checkpoint
 
     stored = read_checkpoint(path).meta or {}
     name = model_name or stored.get("model") or (record.architecture if record else None) or "mfnet3d"
@@ -639,6 +634,21 @@ class Predictor:
                     if progress is not None:
                         progress.update(1)
 
+    def _videos(
+        self, paths: Sequence[str | Path], *, features: bool, progress: bool
+    ) -> Iterator[tuple[Path, _VideoOutputs]]:
+        """Each video's path and model outputs over ``num_clips`` evenly spread clips, in input order."""
+        paths = [Path(p) for p in paths]
+        if not paths:
+            return
+        sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
+        bar = tqdm(total=len(paths), unit="video", disable=None if progress else True, leave=False)
+        try:
+            for video in self._run(self._items(paths, sampler), features=features, progress=bar):
+                yield paths[video.video], video
+        finally:
+            bar.close()
+
     # -- public API ------------------------------------------------------------------------------------------------
 
     def predict(self, paths: Sequence[str | Path], *, progress: bool = False) -> Iterator[VideoPrediction]:
@@ -651,16 +661,8 @@ class Predictor:
         Yields:
             A ``VideoPrediction`` per path; a video whose clips all fail to decode has ``error`` set.
         """
-        paths = [Path(p) for p in paths]
-        if not paths:
-            return
-        sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
-        bar = tqdm(total=len(paths), unit="video", disable=None if progress else True, leave=False)
-        try:
-            for video in self._run(self._items(paths, sampler), features=False, progress=bar):
-                yield _video_prediction(paths[video.video], video.outputs, video.errors, video.seconds, self.spec.crops)
-        finally:
-            bar.close()
+        for path, video in self._videos(paths, features=False, progress=progress):
+            yield _video_prediction(path, video.outputs, video.errors, video.seconds, self.spec.crops)
 
     def timeline(
         self, path: str | Path, *, window_s: float, stride_s: float | None = None, progress: bool = False
@@ -751,16 +753,8 @@ class Predictor:
         self, paths: Sequence[str | Path], *, per_clip: bool = False, progress: bool = False
     ) -> Iterator[VideoEmbedding]:
         """Like ``features`` but yields each video's ``VideoEmbedding`` as soon as it is done, in input order."""
-        paths = [Path(p) for p in paths]
-        if not paths:
-            return
-        sampler = UniformClipSampler(self.num_clips, self.spec.frames, self.spec.interval)
-        bar = tqdm(total=len(paths), unit="video", disable=None if progress else True, leave=False)
-        try:
-            for video in self._run(self._items(paths, sampler), features=True, progress=bar):
-                yield _video_embedding(paths[video.video], video, per_clip=per_clip, crops=self.spec.crops)
-        finally:
-            bar.close()
+        for path, video in self._videos(paths, features=True, progress=progress):
+            yield _video_embedding(path, video, per_clip=per_clip, crops=self.spec.crops)
 
     # -- videos decoded elsewhere (Ray tasks): the same model code and the same averaging --------------------------
 

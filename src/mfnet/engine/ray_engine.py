@@ -26,7 +26,7 @@ import torch
 
 from mfnet.engine.manifest import ManifestEntry
 from mfnet.engine.predictor import DecodedVideo, Predictor, decode_video
-from mfnet.engine.scaleout import JobOptions, embedding_table, prediction_table
+from mfnet.engine.tables import JobOptions, embedding_table, prediction_table
 from mfnet.errors import MfnetError
 
 try:

@@ -14,7 +14,7 @@ The loop, top to bottom::
 
 Run directory::
 
-    RUN_DIR/recipe.json  metrics.jsonl  tb/  checkpoints/step-*.pt  model.pt  summary.json  figures/*.png
+    RUN_DIR/recipe.json  data.json  metrics.jsonl  tb/  checkpoints/step-*.pt  model.pt  summary.json  figures/*.png
 
 **Exact resume.** Every RNG is re-seeded from ``(seed, epoch, rank)`` at the start of an epoch, before its loader
 is built, so the order and augmentation of an epoch do not depend on what ran before. A checkpoint in the middle
@@ -47,9 +47,10 @@ from tqdm.auto import tqdm
 
 from mfnet.engine import checkpoints as ckpt
 from mfnet.engine.distributed import DistContext, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
+from mfnet.engine.evaluate import run_evaluation
 from mfnet.engine.input_spec import input_spec_of_recipe
-from mfnet.engine.inputs import DataSpec, batches_after, build_datasets, make_loader, video_names_of
-from mfnet.engine.metrics import MetricsLog, RunningMeans, topk_correct
+from mfnet.engine.inputs import DataSpec, batches_after, build_datasets, make_loader, save_data_spec, video_names_of
+from mfnet.engine.metrics import MetricsLog, RunningMeans, read_metrics, topk_correct
 from mfnet.engine.optim import build_optimizer
 from mfnet.engine.recipes import Recipe
 from mfnet.engine.schedule import LRSchedule
@@ -57,6 +58,7 @@ from mfnet.errors import MfnetError
 from mfnet.fastpath import prepare_for_training, to_channels_last
 from mfnet.models import create_model
 from mfnet.models.base import first_conv_weight
+from mfnet.models.checkpoint import save_checkpoint
 
 logger = logging.getLogger("mfnet")
 
@@ -295,6 +297,8 @@ class _Trainer:
 
         if ctx.is_main:
             (self.run_dir / "recipe.json").write_text(json.dumps(r.to_dict(), indent=2) + "\n")
+            if data is not None:
+                save_data_spec(self.run_dir, data)
             if self.classes is not None:
                 (self.run_dir / "classes.txt").write_text("".join(c + "\n" for c in self.classes))
             if step == 0:
@@ -344,7 +348,6 @@ class _Trainer:
         model_path = None
         finished = not stopped and epoch + 1 >= r.epochs if r.epochs else True
         if finished and ctx.is_main:
-            from mfnet.models.checkpoint import save_checkpoint
 
             model_path = save_checkpoint(
                 self.run_dir / "model.pt",
@@ -527,7 +530,6 @@ class _Trainer:
 
     # ------------------------------------------------------------------ validation and checkpoints
     def _validate(self, dataset: Dataset, num_classes: int) -> dict[str, float]:
-        from mfnet.engine.evaluate import run_evaluation
 
         result = run_evaluation(
             self.model,
@@ -587,7 +589,6 @@ def _save_initial_filters(model: nn.Module, run_dir: Path) -> None:
 
 
 def _epoch_history(run_dir: Path) -> list[dict[str, Any]]:
-    from mfnet.engine.metrics import read_metrics
 
     path = run_dir / "metrics.jsonl"
     if not path.exists():

@@ -8,8 +8,10 @@ names are kept as they are.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from mfnet.errors import DataError
 
@@ -48,3 +50,31 @@ def load_labels(spec: str | Path) -> list[str]:
     if not names:
         raise DataError(f"label file {path} holds no class names: write one name per line, class 0 first")
     return names
+
+
+_SHIPPED_BY_SIZE = {400: "kinetics400", 101: "ucf101", 51: "hmdb51"}
+
+
+def class_names_for(labels: str | Path | None, meta: Mapping[str, Any]) -> list[str] | None:
+    """The class names of a model: ``labels`` (a packaged list or a file), else the checkpoint's ``classes``, else
+    the packaged list of the classifier's size (400, 101, 51), else ``None``.
+
+    Args:
+        labels: What the user asked for (``--labels``), or ``None``.
+        meta: The checkpoint's metadata (``num_classes``, ``classes``).
+
+    Raises:
+        DataError: ``labels`` cannot be read, or has another number of names than the classifier.
+    """
+    num_classes = meta.get("num_classes")
+    if labels is not None:
+        names = load_labels(labels)
+        if num_classes and len(names) != num_classes:
+            raise DataError(
+                f"--labels {labels} has {len(names)} names but the model has {num_classes} classes: give the "
+                "list the model was trained with"
+            )
+        return names
+    if meta.get("classes"):
+        return [str(c) for c in meta["classes"]]
+    return load_labels(_SHIPPED_BY_SIZE[num_classes]) if num_classes in _SHIPPED_BY_SIZE else None

@@ -28,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from mfnet.errors import CheckpointError
+from mfnet.models.registry import build_model
 
 logger = logging.getLogger("mfnet")
 
@@ -113,8 +116,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def _read_safetensors(path: Path) -> Checkpoint:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -346,7 +347,6 @@ def save_checkpoint(
         if path.suffix == ".safetensors":
             if extra:
                 raise ValueError("a .safetensors checkpoint holds only weights and metadata, not extra state")
-            from safetensors.torch import save_file
 
             save_file(state, tmp, metadata={"mfnet": json.dumps(meta)})
         else:
@@ -366,7 +366,6 @@ def model_from_checkpoint(
     ``meta`` is the checkpoint's ``"mfnet"`` entry, or one made up from ``model_name`` and the classifier's size
     for files without it (the authors').
     """
-    from mfnet.models.registry import build_model
 
     ckpt = read_checkpoint(path)
     meta = dict(ckpt.meta or {})

@@ -30,10 +30,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from mfnet.data.motion import MOTION_CLASSES, MOTION_PAIRS, MotionDataset, MotionSpec, make_motion_dataset
+from mfnet.engine.evaluate import EvalResult, evaluate
+from mfnet.engine.inputs import DataSpec
+from mfnet.engine.metrics import read_metrics
+from mfnet.engine.recipes import Recipe
+from mfnet.engine.train import train
 from mfnet.errors import MfnetError
+from mfnet.models import create_model
+from mfnet.models.macs import count_macs, count_params
+from mfnet.tools.report import write_report
 
 logger = logging.getLogger("mfnet")
 
@@ -166,7 +177,6 @@ def _check_config(out_dir: Path, record: dict[str, Any]) -> None:
 
 def demo_recipe(model: str, config: DemoConfig, *, epochs: int, seed: int) -> Any:
     """The training recipe of ``model`` in the demo (both models get the same one)."""
-    from mfnet.engine.recipes import Recipe
 
     return Recipe(
         name=f"demo-{model}",
@@ -256,8 +266,6 @@ def _run_demo(
     progress: bool,
     device: str,
 ) -> DemoResult:
-    from mfnet.engine.inputs import DataSpec
-    from mfnet.engine.train import train
 
     tic = time.perf_counter()
     data_root = Path(data_dir) if data_dir is not None else out_dir / "data"
@@ -344,8 +352,6 @@ def _evaluation(run_dir: Path, spec: Any, config: DemoConfig, *, device: str, pr
 
     Reuses ``run_dir/eval`` and the report when they are newer than the model.
     """
-    from mfnet.engine.evaluate import EvalResult, evaluate
-    from mfnet.tools.report import write_report
 
     model_path = run_dir / "model.pt"
     scores = run_dir / "eval" / "scores.pt"
@@ -372,9 +378,6 @@ def _evaluation(run_dir: Path, spec: Any, config: DemoConfig, *, device: str, pr
 def _outcome(
     name: str, ev: Any, *, epochs: int, run_dir: Path, train_s: float, input_shape: tuple[int, ...]
 ) -> ModelOutcome:
-    from mfnet.engine.metrics import read_metrics
-    from mfnet.models import create_model
-    from mfnet.tools.flops import count_macs, count_params
 
     model = create_model(name, num_classes=len(MOTION_CLASSES))
     summary = ev.summary()
@@ -398,7 +401,6 @@ def _outcome(
 
 def _val_curve(run_dir: Path) -> tuple[list[float], list[float]]:
     """Epochs and video-level validation accuracy of a run, from its ``metrics.jsonl``."""
-    from mfnet.engine.metrics import read_metrics
 
     epochs, acc = [], []
     for rec in read_metrics(run_dir / "metrics.jsonl"):
@@ -410,11 +412,8 @@ def _val_curve(run_dir: Path) -> tuple[list[float], list[float]]:
 
 def plot_demo(outcomes: list[ModelOutcome], path: str | Path) -> Path:
     """The demo's figure: test accuracy per epoch of both models, and their per-class accuracy side by side."""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

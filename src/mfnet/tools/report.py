@@ -18,12 +18,16 @@ import html
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from mfnet.data.readers import open_video
+from mfnet.engine.checkpoints import list_checkpoints
 from mfnet.engine.metrics import read_metrics
 from mfnet.errors import MfnetError
 from mfnet.tools import plots
@@ -35,7 +39,6 @@ FIGURES = "figures"
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor] | None:
-    from mfnet.engine.checkpoints import list_checkpoints
 
     candidates = [run_dir / "model.pt", *reversed(list_checkpoints(run_dir))]
     for path in candidates:
@@ -56,9 +59,7 @@ def _first_conv(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
 
 def _frame_strip(path: str, count: int = 6, height: int = 72) -> np.ndarray | None:
     """``count`` frames evenly spread over a video (or one image), resized to ``height`` rows, ``(F, h, w, 3)``."""
-    import torch.nn.functional as F
 
-    from mfnet.data.readers import open_video
 
     try:
         with contextlib.closing(open_video(path)) as reader:
@@ -296,7 +297,6 @@ def _cell(value: Any, key: str) -> str:
 
 def _to_html(lines: list[str], *, title: str) -> str:
     """A small HTML rendering of the report's Markdown subset (headings, tables, images, emphasis)."""
-    import re
 
     body: list[str] = []
     table: list[str] = []

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from mfnet.errors import MfnetError
+from mfnet.models.macs import count_macs, count_params
+from mfnet.models.registry import build_model
 
 COLUMNS = ("dataset", "model", "params_m", "gflops", "top1", "top5", "source")
 
@@ -121,8 +123,6 @@ def run_result(run_dir: str | Path, evaluation: dict[str, Any]) -> ResultRow | N
     Returns:
         The row, or ``None`` when the run has no recipe or the evaluation no accuracy.
     """
-    from mfnet.models.registry import build_model
-    from mfnet.tools.flops import count_macs, count_params
 
     run_dir = Path(run_dir)
     recipe_path = run_dir / "recipe.json"

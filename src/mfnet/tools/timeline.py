@@ -6,6 +6,8 @@ import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import torch
 
 
@@ -37,10 +39,8 @@ def plot_timeline(
     Returns:
         The path written.
     """
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     probs = probs.detach().float().cpu()
     centres = [(s + e) / 2 for s, e in zip(starts_s, ends_s, strict=True)]

@@ -23,6 +23,7 @@ from dataclasses import asdict
 from typing import IO, Any
 
 from mfnet.errors import MfnetError
+from mfnet.tools.bench.candidates import Candidate, cannot_run, prepare_from_spec
 
 
 class CandidateProcess:
@@ -35,7 +36,7 @@ class CandidateProcess:
     def __init__(self, candidate: Any, **settings: Any) -> None:
         self.label = candidate.label
         self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (the worker's stderr; closed in close())
-        code = "import torch; from mfnet.tools.bench_worker import serve; serve()"  # a user's order: torch first
+        code = "import torch; from mfnet.tools.bench.worker import serve; serve()"  # a user's order: torch first
         self._proc = subprocess.Popen(
             [sys.executable, "-c", code],
             stdin=subprocess.PIPE,
@@ -108,7 +109,6 @@ def serve(stdin: IO[str] | None = None) -> None:
     """The worker side: reads the spec, prepares the candidate, then times a step per ``"step"`` line."""
     import time
 
-    from mfnet.tools.bench import Candidate, cannot_run, prepare_from_spec
 
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of libraries go to stderr, not into the protocol

@@ -38,7 +38,10 @@ import torch
 KERNELS_SWITCH = "MFNET_KERNELS"
 AVX512_SWITCH = "MFNET_KERNEL_AVX512"
 WINOGRAD_SWITCH = "MFNET_KERNEL_WINOGRAD"
-CFLAGS = ("-O3", "-mavx2", "-mfma")
+# -fopenmp at compile time only: at::parallel_for is a header template that needs it to run on PyTorch's OpenMP
+# pool (without it every operator runs on one thread); nothing is linked, so its GOMP calls resolve to the OpenMP
+# runtime that torch itself loaded, and no second runtime or pool exists.
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp")
 SOURCES = ("ops.cpp", "fiber_conv.cpp", "fiber_conv.h")
 
 _lock = threading.Lock()

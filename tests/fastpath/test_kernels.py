@@ -366,6 +366,19 @@ def _threads() -> int:
 
 
 @needs_kernel
+def test_operators_share_their_items_between_the_pools_threads() -> None:
+    """With 2 threads, both take part in an operator's items (an extension built without OpenMP runs on one)."""
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.ops.mfnet.pool_threads(64) == 2
+        torch.set_num_threads(1)
+        assert torch.ops.mfnet.pool_threads(64) == 1
+    finally:
+        torch.set_num_threads(previous)
+
+
+@needs_kernel
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
 def test_operators_run_on_pytorchs_thread_pool_only() -> None:
     """The operators share their items between the threads of PyTorch's intra-op pool: no thread of their own, the

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <mutex>
+#include <set>
 
 #include "fiber_conv.h"
 
@@ -289,6 +291,19 @@ void set_tiles(bool avx512, bool winograd) {
     mf_set_winograd(winograd ? 1 : 0);
 }
 
+// How many threads of the pool take part in an operator's work of `items` items (every operator shares its
+// items through run_items): what the tests check to know that the operators run in parallel at all.
+int64_t pool_threads(int64_t items) {
+    std::mutex lock;
+    std::set<int> seen;
+    run_items(items, [&](mf_sched *, int, int) {
+        std::lock_guard<std::mutex> guard(lock);
+        seen.insert(at::get_thread_num());
+        return 0;
+    });
+    return static_cast<int64_t>(seen.size());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(mfnet, m) {
@@ -319,6 +334,7 @@ TORCH_LIBRARY(mfnet, m) {
         "Tensor d, Tensor(a!) dx) -> ()");
     m.def("max_pool(Tensor x, Tensor(a!) y, int[2] kernel, int[2] stride, int[2] padding) -> ()");
     m.def("set_tiles(bool avx512, bool winograd) -> ()", &set_tiles);
+    m.def("pool_threads(int items) -> int", &pool_threads);
 }
 
 TORCH_LIBRARY_IMPL(mfnet, CPU, m) {

@@ -11,7 +11,6 @@ format, and a full disk (in a child process with a file-size limit). New command
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -27,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 import mfnet
+from malicious import Payload, pickled
 from mfnet.cli import build_parser, main
 from mfnet.cli._common import print_json
 from mfnet.data.video_writer import numbered_frames, write_video
@@ -38,22 +38,6 @@ pytestmark = pytest.mark.slow
 
 SMALL = {"depths": [1, 1, 1, 1], "widths": [16, 16, 32, 32]}
 CLIP = ["--frames", "4", "--size", "32", "--workers", "0", "--device", "cpu"]
-
-
-class _Payload:
-    """Unpickling it creates the folder ``marker``: stands in for any command a malicious file runs."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return os.mkdir, (str(self.marker),)
-
-
-def _pickled(obj: object) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +59,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     f["folder.pth"].mkdir()
     f["fifo.pth"] = root / "fifo.pth"
     os.mkfifo(f["fifo.pth"])
-    f["evil.pth"] = _write(root / "evil.pth", _pickled({"state_dict": {}, "x": _Payload(f["marker"])}))
+    f["evil.pth"] = _write(root / "evil.pth", pickled({"state_dict": {}, "x": Payload(f["marker"])}))
     meta = make_meta("mfnet3d", num_classes=3, model_kwargs=SMALL, classes=None)
     state = model.state_dict()
     nan_state = {k: (v.clone().fill_(float("nan")) if k == "classifier.weight" else v) for k, v in state.items()}
@@ -137,7 +121,7 @@ def _evil_pt2(source: Path, target: Path, marker: Path) -> Path:
     first = next(iter(config["config"].values()))
     first["use_pickle"] = True
     entries[config_name] = json.dumps(config).encode()
-    entries[config_name.replace("model_weights_config.json", first["path_name"])] = _pickled(_Payload(marker))
+    entries[config_name.replace("model_weights_config.json", first["path_name"])] = pickled(Payload(marker))
     with zipfile.ZipFile(target, "w") as archive:
         for name, data in entries.items():
             archive.writestr(name, data)

@@ -8,7 +8,6 @@ creates a marker folder when unpickled or evaluated. The test shows that ``torch
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import zipfile
@@ -19,28 +18,13 @@ import pytest
 import torch
 
 import mfnet
+from malicious import Payload, pickled
 from mfnet.engine.exported import load_exported
 from mfnet.errors import CheckpointError
 from mfnet.models.pt2_safety import check_pt2_archive
 from mfnet.tools.export import export_model
 
 SMALL = {"depths": (1, 1, 1, 1), "widths": (16, 16, 32, 32)}
-
-
-class _Payload:
-    """Unpickling it creates the folder ``marker`` (standing in for any command)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return os.mkdir, (str(self.marker),)
-
-
-def _pickled(obj: object) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +61,7 @@ def _pickled_weight(marker: Path) -> Callable[[str, dict[str, bytes]], None]:
             "data/weights/model_weights_config.json",
             lambda c: next(iter(c["config"].values())).update(use_pickle=True),
         )
-        entries["data/weights/weight_0"] = _pickled(_Payload(marker))
+        entries["data/weights/weight_0"] = pickled(Payload(marker))
 
     return edit
 
@@ -86,14 +70,14 @@ def _pickled_constant(marker: Path) -> Callable[[str, dict[str, bytes]], None]:
     def edit(root: str, entries: dict[str, bytes]) -> None:
         meta = {"path_name": "tensor_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
         _edit_json(entries, "data/constants/model_constants_config.json", lambda c: c["config"].update(c0=meta))
-        entries["data/constants/tensor_0"] = _pickled(_Payload(marker))
+        entries["data/constants/tensor_0"] = pickled(Payload(marker))
 
     return edit
 
 
 def _sample_inputs(marker: Path) -> Callable[[str, dict[str, bytes]], None]:
     def edit(root: str, entries: dict[str, bytes]) -> None:
-        entries["data/sample_inputs/model.pt"] = _pickled(((_Payload(marker),), {}))
+        entries["data/sample_inputs/model.pt"] = pickled(((Payload(marker),), {}))
 
     return edit
 
@@ -167,7 +151,7 @@ def test_not_an_archive(content: bytes | None, message: str, tmp_path: Path) -> 
     if content is None:  # the pre-2.7 layout, which torch reads with an unrestricted unpickler
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("version", "8.0")
-            archive.writestr("serialized_state_dict.json", _pickled({}))
+            archive.writestr("serialized_state_dict.json", pickled({}))
     else:
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match=message):

@@ -139,8 +139,12 @@ def _onnx_process(threads: int) -> tuple[_Process, str]:
     return worker, '"step"'
 
 
-def run(first: str, mode: str, *, threads: int, repeats: int, onnx: bool) -> dict[str, list[float]]:
-    """Interleaved rounds of one variant; returns the step times in seconds per candidate."""
+def run(
+    first: str, mode: str, *, threads: int, repeats: int, onnx: bool, settle: float = 0.0
+) -> dict[str, list[float]]:
+    """Interleaved rounds of one variant; returns the step times in seconds per candidate. Each step starts
+    ``settle`` seconds after the previous one ended, so that no candidate's idle threads (which spin for a while
+    after a step, in both PyTorch and ONNX Runtime) are still busy when the next one starts."""
     user = _Process([sys.executable, __file__, "--worker", first, "--mode", mode, "--threads", str(threads)])
     workers = [(name, user, name) for name in user.ready["ready"]]
     if onnx and mode == "infer":
@@ -150,6 +154,7 @@ def run(first: str, mode: str, *, threads: int, repeats: int, onnx: bool) -> dic
     try:
         for r in range(repeats):
             for name, worker, request in workers[r % len(workers) :] + workers[: r % len(workers)]:
+                time.sleep(settle)
                 times[name].append(worker.ask(request))
     finally:
         for proc in {id(w): w for _, w, _ in workers}.values():

@@ -5,7 +5,8 @@ variant (`torch` imported first, then the same with `mfnet` first), batch 1, fp3
 
 - inference: mfnet3d through `mfnet.optimize_for_inference` at 16x224x224 against torchvision's r3d_18 as shipped
   (eval, `torch.inference_mode`) at 16x112x112, in the same process; ONNX Runtime on `mfnet export`'s ONNX file of
-  mfnet3d runs alone in a process of its own; one step of each per round, in turn, after warm-up;
+  mfnet3d runs alone in a process of its own; one step of each per round, in turn, after warm-up, each starting
+  ``--settle`` seconds after the last one ended (idle threads of both engines spin for a while after a step);
 - training: one SGD step on 8 clips of 16x112x112, mfnet3d through `mfnet.prepare_for_training` against r3d_18 as
   shipped, in the same process.
 
@@ -203,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads of every candidate (default: 2)")
     parser.add_argument("--repeats", type=int, default=10, help="interleaved inference rounds (default: 10)")
     parser.add_argument("--train-repeats", type=int, default=5, help="interleaved training rounds (default: 5)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.5,
+        help="seconds between steps, so that the last candidate's idle threads (PyTorch's and ONNX Runtime's spin "
+        "for a while after a step) have gone quiet before the next one starts (default: 0.5)",
+    )
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-onnx", action="store_true", help="no ONNX Runtime candidate")
     parser.add_argument("--torch-first-only", action="store_true", help="skip the mfnet-imported-first variant")
@@ -215,13 +223,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
     for first in ("torch",) if args.torch_first_only else ("torch", "mfnet"):
-        infer = run(first, "infer", threads=args.threads, repeats=args.repeats, onnx=not args.skip_onnx)
+        infer = run(
+            first, "infer", threads=args.threads, repeats=args.repeats, onnx=not args.skip_onnx, settle=args.settle
+        )
         results[first] = {"infer": infer}
         if not args.skip_train:
-            results[first]["train"] = run(first, "train", threads=args.threads, repeats=args.train_repeats, onnx=False)
+            results[first]["train"] = run(
+                first, "train", threads=args.threads, repeats=args.train_repeats, onnx=False, settle=args.settle
+            )
     lines = summarize(results)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    footer = f"{args.threads} threads, load average at the end {load:.1f} on {os.cpu_count()} CPUs"
+    footer = (
+        f"{args.threads} threads, {args.settle:g} s between steps, load average at the end {load:.1f} on "
+        f"{os.cpu_count()} CPUs"
+    )
     text = "## One process, user order (`benchmarks/bench_user_order.py`)\n\n" + "\n".join(lines) + f"\n\n{footer}\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -611,6 +611,24 @@ def test_kept_buffers_follow_the_input_size_not_only_their_shape() -> None:
 
 
 @needs_kernel
+def test_a_smaller_batch_reuses_the_kept_buffers() -> None:
+    """A smaller batch (the last of a long run) runs on the first samples of the buffers kept for a larger one:
+    nothing new is kept, the results stay exact, and a larger batch again replaces them."""
+    g = torch.Generator().manual_seed(6)
+    scale, shift = _bn(96, g)
+    w1, b1 = torch.randn(96, 6, 3, 3, 3, generator=g) * 0.2, torch.randn(96, generator=g)
+    w2 = torch.randn(96, 6, 1, 3, 3, generator=g) * 0.2
+    tail = KernelFiberTail(scale, shift, w1, b1, w2, None, 16)
+    x = (torch.randn(3, 96, 3, 5, 20, generator=g) * 3).contiguous(memory_format=CL3D)
+    shortcut = torch.randn(3, 96, 3, 5, 20, generator=g)
+    expected = _reference(x, shortcut, scale, shift, w1, b1, w2, None, 16, 1)
+    for n, kept_n in ((2, 2), (1, 2), (2, 2), (3, 3), (1, 3)):
+        torch.testing.assert_close(tail(x[:n], shortcut[:n]), expected[:n], rtol=1e-4, atol=1e-4)
+        (kept,) = tail._buffers_cache.values()  # one entry, as large as the largest batch so far
+        assert {buf.shape[0] for buf in kept} == {kept_n}
+
+
+@needs_kernel
 def test_nan_propagates_through_the_tail() -> None:
     """relu(NaN) is NaN in PyTorch: the kernel's BN-ReLU packing and its ReLU after conv_m1 must keep it."""
     g = torch.Generator().manual_seed(0)

@@ -113,19 +113,25 @@ def conv_fits(weight: torch.Tensor, groups: int, stride: tuple[int, ...], paddin
 def _kept(
     cache: dict[tuple, tuple[torch.Tensor, ...]], interior: tuple, *shapes: tuple[int, ...]
 ) -> tuple[torch.Tensor, ...]:
-    """Zeroed tensors of these shapes, kept in ``cache`` per ``interior`` (the sizes and padding their data fills),
-    shapes and thread (at most 4 entries) and reused: the kernels' padded buffers, whose padding is never written,
-    so it stays zero and packing skips it. Keyed by the interior too, as one shape holds several: rows of 28 and of
-    27 positions both take 40 floats, and a buffer packed 28 wide has data where a 27-wide one needs zeros."""
+    """Zeroed tensors of these shapes (each ``(N, ...)``), kept in ``cache`` and reused: the kernels' padded
+    buffers, whose padding is never written, so it stays zero and packing skips it.
+
+    An entry is keyed by ``interior`` (the sizes and padding its data fills, ``(N, ...)``) and the shapes without
+    ``N``, and by thread. Keyed by the interior too, as one shape holds several: rows of 28 and of 27 positions both
+    take 40 floats, and a buffer packed 28 wide has data where a 27-wide one needs zeros. A smaller batch takes the
+    first ``N`` samples of a kept larger one, so memory follows the largest batch seen, not the number of batch
+    sizes (the last, partial batch of a long run makes nothing new)."""
     if torch.compiler.is_compiling():  # a traced graph allocates its own (zeroed) buffers
         return tuple(torch.zeros(shape) for shape in shapes)
-    key = (interior, *shapes, threading.get_ident())
+    n = shapes[0][0]
+    key = (interior[1:], *(shape[1:] for shape in shapes), threading.get_ident())
     kept = cache.get(key)
-    if kept is None:
+    if kept is None or kept[0].shape[0] < n:
+        cache.pop(key, None)  # the smaller buffers go before the larger ones are made
         if len(cache) >= 4:
             cache.clear()
         kept = cache[key] = tuple(torch.zeros(shape) for shape in shapes)
-    return kept
+    return kept if kept[0].shape[0] == n else tuple(buf[:n] for buf in kept)
 
 
 def _register_bn(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor, prefix: str = "") -> None:

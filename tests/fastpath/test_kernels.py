@@ -629,6 +629,24 @@ def test_a_smaller_batch_reuses_the_kept_buffers() -> None:
 
 
 @needs_kernel
+def test_the_units_of_a_model_share_their_kept_buffers() -> None:
+    """optimize_for_inference gives all kernel modules of a model one buffer cache: the units of a stage (same
+    layout and sizes) use one set, and the model stays exact over batch sizes 2, 1, 2."""
+    torch.manual_seed(0)
+    model = mfnet.create_model("mfnet3d", num_classes=10).eval()
+    x = torch.randn(2, 3, 8, 112, 112)
+    fast = optimize_for_inference(model, x)
+    users = [m for m in fast.modules() if isinstance(m, (KernelFiberTail, KernelFiberConv))]
+    assert len(users) >= 8 and len({id(m._buffers_cache) for m in users}) == 1
+    with torch.inference_mode():
+        expected = model(x)
+        for n in (2, 1, 2):
+            got = fast(x[:n])
+            assert (got - expected[:n]).abs().max() <= 1e-4 * expected.abs().max()
+    assert 0 < len(users[0]._buffers_cache) < len(users)
+
+
+@needs_kernel
 def test_nan_propagates_through_the_tail() -> None:
     """relu(NaN) is NaN in PyTorch: the kernel's BN-ReLU packing and its ReLU after conv_m1 must keep it."""
     g = torch.Generator().manual_seed(0)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mfnet.fastpath import native
+from mfnet.fastpath import kernels, native
 from mfnet.fastpath.fold import fold_batchnorm
 from mfnet.fastpath.fused import FusedBnReLU, FusedConv, bn_or_none, memory_format, to_channels_last
 from mfnet.fastpath.max_pool import KernelMaxPool, max_pool_fits
@@ -139,6 +139,7 @@ def optimize_for_inference(
     info = FastpathInfo(mode=mode, folded=folded, memory_format=layout)
     if mode == "fused":
         info.fused_units = fuse_modules(fast, n_dim=model_ndim - 2)
+        kernels.share_kept_buffers(fast)
         info.kernel_units = sum(
             isinstance(m, FastFiberUnit) and m.plan is not None and m.plan.has_kernels for m in fast.modules()
         )

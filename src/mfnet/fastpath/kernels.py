@@ -43,6 +43,7 @@ WINOGRAD_MIN_CHANNELS = 12  # conv_rows in fiber_conv.cpp: fewer input channels 
 MUX_CHANNELS = 24  # the multiplexer's hidden channels must be a multiple of this (mf_mux_pack's 4 x 24 tiles)
 MUX_POSITIONS = 28  # least positions per work item of the multiplexer (whole rows; see _mux_rows)
 CL3D = torch.channels_last_3d
+_KEPT_ENTRIES = 16  # kept buffer sets per model (one per stage layout and thread in practice)
 _EMPTY = torch.empty(0)  # an output the operator does not write
 
 
@@ -111,27 +112,38 @@ def conv_fits(weight: torch.Tensor, groups: int, stride: tuple[int, ...], paddin
 
 
 def _kept(
-    cache: dict[tuple, tuple[torch.Tensor, ...]], interior: tuple, *shapes: tuple[int, ...]
+    cache: dict[tuple, tuple[torch.Tensor, ...]], layout: tuple, interior: tuple, *shapes: tuple[int, ...]
 ) -> tuple[torch.Tensor, ...]:
     """Zeroed tensors of these shapes (each ``(N, ...)``), kept in ``cache`` and reused: the kernels' padded
     buffers, whose padding is never written, so it stays zero and packing skips it.
 
-    An entry is keyed by ``interior`` (the sizes and padding its data fills, ``(N, ...)``) and the shapes without
-    ``N``, and by thread. Keyed by the interior too, as one shape holds several: rows of 28 and of 27 positions both
-    take 40 floats, and a buffer packed 28 wide has data where a 27-wide one needs zeros. A smaller batch takes the
-    first ``N`` samples of a kept larger one, so memory follows the largest batch seen, not the number of batch
-    sizes (the last, partial batch of a long run makes nothing new)."""
+    An entry is keyed by ``layout`` (what places the data: the kernel's taps and strides), ``interior`` (the sizes
+    its data fills, ``(N, ...)``) and the shapes without ``N``, and by thread. Keyed by the interior too, as one
+    shape holds several: rows of 28 and of 27 positions both take 40 floats, and a buffer packed 28 wide has data
+    where a 27-wide one needs zeros. A smaller batch takes the first ``N`` samples of a kept larger one, so memory
+    follows the largest batch seen, not the number of batch sizes (the last, partial batch of a long run makes
+    nothing new). The kernels of one model share ``cache`` (``share_kept_buffers``): its units run one after
+    another, so the units of a stage, which have the same layout and sizes, use one set of buffers."""
     if torch.compiler.is_compiling():  # a traced graph allocates its own (zeroed) buffers
         return tuple(torch.zeros(shape) for shape in shapes)
     n = shapes[0][0]
-    key = (interior[1:], *(shape[1:] for shape in shapes), threading.get_ident())
+    key = (layout, interior[1:], *(shape[1:] for shape in shapes), threading.get_ident())
     kept = cache.get(key)
     if kept is None or kept[0].shape[0] < n:
         cache.pop(key, None)  # the smaller buffers go before the larger ones are made
-        if len(cache) >= 4:
+        if len(cache) >= _KEPT_ENTRIES:
             cache.clear()
         kept = cache[key] = tuple(torch.zeros(shape) for shape in shapes)
     return kept if kept[0].shape[0] == n else tuple(buf[:n] for buf in kept)
+
+
+def share_kept_buffers(model: nn.Module) -> int:
+    """Gives every kernel module in ``model`` one cache of kept buffers (see ``_kept``); returns how many share it."""
+    cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
+    modules = [m for m in model.modules() if isinstance(m, (KernelFiberTail, KernelFiberConv))]
+    for module in modules:
+        module._buffers_cache = cache
+    return len(modules)
 
 
 def _register_bn(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor, prefix: str = "") -> None:
@@ -202,9 +214,13 @@ class KernelFiberTail(nn.Module):
         row = _row_length(w + 2 * max(pw1, pw2))
         shape_1 = (n, g, t + 2 * pd1, h + 2 * ph1, c1, row)
         if self._one_pass():
-            return _kept(self._buffers_cache, (n, t, h, w), shape_1)
+            return _kept(self._buffers_cache, self._layout(), (n, t, h, w), shape_1)
         shape_2 = (n, g, self._out_length(t) + 2 * pd2, h + 2 * ph2, c2, row)
-        return _kept(self._buffers_cache, (n, t, h, w), shape_1, shape_2)
+        return _kept(self._buffers_cache, self._layout(), (n, t, h, w), shape_1, shape_2)
+
+    def _layout(self) -> tuple:
+        """What places the data in the padded buffers (``_kept``)."""
+        return ("tail", self.kernel_1, self.kernel_2, self.temporal_stride, self._one_pass())
 
     @torch.no_grad()
     def forward_unit(self, x: torch.Tensor, multiplexer: KernelMultiplexer) -> torch.Tensor:
@@ -465,7 +481,8 @@ class KernelFiberConv(nn.Module):
         if self.spatial_stride == 2:  # the strided tile reads 34 inputs from 2 x0 for 16 outputs at x0
             row = max(row, 32 * ((self.out_size(t, h, w)[2] + 15) // 16 - 1) + 40)
         shape = (n, self.groups, t + 2 * pd, h + 2 * ph, c // self.groups, row)
-        return _kept(self._buffers_cache, (n, c, t, h, w), shape)[0]
+        layout = ("conv", self.kernel, self.temporal_stride, self.spatial_stride)
+        return _kept(self._buffers_cache, layout, (n, c, t, h, w), shape)[0]
 
     @torch.no_grad()
     def pack_from(

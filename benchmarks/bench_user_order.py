@@ -43,7 +43,12 @@ def _worker(first: str, mode: str, threads: int) -> None:
     steps = {}
     if mode == "infer":
         x = torch.randn(1, 3, 16, 224, 224)
-        fast = mfnet.optimize_for_inference(mfnet.create_model("mfnet3d", num_classes=400).eval(), x)
+        plain = mfnet.create_model("mfnet3d", num_classes=400).eval()
+        fast = mfnet.optimize_for_inference(plain, x)
+        with torch.inference_mode():
+            expected = plain(x)
+            max_rel_diff = float((fast(x) - expected).abs().max() / expected.abs().max())
+        del plain
         r3d = torchvision.models.video.r3d_18(num_classes=400).eval()
         x_r3d = torch.randn(1, 3, 16, 112, 112)
 
@@ -65,7 +70,10 @@ def _worker(first: str, mode: str, threads: int) -> None:
     for step in steps.values():
         for _ in range(2 if mode == "infer" else 1):
             step()
-    print(json.dumps({"ready": list(steps)}), flush=True)
+    ready = {"ready": list(steps)}
+    if mode == "infer":
+        ready["max_rel_diff"] = max_rel_diff
+    print(json.dumps(ready), flush=True)
     for line in sys.stdin:
         name = line.strip()
         start = time.perf_counter()
@@ -152,6 +160,8 @@ def run(
         ort, request = _onnx_process(threads)
         workers.append(("onnxruntime", ort, request))
     times: dict[str, list[float]] = {name: [] for name, _, _ in workers}
+    if "max_rel_diff" in user.ready:
+        times["max_rel_diff"] = [user.ready["max_rel_diff"]]
     try:
         for r in range(repeats):
             for name, worker, request in workers[r % len(workers) :] + workers[: r % len(workers)]:
@@ -170,6 +180,8 @@ def summarize(results: dict[str, dict[str, dict[str, list[float]]]]) -> list[str
     for variant, modes in results.items():
         for mode, times in modes.items():
             for name, samples in times.items():
+                if name == "max_rel_diff":
+                    continue
                 medians[(variant, mode, name)] = statistics.median(samples) * 1e3
                 lines.append(
                     f"| {variant} first | {mode} | {name} | {medians[(variant, mode, name)]:.0f} | "
@@ -178,6 +190,10 @@ def summarize(results: dict[str, dict[str, dict[str, list[float]]]]) -> list[str
     lines.append("")
     ratios: dict[tuple[str, str, str], float] = {}
     for variant in results:
+        if "max_rel_diff" in results[variant].get("infer", {}):
+            diff = results[variant]["infer"]["max_rel_diff"][0]
+            verdict = "met" if diff <= 1e-4 else "NOT met"
+            lines.append(f"- {variant} first: fast path against the plain model, {diff:.1e} relative (1e-4: {verdict})")
         for mode, peer, goal in (("infer", "r3d_18", TARGET_R3D), ("infer", "onnxruntime", TARGET_ORT)):
             if (variant, mode, peer) in medians:
                 ratio = medians[(variant, mode, peer)] / medians[(variant, mode, "mfnet3d")]

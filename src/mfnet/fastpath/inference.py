@@ -264,7 +264,7 @@ def prepare_for_training(model: nn.Module) -> nn.Module:
 
 def _prepare_units(model: nn.Module) -> None:
     """Attaches the training backend to every multi-fiber unit and ``ConvBnAct`` stem with a 3D convolution."""
-    for module in model.modules():
+    for module in list(model.modules()):  # listed first: attaching a backend adds a child
         if isinstance(module, MultiFiberUnit):
             backend = FiberBackend.of(module)
             backend.fast_training = True

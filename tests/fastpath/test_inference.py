@@ -19,7 +19,8 @@ from mfnet.fastpath import (
 )
 from mfnet.fastpath.fused import FusedConv
 from mfnet.fastpath.onednn import fused_ops_available
-from mfnet.fastpath.unit import FastFiberUnit
+from mfnet.fastpath.unit import FiberBackend
+from mfnet.models.fiber import MultiFiberUnit
 
 TOL = 1e-4  # relative to the largest plain output
 
@@ -102,8 +103,9 @@ def test_fused_units_run_one_dnn_primitives_and_keep_channels_last():
     x = torch.randn(1, 3, 4, 32, 32)
     fast = optimize_for_inference(model, x)  # auto: fused on this CPU
     assert fast.fastpath_info.mode == "fused"
-    assert isinstance(fast.conv2.B01, FastFiberUnit) and isinstance(fast.conv1, FusedConv)
-    assert fast.conv2.B01.plan is not None
+    assert type(fast.conv2.B01) is MultiFiberUnit and isinstance(fast.conv1, FusedConv)
+    assert isinstance(fast.conv2.B01.backend, FiberBackend) and fast.conv2.B01.backend.plan is not None
+    assert model.conv2.B01.backend is None, "the original model must stay untouched"
     with torch.no_grad():
         features = fast.forward_features(x)
     assert features.is_contiguous(memory_format=torch.channels_last_3d)

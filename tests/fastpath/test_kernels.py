@@ -15,6 +15,7 @@ import mfnet
 from mfnet.fastpath import kernels, native, optimize_for_inference
 from mfnet.fastpath.kernels import KernelFiberConv, KernelFiberTail, KernelMultiplexer
 from mfnet.fastpath.train_convs import conv3d_train
+from mfnet.models.fiber import MultiFiberUnit
 
 pytestmark = pytest.mark.kernel
 needs_kernel = pytest.mark.skipif(not native.load(), reason="native operators not built here (MFNET_KERNELS=0?)")
@@ -422,8 +423,9 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
     x = torch.randn(shape)
     fast = optimize_for_inference(model, x, check=True)
     assert fast.fastpath_info.kernel_units == 6  # every unit has parts on the kernels (the multiplexer at least)
-    assert isinstance(fast.conv2.B01.plan.kernel_m1, KernelFiberConv)  # conv2's first conv_m1 (16 -> 96, stride 2)
-    strided = fast.conv3.B01.plan.kernel_m1  # conv3's first: spatial stride 2 and a dense conv_m2, with AVX-512
+    plan = {name: unit.backend.plan for name, unit in fast.named_modules() if isinstance(unit, MultiFiberUnit)}
+    assert isinstance(plan["conv2.B01"].kernel_m1, KernelFiberConv)  # conv2's first conv_m1 (16 -> 96, stride 2)
+    strided = plan["conv3.B01"].kernel_m1  # conv3's first: spatial stride 2 and a dense conv_m2, with AVX-512
     if native.avx512_on():
         assert strided.spatial_stride == 2 and strided.projection_channels == 96
         calls = []
@@ -435,12 +437,12 @@ def test_fast_path_uses_the_kernel_and_matches_the_model(shape: tuple[int, ...])
         del strided.conv
     else:
         assert strided is None
-    assert isinstance(fast.conv2.B02.plan.kernel_mux, KernelMultiplexer)  # with its tail: the whole unit on the kernels
-    assert isinstance(fast.conv2.B02.plan.kernel_tail, KernelFiberTail)
-    assert isinstance(fast.conv3.B01.plan.kernel_mux, KernelMultiplexer)  # it packs the strided conv_m1's buffer
-    assert fast.conv3.B01.plan.kernel_mux.has_projection  # ... and the projection's BN-ReLU, subsampled
-    assert fast.conv3.B01.plan.conv_w1_compact is not None and fast.conv3.B01.plan.conv_w1_compact.stride == [1, 1, 1]
-    assert fast.conv2.B01.plan.kernel_mux.has_projection  # 16 channels; it packs conv_m1's buffer and the projection's
+    assert isinstance(plan["conv2.B02"].kernel_mux, KernelMultiplexer)  # with its tail: the whole unit on the kernels
+    assert isinstance(plan["conv2.B02"].kernel_tail, KernelFiberTail)
+    assert isinstance(plan["conv3.B01"].kernel_mux, KernelMultiplexer)  # it packs the strided conv_m1's buffer
+    assert plan["conv3.B01"].kernel_mux.has_projection  # ... and the projection's BN-ReLU, subsampled
+    assert plan["conv3.B01"].conv_w1_compact is not None and plan["conv3.B01"].conv_w1_compact.stride == [1, 1, 1]
+    assert plan["conv2.B01"].kernel_mux.has_projection  # 16 channels; it packs conv_m1's buffer and the projection's
     assert fast.fastpath_info.max_rel_diff < 1e-4
     copied = copy.deepcopy(fast)
     with torch.inference_mode():
@@ -454,11 +456,11 @@ def test_conv4_units_run_whole_on_the_kernels_and_match_the_model() -> None:
     model = mfnet.create_model("mfnet3d", num_classes=5, widths=(96, 192, 384, 96), depths=(1, 1, 2, 1)).eval()
     _randomise_bn(model)
     fast = optimize_for_inference(model, torch.randn(1, 3, 4, 224, 224), check=True)
-    unit = fast.conv4.B02.plan
+    unit = fast.conv4.B02.backend.plan
     assert isinstance(unit.kernel_tail, KernelFiberTail) and isinstance(unit.kernel_mux, KernelMultiplexer)
     assert unit.kernel_tail.weight_1.shape[-2:] == (24, 24)  # (G, kt, kh, kw, C_in/G, C_out/G)
     assert fast.fastpath_info.max_rel_diff < 1e-4
-    first = fast.conv4.B01.plan.kernel_m1  # 12 -> 24 channels per fiber at stride 2, then the dense 384 -> 384
+    first = fast.conv4.B01.backend.plan.kernel_m1  # 12 -> 24 channels per fiber at stride 2, then the dense 384 -> 384
     if native.avx512_on():
         assert first.spatial_stride == 2 and first.weight.shape[-2:] == (12, 24)
         assert first.wide_enough(torch.empty(1, 192, 2, 28, 28))

@@ -11,7 +11,7 @@ from torch import nn
 import mfnet
 from mfnet.fastpath import native, prepare_for_training
 from mfnet.fastpath.train_bn import bn_relu_train, bn_relu_train_runs
-from mfnet.fastpath.unit import FastFiberUnit
+from mfnet.fastpath.unit import FiberBackend
 
 pytestmark = pytest.mark.kernel
 needs_kernel = pytest.mark.skipif(not native.load(), reason="native operators not built here (MFNET_KERNELS=0?)")
@@ -72,7 +72,7 @@ def test_prepared_model_uses_it_and_keeps_its_state_dict() -> None:
     model = mfnet.create_model("mfnet3d", num_classes=5)
     keys = list(model.state_dict())
     prepare_for_training(model)
-    assert sum(isinstance(m, FastFiberUnit) and m.fast_training for m in model.modules()) == 16
+    assert sum(isinstance(m, FiberBackend) and m.fast_training for m in model.modules()) == 16
     assert list(model.state_dict()) == keys
 
 

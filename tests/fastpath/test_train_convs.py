@@ -11,7 +11,7 @@ from torch import nn
 import mfnet
 from mfnet.fastpath import kernels, native, prepare_for_training, to_channels_last, unit
 from mfnet.fastpath.train_convs import conv3d_train, conv3d_weight_grad
-from mfnet.fastpath.unit import FastFiberUnit
+from mfnet.fastpath.unit import FiberBackend
 
 CL3D = torch.channels_last_3d
 
@@ -144,7 +144,7 @@ def test_prepared_mfnet_has_the_gradients_of_channels_last_pytorch(monkeypatch: 
         reference = mfnet.create_model("mfnet3d", num_classes=5, widths=(96, 192, 192, 192), depths=(1, 2, 1, 1))
         reference = reference.to(memory_format=CL3D).train()
         fast = prepare_for_training(copy.deepcopy(reference))
-        assert sum(isinstance(m, FastFiberUnit) and m.fast_training for m in fast.modules()) == 5
+        assert sum(isinstance(m, FiberBackend) and m.fast_training for m in fast.modules()) == 5
         assert list(fast.state_dict()) == list(reference.state_dict())
         x = to_channels_last(torch.randn(2, 3, 8, 32, 32))
         labels = torch.tensor([1, 3])

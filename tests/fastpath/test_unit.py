@@ -1,5 +1,6 @@
-"""Every backend of the fast multi-fiber unit computes what ``MultiFiberUnit`` itself computes, and the two entry
-points compose in any order (the unit is compared with the model's own unit, not with a restatement of it)."""
+"""Every backend of the multi-fiber unit computes what ``MultiFiberUnit`` itself computes, the two entry points
+compose in any order (the unit is compared with the model's own unit, not with a restatement of it), and neither
+replaces a module of the user's model."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from torch import nn
 import mfnet
 from mfnet.fastpath import native, optimize_for_inference, prepare_for_training, to_channels_last
 from mfnet.fastpath.fused import FusedConv
-from mfnet.fastpath.train_convs import TrainingSequential
-from mfnet.fastpath.unit import FUSED, KERNEL, REFERENCE, TRAINING, FastFiberUnit, InferencePlan
+from mfnet.fastpath.unit import FUSED, KERNEL, REFERENCE, TRAINING, FiberBackend, InferencePlan, StemBackend
 from mfnet.models.fiber import MultiFiberUnit
+from mfnet.models.layers import ConvBnAct
 
 CL3D = torch.channels_last_3d
 TOL = 1e-4
@@ -52,10 +53,15 @@ def _rel(got: torch.Tensor, expected: torch.Tensor) -> float:
     return float((got.detach() - expected.detach()).abs().max() / expected.detach().abs().max().clamp_min(1e-12))
 
 
-def _inference_unit(unit: MultiFiberUnit, *, use_kernels: bool) -> FastFiberUnit:
-    fast = FastFiberUnit(copy.deepcopy(unit).eval())
-    fast.plan = InferencePlan(fast, use_kernels=use_kernels)
+def _inference_unit(unit: MultiFiberUnit, *, use_kernels: bool) -> MultiFiberUnit:
+    """A copy of the eval ``unit`` with a backend holding its inference plan."""
+    fast = copy.deepcopy(unit).eval()
+    FiberBackend.of(fast).plan = InferencePlan(fast, use_kernels=use_kernels)
     return fast
+
+
+def _selected(unit: MultiFiberUnit, x: torch.Tensor) -> str:
+    return unit.backend.select_backend(unit, x)
 
 
 def _input(name: str, size: tuple[int, ...], seed: int = 1) -> torch.Tensor:
@@ -71,7 +77,7 @@ def test_fused_backend_matches_the_unit(name: str) -> None:
     with torch.no_grad():
         for size in SIZES:
             x = _input(name, size)
-            assert fast.select_backend(x) == FUSED
+            assert _selected(fast, x) == FUSED
             assert _rel(fast(x), unit(x)) < TOL
 
 
@@ -89,11 +95,11 @@ def test_kernel_backend_matches_the_unit(name: str, avx512: bool, winograd: bool
         native.set_avx512(avx512)
         native.set_winograd(winograd)
         fast = _inference_unit(unit, use_kernels=True)
-        assert fast.plan.has_kernels
+        assert fast.backend.plan.has_kernels
         with torch.no_grad():
             for size in [*SIZES, SIZES[0]]:  # back to the first size: the kept buffers are reused
                 x = _input(name, size)
-                backend = fast.select_backend(x)
+                backend = _selected(fast, x)
                 assert backend in (KERNEL, FUSED)
                 if size[-1] >= 28:
                     assert backend == KERNEL
@@ -108,11 +114,11 @@ def test_kernel_backend_matches_the_unit(name: str, avx512: bool, winograd: bool
 def test_training_backend_matches_the_unit_forward_and_backward(name: str, size: tuple[int, ...]) -> None:
     """Outputs, input and parameter gradients and the BN running statistics after one step."""
     unit = _unit(name).train().to(memory_format=CL3D)
-    fast = FastFiberUnit(copy.deepcopy(unit))
-    fast.fast_training = True
+    fast = copy.deepcopy(unit)
+    fast.backend = FiberBackend(fast_training=True)
     x = _input(name, size)
     got_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
-    assert fast.select_backend(got_x) == TRAINING
+    assert _selected(fast, got_x) == TRAINING
     got, expected = fast(got_x), unit(ref_x)
     assert _rel(got, expected) < TOL
     grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2))
@@ -129,19 +135,20 @@ def test_reference_backend_for_what_no_other_runs() -> None:
     unit = _unit("conv2").eval()
     fast = _inference_unit(unit, use_kernels=False)
     x = _input("conv2", SIZES[0])
-    assert fast.select_backend(x.double()) == REFERENCE
-    assert fast.select_backend(x.half()) == REFERENCE
-    plain = FastFiberUnit(copy.deepcopy(unit))  # no plan, not prepared
-    assert plain.select_backend(x) == REFERENCE
+    assert _selected(fast, x.double()) == REFERENCE
+    assert _selected(fast, x.half()) == REFERENCE
+    plain = copy.deepcopy(unit)
+    plain.backend = FiberBackend()  # no plan, not prepared
+    assert _selected(plain, x) == REFERENCE
     plain.train()
-    assert plain.select_backend(x) == REFERENCE  # training without prepare_for_training
+    assert _selected(plain, x) == REFERENCE  # training without prepare_for_training
     with torch.no_grad():
         torch.testing.assert_close(fast.double()(x.double()), unit.double()(x.double()))
 
 
 def _count(model: nn.Module) -> tuple[int, int]:
     units = [m for m in model.modules() if isinstance(m, MultiFiberUnit)]
-    return len(units), sum(isinstance(m, FastFiberUnit) and m.plan is not None for m in units)
+    return len(units), sum(isinstance(m.backend, FiberBackend) and m.backend.plan is not None for m in units)
 
 
 @pytest.mark.slow
@@ -150,7 +157,7 @@ def test_a_model_trained_in_the_process_then_optimized_fuses_every_unit() -> Non
     torch.manual_seed(0)
     model = mfnet.create_model("mfnet3d", num_classes=10)
     prepare_for_training(model)
-    assert isinstance(model.conv1, TrainingSequential)  # the stem's convolution gets the faster gradients
+    assert isinstance(model.conv1.backend, StemBackend)  # the stem's convolution gets the faster gradients
     x = to_channels_last(torch.randn(2, 3, 4, 32, 32))
     nn.functional.cross_entropy(model(x), torch.tensor([1, 2])).backward()
     with torch.no_grad():
@@ -186,3 +193,46 @@ def test_prepare_and_optimize_compose_in_any_order_and_number() -> None:
     with torch.no_grad():
         for fast in (once, twice, prepared_then_optimized, again):
             assert _rel(fast(x), expected) < TOL
+
+
+def test_prepare_for_training_replaces_no_module_and_keeps_hooks_and_keys() -> None:
+    """Issue 17: references the user holds stay valid, hooks keep firing, checkpoints keep their keys."""
+    torch.manual_seed(0)
+    model = mfnet.create_model("mfnet3d", num_classes=5, widths=(96, 192, 96, 96), depths=(2, 1, 1, 1))
+    before = dict(model.named_modules())
+    keys = list(model.state_dict())
+    unit, stem = model.conv2.B01, model.conv1
+    fired: list[str] = []
+    unit.register_forward_pre_hook(lambda module, args: fired.append("unit pre"))
+    unit.register_forward_hook(lambda module, args, out: fired.append("unit"))
+    stem.register_forward_hook(lambda module, args, out: fired.append("stem"))
+
+    prepare_for_training(model)
+    backend = unit.backend
+    prepare_for_training(model)  # idempotent: the same backend, updated
+    assert model.conv2.B01 is unit and type(unit) is MultiFiberUnit and unit.backend is backend
+    assert model.conv1 is stem and type(stem) is ConvBnAct and isinstance(stem.backend, StemBackend)
+    assert list(stem) == [stem.conv, stem.bn, stem.relu]  # the backend is not one of the stem's layers
+    after = dict(model.named_modules())
+    assert all(after[name] is module for name, module in before.items())
+    assert {type(m) for name, m in after.items() if name not in before} == {FiberBackend}
+    assert list(model.state_dict()) == keys
+
+    x = to_channels_last(torch.randn(2, 3, 4, 32, 32))
+    assert _selected(unit, x.requires_grad_()) == TRAINING
+    nn.functional.cross_entropy(model(x), torch.tensor([1, 2])).backward()
+    assert fired == ["stem", "unit pre", "unit"]
+    fast = optimize_for_inference(model.eval(), torch.randn(1, 3, 4, 32, 32))
+    fired.clear()  # the BN folding's fx trace calls the copy's modules, hooks included
+    with torch.no_grad():
+        fast(torch.randn(1, 3, 4, 32, 32))
+    assert fired == ["unit pre", "unit"]  # the copy's unit carries the hooks (its stem is fused into one FusedConv)
+    assert fast.fastpath_info.fused_units == 5 and _count(fast) == (5, 5)
+    assert unit.backend is backend and backend.plan is None, "optimize_for_inference must not touch the model"
+
+
+def test_prepare_for_training_leaves_a_plain_sequential_alone() -> None:
+    seq = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.BatchNorm3d(8), nn.ReLU())
+    children = list(seq)
+    prepare_for_training(seq)
+    assert type(seq) is nn.Sequential and list(seq) == children and not hasattr(seq, "backend")

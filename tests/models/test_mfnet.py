@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -114,3 +117,30 @@ def test_unknown_model_and_arguments_are_clear() -> None:
         mfnet.create_model("mfnet3")
     with pytest.raises(mfnet.MfnetError, match="does not take these arguments"):
         mfnet.create_model("mfnet3d", widht=3)
+
+
+def test_the_stem_is_a_conv_bn_relu_sequential_with_the_authors_keys() -> None:
+    model = mfnet.create_model("mfnet3d", num_classes=5)
+    assert isinstance(model.conv1, nn.Sequential)
+    assert [type(m) for m in model.conv1] == [nn.Conv3d, nn.BatchNorm3d, nn.ReLU]
+    assert [k for k in model.state_dict() if k.startswith("conv1.")] == [
+        "conv1.conv.weight",
+        "conv1.bn.weight",
+        "conv1.bn.bias",
+        "conv1.bn.running_mean",
+        "conv1.bn.running_var",
+        "conv1.bn.num_batches_tracked",
+    ]
+
+
+def test_a_unit_pickled_before_the_backend_slot_still_runs() -> None:
+    torch.manual_seed(0)
+    unit = MultiFiberUnit(16, 32, 32, first=True, fibers=4).eval()
+    old = copy.copy(unit)
+    old.__dict__ = {k: v for k, v in unit.__dict__.items() if k != "backend"}  # as pickled by an older mfnet
+    x = torch.randn(1, 16, 2, 5, 5)
+    with torch.no_grad():
+        expected = unit(x)
+        for restored in (pickle.loads(pickle.dumps(old)), copy.deepcopy(old)):
+            assert restored.backend is None
+            torch.testing.assert_close(restored(x), expected)

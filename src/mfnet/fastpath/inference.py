@@ -6,16 +6,17 @@ Inference (``optimize_for_inference``) works on a copy of the model, in one of t
     BatchNorms that read one convolution's output are folded into it (``mfnet.fastpath.fold``) and weights and
     activations use the layout the device's convolutions run fastest in (``preferred_memory_format``).
 ``"fused"`` (the default on CPU)
-    ``"eager"``, and then every multi-fiber unit becomes a ``FastFiberUnit`` with an ``InferencePlan``: BN-ReLU,
-    convolution, ReLU and residual sum as oneDNN primitives with weights packed once, and, where the native
-    operators were built, the multiplexer and the fiber convolutions on them (``mfnet.fastpath.unit``). The stem
-    ``Conv -> BN -> ReLU``, the tail ``BN -> ReLU`` and the stem's max pool get the same treatment.
+    ``"eager"``, and then the backend of every multi-fiber unit gets an ``InferencePlan``: BN-ReLU, convolution,
+    ReLU and residual sum as oneDNN primitives with weights packed once, and, where the native operators were
+    built, the multiplexer and the fiber convolutions on them (``mfnet.fastpath.unit``). In the copy the stem
+    ``Conv -> BN -> ReLU``, the tail ``BN -> ReLU`` and the stem's max pool are replaced by their fused forms.
 ``"compile"``
     ``"eager"`` compiled by ``torch.compile`` (Inductor; on CPU with weight freezing); compiles on the first call
     (``FastpathInfo.compile_s``) and again for new shapes.
 
-Training (``prepare_for_training``) puts the model in channels-last layout and switches every multi-fiber unit to
-its training backend (fused BN-ReLU, faster convolution gradients, sums inside the convolutions).
+Training (``prepare_for_training``) puts the model in channels-last layout and attaches the training backend to
+every multi-fiber unit and the stem (fused BN-ReLU, faster convolution gradients, sums inside the convolutions),
+in place: no module of the model is replaced.
 
 Neither changes anything outside the model: no environment variables, allocator settings or thread pools
 (``mfnet.fastpath.allocator.keep_freed_memory`` is a separate, explicit opt-in).
@@ -37,9 +38,9 @@ from mfnet.fastpath.fold import fold_batchnorm
 from mfnet.fastpath.fused import FusedBnReLU, FusedConv, bn_or_none, memory_format, to_channels_last
 from mfnet.fastpath.max_pool import KernelMaxPool, max_pool_fits
 from mfnet.fastpath.onednn import fused_ops_available
-from mfnet.fastpath.train_convs import TrainingSequential
-from mfnet.fastpath.unit import FastFiberUnit, InferencePlan, unit_fuses
+from mfnet.fastpath.unit import FiberBackend, InferencePlan, StemBackend, unit_fuses
 from mfnet.models.fiber import MultiFiberUnit
+from mfnet.models.layers import ConvBnAct
 
 MODES = ("auto", "eager", "fused", "compile")
 
@@ -128,7 +129,7 @@ def optimize_for_inference(
         )
     fast = copy.deepcopy(model).eval().to(device)  # the copy runs where the example lives
     for module in fast.modules():
-        if isinstance(module, FastFiberUnit):
+        if isinstance(module, FiberBackend):
             module.plan = None  # rebuilt below from the folded weights
     folded = fold_batchnorm(fast)
     for p in fast.parameters():
@@ -141,7 +142,7 @@ def optimize_for_inference(
         info.fused_units = fuse_modules(fast, n_dim=model_ndim - 2)
         kernels.share_kept_buffers(fast)
         info.kernel_units = sum(
-            isinstance(m, FastFiberUnit) and m.plan is not None and m.plan.has_kernels for m in fast.modules()
+            isinstance(m, FiberBackend) and m.plan is not None and m.plan.has_kernels for m in fast.modules()
         )
     elif mode == "compile":
         fast, info.compile_s = _compile(fast, to_layout(example_input, layout))
@@ -180,11 +181,12 @@ def _inductor_freezing(config, enabled: bool) -> Iterator[None]:
 def fuse_modules(model: nn.Module, *, n_dim: int) -> int:
     """Gives the parts of an (eval, BN-folded) model that have a fused form their inference backend, in place.
 
-    A ``MultiFiberUnit`` (or ``FastFiberUnit``) -> a ``FastFiberUnit`` with an ``InferencePlan``; an
-    ``nn.Sequential`` ``Conv -> BN|Identity [-> ReLU]`` (the stem, torchvision's conv blocks) -> ``FusedConv``; an
-    ``nn.Sequential`` ``BN -> ReLU`` (the tail) -> ``FusedBnReLU``; a ``MaxPool3d`` within frames (the stem's) ->
-    ``KernelMaxPool`` where the native operators loaded. Anything else is kept. ``n_dim`` is 3 for a video model,
-    2 for an image model.
+    A ``MultiFiberUnit`` that ``unit_fuses``: its ``FiberBackend`` (attached where it has none) gets an
+    ``InferencePlan``; the unit stays. Replaced (this runs on ``optimize_for_inference``'s copy): a ``ConvBnAct``
+    stem or a plain ``nn.Sequential`` ``Conv -> BN|Identity [-> ReLU]`` (torchvision's conv blocks) ->
+    ``FusedConv``; an ``nn.Sequential`` ``BN -> ReLU`` (the tail) -> ``FusedBnReLU``; a ``MaxPool3d`` within frames
+    (the stem's) -> ``KernelMaxPool`` where the native operators loaded. Anything else is kept. ``n_dim`` is 3 for
+    a video model, 2 for an image model.
 
     Returns:
         The number of units with an inference plan.
@@ -194,11 +196,10 @@ def fuse_modules(model: nn.Module, *, n_dim: int) -> int:
         replacement: nn.Module | None = None
         if isinstance(child, MultiFiberUnit):
             if unit_fuses(child, n_dim):
-                unit = FastFiberUnit.of(child)
-                unit.plan = InferencePlan(unit)
-                replacement = unit
+                FiberBackend.of(child).plan = InferencePlan(child)
                 count += 1
-        elif isinstance(child, TrainingSequential) or (
+                continue  # its parts are in the plan
+        elif isinstance(child, ConvBnAct) or (
             isinstance(child, nn.Sequential) and type(child).forward is nn.Sequential.forward
         ):
             replacement = _fuse_sequential(child, n_dim)
@@ -243,16 +244,17 @@ def _is_bn_or_identity(module: nn.Module) -> bool:
 def prepare_for_training(model: nn.Module) -> nn.Module:
     """Makes ``model``'s training steps faster, in place; returns it.
 
-    - weights in channels-last layout (feed batches through ``to_channels_last`` too);
-    - every multi-fiber unit becomes a ``FastFiberUnit`` over the same submodules, whose training backend runs
+    - every 3D ``MultiFiberUnit`` gets a training backend (``FiberBackend``, ``mfnet.fastpath.unit``) that runs
       each pre-activation ``BN -> ReLU`` as one fused operator, the 3D convolutions with faster CPU gradients
       (the 6- and 12-channel fiber convolutions on the native kernels) and the residual sums inside the
       convolutions (on GPUs and in eval mode the unit runs as built);
-    - a plain ``nn.Sequential`` with 3D convolutions (the stem) becomes a ``TrainingSequential`` over the same
-      children, whose convolutions get the same faster gradients.
+    - a ``ConvBnAct`` stem with a 3D convolution gets a ``StemBackend``, whose convolution gets the same faster
+      gradients. Any other module, a plain ``nn.Sequential`` of another model included, is left as it is.
 
-    The parameters keep their values, shapes and names (optimizers, checkpoints and ``state_dict`` are
-    unaffected). Idempotent, and it composes with ``optimize_for_inference`` in either order.
+    No module is replaced: the units and the stem stay the same objects of the same classes, with their hooks.
+    The backends hold no tensors, so the parameters keep their values, shapes and names (optimizers,
+    checkpoints and ``state_dict`` keys are unaffected). Idempotent, and it composes with
+    ``optimize_for_inference`` in either order.
     """
     ndim = getattr(model, "input_ndim", 5)
     model = model.to(memory_format=memory_format(ndim))
@@ -261,19 +263,15 @@ def prepare_for_training(model: nn.Module) -> nn.Module:
     return model
 
 
-def _prepare_units(module: nn.Module) -> None:
-    """Multi-fiber units -> ``FastFiberUnit`` with the training backend; a plain ``nn.Sequential`` holding a 3D
-    convolution (the stem) -> ``TrainingSequential``. Same submodules, so the same parameters and keys."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, MultiFiberUnit):
-            unit = FastFiberUnit.of(child)
-            unit.fast_training = True
-            unit.plan = None  # an inference plan holds copies of the weights, which training changes
-            if unit is not child:
-                setattr(module, name, unit)
-        elif type(child) is nn.Sequential and any(type(m) is nn.Conv3d for m in child.children()):
-            setattr(module, name, TrainingSequential(child))
-        _prepare_units(module.get_submodule(name))
+def _prepare_units(model: nn.Module) -> None:
+    """Attaches the training backend to every multi-fiber unit and ``ConvBnAct`` stem with a 3D convolution."""
+    for module in list(model.modules()):  # listed first: attaching a backend adds a child
+        if isinstance(module, MultiFiberUnit):
+            backend = FiberBackend.of(module)
+            backend.fast_training = True
+            backend.plan = None  # an inference plan holds copies of the weights, which training changes
+        elif isinstance(module, ConvBnAct) and type(module.conv) is nn.Conv3d and module.backend is None:
+            module.backend = StemBackend()
 
 
 def autocast_context(device: torch.device | str, *, enabled: bool = True) -> contextlib.AbstractContextManager:

@@ -21,13 +21,12 @@ Grouped convolutions with 6 or 12 channels per group, stride 1 and wide enough f
 the native kernel instead (``mfnet.fastpath.kernels.fiber_conv3d``), where it was built. ``conv3d_train(conv, x,
 add)`` adds a residual sum as the output is written (the kernel, or oneDNN's fused sum).
 
-``conv3d_train`` is what the training dispatch of ``mfnet.fastpath.unit`` calls for each convolution of a unit;
-on GPUs, without gradients and while tracing it is the module's own forward.
+``conv3d_train`` is what the training backends of ``mfnet.fastpath.unit`` call for each 3D convolution of a unit
+and of the stem; on GPUs, without gradients and while tracing it is the module's own forward.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,24 +62,6 @@ def conv3d_train(conv: nn.Conv3d, x: torch.Tensor, add: torch.Tensor | None = No
         return _FastBackward.apply(*args, add)
     out = conv(x)
     return out if add is None else out + add
-
-
-class TrainingSequential(nn.Sequential):
-    """An ``nn.Sequential`` (a stem ``Conv -> BN -> ReLU``, say) whose plain 3D convolutions get the faster CPU
-    gradients of ``conv3d_train`` in training; the same children, names, ``state_dict`` keys and outputs.
-
-    Args:
-        seq: The sequential whose children this one takes over.
-    """
-
-    def __init__(self, seq: nn.Sequential) -> None:
-        super().__init__(OrderedDict(seq.named_children()))
-        self.train(seq.training)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self:
-            x = conv3d_train(module, x) if self.training and type(module) is nn.Conv3d else module(x)
-        return x
 
 
 def _out_shape(conv: nn.Conv3d, x: torch.Tensor) -> tuple[int, ...]:

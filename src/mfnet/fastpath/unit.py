@@ -1,20 +1,23 @@
-"""The multi-fiber unit with one dispatch: reference, training, oneDNN-fused or native-kernel backends.
+"""The fast path's backends for the multi-fiber unit and the stem, and the one place that chooses between them.
 
-``FastFiberUnit`` is a ``MultiFiberUnit`` holding the same submodules (same parameters, names and ``state_dict``
-keys), whose ``forward`` asks ``select_backend(x)`` which backend runs on this input and this machine::
+The fast path never replaces a module of the model. It attaches a backend to the ``backend`` slot of each
+``MultiFiberUnit`` (a ``FiberBackend``, a child module without parameters) and of a ``ConvBnAct`` stem (a
+``StemBackend``); the unit stays the same object of the same class, with its hooks, and its ``forward(x)`` becomes
+``backend(unit, x)``. For every call, ``select_backend`` picks what runs on this input and this machine::
 
-    "reference"  MultiFiberUnit.forward, the unit as built                 anything (GPU, fp16, fx tracing, ...)
-    "training"   the same sums and convolutions, with BN-ReLU on the       training mode with gradients, CPU fp32
-                 native kernels, faster convolution gradients and the
+    "reference"  unit.forward_reference, the unit as built                 anything (GPU, fp16, fx tracing, ...)
+    "training"   the same sums and convolutions, with BN-ReLU on the       training mode with gradients, CPU fp32,
+                 native kernels, faster convolution gradients and the      after prepare_for_training
                  residual sums done by the convolutions (train_bn, train_convs)
     "fused"      the eval unit as oneDNN primitives with BNs folded and    after optimize_for_inference, CPU fp32
                  ReLUs fused (2 memory passes besides the convolutions)
     "kernel"     the same, with the multiplexer and the fiber              as "fused", where the native operators
                  convolutions on the native operators (InferencePlan)     loaded and the frames are wide enough
 
-``optimize_for_inference`` attaches an ``InferencePlan`` (built from the BN-folded eval unit) to a copy;
-``prepare_for_training`` switches the training backend on. Both act on a ``MultiFiberUnit`` or on a ``FastFiberUnit``
-alike, so they compose in any order and any number of times.
+``prepare_for_training`` switches a backend's training path on (``fast_training``) and drops its inference plan;
+``optimize_for_inference`` gives the backend of each unit of its copy an ``InferencePlan`` built from the
+BN-folded eval unit. Each attaches a backend where there is none and updates the one there, so the two compose in
+any order and any number of times. The stem's backend only has the training path ("training" or "reference").
 """
 
 from __future__ import annotations
@@ -28,63 +31,108 @@ from mfnet.fastpath.kernels import KernelFiberConv, KernelFiberTail, KernelMulti
 from mfnet.fastpath.train_bn import bn_relu_train, bn_relu_train_runs
 from mfnet.fastpath.train_convs import conv3d_train
 from mfnet.models.fiber import MultiFiberUnit
-from mfnet.models.layers import BnActConv
+from mfnet.models.layers import BnActConv, ConvBnAct
 
 REFERENCE, TRAINING, FUSED, KERNEL = "reference", "training", "fused", "kernel"
 BACKENDS = (REFERENCE, TRAINING, FUSED, KERNEL)
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
-class FastFiberUnit(MultiFiberUnit):
-    """A ``MultiFiberUnit`` that picks its backend per call (see the module docstring); same outputs.
+def select_backend(
+    module: nn.Module, x: torch.Tensor, *, fast_training: bool, plan: InferencePlan | None = None
+) -> str:
+    """The backend that runs ``module`` (a unit or the stem) on ``x``: the one place where the fast path chooses.
 
     Args:
-        unit: The unit whose submodules (and so parameters) this one takes over.
+        module: The unit or stem (its ``training`` flag is read).
+        x: Its input, ``(N, C, T, H, W)`` (or ``(N, C, H, W)``).
+        fast_training: Whether the training path is on (``prepare_for_training``).
+        plan: The unit's inference plan, or ``None``.
+
+    Returns:
+        One of ``BACKENDS`` (see the module docstring).
+    """
+    if isinstance(x, fx.Proxy) or x.device.type != "cpu" or x.dtype != torch.float32:
+        return REFERENCE
+    if module.training:
+        return TRAINING if fast_training and torch.is_grad_enabled() else REFERENCE
+    if plan is None:
+        return REFERENCE
+    return KERNEL if plan.kernel_runs(x) else FUSED
+
+
+class FiberBackend(nn.Module):
+    """The backend in a ``MultiFiberUnit``'s slot: runs ``unit(x)`` on what ``select_backend`` picks; same outputs.
+
+    It holds no parameters of its own; only an inference plan (``optimize_for_inference``'s copy) holds tensors.
+
+    Args:
+        fast_training: Whether the training path runs in training mode (``prepare_for_training`` sets it).
+
+    Attributes:
+        plan: The ``InferencePlan`` of the eval, BN-folded unit, or ``None`` (``optimize_for_inference`` sets it).
     """
 
-    def __init__(self, unit: MultiFiberUnit) -> None:
-        nn.Module.__init__(self)
-        for name, child in unit.named_children():
-            if name != "plan":
-                self.add_module(name, child)
-        self.train(unit.training)
-        self.fast_training = getattr(unit, "fast_training", False)
+    def __init__(self, *, fast_training: bool = False) -> None:
+        super().__init__()
+        self.fast_training = fast_training
         self.plan: InferencePlan | None = None
 
     @classmethod
-    def of(cls, unit: MultiFiberUnit) -> FastFiberUnit:
-        """``unit`` itself if it is a ``FastFiberUnit``, else a new one over its submodules."""
-        return unit if isinstance(unit, FastFiberUnit) else cls(unit)
+    def of(cls, unit: MultiFiberUnit) -> FiberBackend:
+        """``unit``'s backend, attached first where it has none."""
+        if not isinstance(unit.backend, FiberBackend):
+            unit.backend = cls()
+        return unit.backend
 
-    def select_backend(self, x: torch.Tensor) -> str:
-        """The backend that runs ``forward(x)``: the one place where the unit chooses (see the module docstring)."""
-        if isinstance(x, fx.Proxy) or x.device.type != "cpu" or x.dtype != torch.float32:
-            return REFERENCE
-        if self.training:
-            return TRAINING if self.fast_training and torch.is_grad_enabled() else REFERENCE
-        if self.plan is None:
-            return REFERENCE
-        return KERNEL if self.plan.kernel_runs(x) else FUSED
+    def select_backend(self, unit: MultiFiberUnit, x: torch.Tensor) -> str:
+        """The backend that runs ``unit(x)`` (``select_backend`` with this backend's switches)."""
+        return select_backend(unit, x, fast_training=self.fast_training, plan=self.plan)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        backend = self.select_backend(x)
+    def forward(self, unit: MultiFiberUnit, x: torch.Tensor) -> torch.Tensor:
+        """``unit(x)``; ``x`` ``(N, C, T, H, W)`` (``(N, C, H, W)`` for a 2D unit), output channels-last on the
+        fused and kernel backends."""
+        backend = self.select_backend(unit, x)
         if backend == KERNEL:
             return self.plan.forward_kernel(to_channels_last(x))
         if backend == FUSED:
             return self.plan.forward_fused(to_channels_last(x))
         if backend == TRAINING:
-            return self._forward_training(x)
-        return super().forward(x)
+            return _forward_training(unit, x)
+        return unit.forward_reference(x)
 
-    def _forward_training(self, x: torch.Tensor) -> torch.Tensor:
-        """``MultiFiberUnit.forward`` with each ``BN -> ReLU -> Conv`` on the training kernels and the two residual
-        sums done by the convolutions that produce their left sides."""
-        x_in = _train_part(self.conv_i2, _train_part(self.conv_i1, x), add=x) if hasattr(self, "conv_i1") else x
-        h = _train_part(self.conv_m1, x_in)
-        if hasattr(self, "conv_dw"):
-            h = _train_part(self.conv_dw, h)
-        shortcut = _train_part(self.conv_w1, x) if hasattr(self, "conv_w1") else x
-        return _train_part(self.conv_m2, h, add=shortcut)
+    def extra_repr(self) -> str:
+        return f"fast_training={self.fast_training}"
+
+
+class StemBackend:
+    """The backend in a ``ConvBnAct`` stem's slot (``prepare_for_training``): in training, its 3D convolution with
+    the faster CPU gradients of ``conv3d_train``; otherwise the stem as built. Same outputs.
+
+    Not a module and without state, so the stem's children stay ``conv``, ``bn`` and ``relu``.
+    """
+
+    def __call__(self, stem: ConvBnAct, x: torch.Tensor) -> torch.Tensor:
+        """``stem(x)``; ``x`` ``(N, C, T, H, W)``, channels-last for the fastest path."""
+        if select_backend(stem, x, fast_training=True) != TRAINING:
+            return stem.forward_reference(x)
+        for module in stem:
+            x = conv3d_train(module, x) if type(module) is nn.Conv3d else module(x)
+        return x
+
+    def __repr__(self) -> str:
+        return "StemBackend()"
+
+
+def _forward_training(unit: MultiFiberUnit, x: torch.Tensor) -> torch.Tensor:
+    """``unit.forward_reference`` with each ``BN -> ReLU -> Conv`` on the training kernels and the two residual sums
+    done by the convolutions that produce their left sides."""
+    x_in = _train_part(unit.conv_i2, _train_part(unit.conv_i1, x), add=x) if hasattr(unit, "conv_i1") else x
+    h = _train_part(unit.conv_m1, x_in)
+    if hasattr(unit, "conv_dw"):
+        h = _train_part(unit.conv_dw, h)
+    shortcut = _train_part(unit.conv_w1, x) if hasattr(unit, "conv_w1") else x
+    return _train_part(unit.conv_m2, h, add=shortcut)
 
 
 def _train_part(part: nn.Module, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
@@ -306,4 +354,3 @@ def _kernel_tail(unit: MultiFiberUnit, conv_m1: FusedConv, conv_m2: FusedConv) -
         conv_m1.groups,
         temporal_stride=conv_m1.stride[0],
     )
-

@@ -43,7 +43,13 @@ class MultiFiberUnit(nn.Module):
             stride instead of the first convolution (``None``: no depthwise convolution, as in MF-Net).
         dense_first: Whether a first unit's second convolution is a dense 1x1 convolution (MF-Net) or, when
             ``False``, a grouped ``kernel_m2`` convolution like the other units.
+
+    ``backend`` is ``None`` or a module attached by ``mfnet.fastpath`` (``prepare_for_training``,
+    ``optimize_for_inference``); ``forward(x)`` then returns ``backend(self, x)``, the same numbers as
+    ``forward_reference(x)`` computed faster. A training backend holds no tensors: the ``state_dict`` keys stay.
     """
+
+    backend: nn.Module | None
 
     def __init__(
         self,
@@ -79,8 +85,21 @@ class MultiFiberUnit(nn.Module):
             self.conv_m2 = BnActConv(mid_channels, out_channels, kernel_m2, groups=fibers, dim=dim)
         if first:
             self.conv_w1 = BnActConv(in_channels, out_channels, 1, stride=stride, dim=dim)
+        self.backend = None
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "backend" not in self.__dict__ and "backend" not in self._modules:
+            self.backend = None  # a unit pickled before the backend slot existed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, T, H, W) -> (N, out, T', H', W')`` (``(N, C, H, W)`` in 2D), on the backend if one is attached."""
+        if self.backend is not None:
+            return self.backend(self, x)
+        return self.forward_reference(x)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit as drawn in the module docstring, on PyTorch's own modules."""
         x_in = x + self.conv_i2(self.conv_i1(x)) if hasattr(self, "conv_i1") else x
         h = self.conv_m1(x_in)
         if hasattr(self, "conv_dw"):

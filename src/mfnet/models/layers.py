@@ -1,8 +1,8 @@
-"""Small building blocks shared by every family: pre-activation convolutions in 2D or 3D."""
+"""Small building blocks shared by every family: pre-activation convolutions and the stem, in 2D or 3D."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -70,3 +70,50 @@ class BnActConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.relu(self.bn(x)))
+
+
+class ConvBnAct(nn.Sequential):
+    """A stem ``Conv -> BN -> ReLU`` (no bias) in 2D or 3D: a sequential with the children ``conv``, ``bn``, ``relu``.
+
+    Input and output are ``(N, C, T, H, W)`` for ``dim=3`` and ``(N, C, H, W)`` for ``dim=2``. Padding keeps the
+    size for odd kernels (``kernel // 2``) before the stride.
+
+    ``backend`` is ``None`` or a callable attached by ``mfnet.fastpath.prepare_for_training``; ``forward(x)`` then
+    returns ``backend(self, x)``, the same numbers as ``forward_reference(x)``. It holds no state and is not a child,
+    so the sequential holds exactly ``conv``, ``bn`` and ``relu``.
+    """
+
+    backend: Callable[[ConvBnAct, torch.Tensor], torch.Tensor] | None = None
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Size,
+        *,
+        stride: Size = 1,
+        dim: int = 3,
+        act_layer: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        kernel = as_tuple(kernel_size, dim)
+        # NOTE: the child names make the authors' keys `conv1.conv.*` and `conv1.bn.*`.
+        self.conv = conv_layer(dim)(
+            in_channels,
+            out_channels,
+            kernel,
+            stride=as_tuple(stride, dim),
+            padding=tuple(k // 2 for k in kernel),
+            bias=False,
+        )
+        self.bn = norm_layer(dim)(out_channels)
+        self.relu = act_layer(inplace=True) if act_layer is nn.ReLU else act_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend is not None:
+            return self.backend(self, x)
+        return self.forward_reference(x)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The children in order, as built (``nn.Sequential.forward``)."""
+        return super().forward(x)

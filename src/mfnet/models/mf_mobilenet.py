@@ -28,7 +28,7 @@ from torch import nn
 
 from mfnet.models.base import ClassifierBase, bn_relu, init_weights
 from mfnet.models.fiber import MultiFiberUnit
-from mfnet.models.layers import BnActConv
+from mfnet.models.layers import BnActConv, ConvBnAct
 from mfnet.models.registry import register_model
 
 # (expands: whether the stage uses ``expansion`` (else 1), channels at width 1.0, units, stride of the first unit)
@@ -75,10 +75,7 @@ class MFMobileNetV2(ClassifierBase):
     ) -> None:
         super().__init__()
         stem_channels = make_divisible(32 * width_mult)
-        self.conv1 = nn.Sequential()
-        self.conv1.add_module("conv", nn.Conv2d(3, stem_channels, 3, stride=2, padding=1, bias=False))
-        self.conv1.add_module("bn", nn.BatchNorm2d(stem_channels))
-        self.conv1.add_module("relu", nn.ReLU(inplace=True))
+        self.conv1 = ConvBnAct(3, stem_channels, 3, stride=2, dim=2)
         self.stages = nn.Sequential()
         in_channels = stem_channels
         for s, (expands, channels, depth, stride) in enumerate(STAGES):

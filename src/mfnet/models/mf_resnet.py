@@ -28,6 +28,7 @@ from torch import nn
 
 from mfnet.models.base import ClassifierBase, bn_relu, init_weights
 from mfnet.models.fiber import fiber_stage
+from mfnet.models.layers import ConvBnAct
 from mfnet.models.registry import register_model
 
 
@@ -63,10 +64,7 @@ class MFResNet(ClassifierBase):
     ) -> None:
         super().__init__()
         self.num_features = widths[-1]
-        self.conv1 = nn.Sequential()
-        self.conv1.add_module("conv", nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False))
-        self.conv1.add_module("bn", nn.BatchNorm2d(stem_channels))
-        self.conv1.add_module("relu", nn.ReLU(inplace=True))
+        self.conv1 = ConvBnAct(3, stem_channels, 7, stride=2, dim=2)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.stages = nn.Sequential()
         in_channels = stem_channels

@@ -17,11 +17,9 @@ a 16x224x224 clip; the 2D network with 1000 classes has 5,716,488 parameters and
 
 from __future__ import annotations
 
-from torch import nn
-
 from mfnet.models.base import ClassifierBase, bn_relu, init_weights
 from mfnet.models.fiber import fiber_stage
-from mfnet.models.layers import conv_layer, norm_layer, pool_layer
+from mfnet.models.layers import ConvBnAct, pool_layer
 from mfnet.models.registry import register_model
 
 STAGE_DEPTHS = (3, 4, 6, 3)
@@ -62,20 +60,7 @@ class MFNet(ClassifierBase):
         three_d = dim == 3
         stem_kernel, stem_stride = ((3, 5, 5), (1, 2, 2)) if three_d else ((5, 5), (2, 2))
         # NOTE: module names (conv1.conv, conv1.bn, conv2..conv5, tail.bn, classifier) follow the authors' keys.
-        self.conv1 = nn.Sequential()
-        self.conv1.add_module(
-            "conv",
-            conv_layer(dim)(
-                3,
-                stem_channels,
-                stem_kernel,
-                stride=stem_stride,
-                padding=tuple(k // 2 for k in stem_kernel),
-                bias=False,
-            ),
-        )
-        self.conv1.add_module("bn", norm_layer(dim)(stem_channels))
-        self.conv1.add_module("relu", nn.ReLU(inplace=True))
+        self.conv1 = ConvBnAct(3, stem_channels, stem_kernel, stride=stem_stride, dim=dim)
         self.maxpool = pool_layer(dim)(
             kernel_size=(1, 3, 3) if three_d else 3,
             stride=(1, 2, 2) if three_d else 2,

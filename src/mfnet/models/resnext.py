@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from mfnet.models.base import ClassifierBase, bn_relu, init_weights
-from mfnet.models.layers import BnActConv, Size
+from mfnet.models.layers import BnActConv, ConvBnAct, Size
 from mfnet.models.registry import register_model
 
 
@@ -113,10 +113,7 @@ class ResNeXt2D(ClassifierBase):
     ) -> None:
         super().__init__()
         self.num_features = widths[-1]
-        self.conv1 = nn.Sequential()
-        self.conv1.add_module("conv", nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False))
-        self.conv1.add_module("bn", nn.BatchNorm2d(stem_channels))
-        self.conv1.add_module("relu", nn.ReLU(inplace=True))
+        self.conv1 = ConvBnAct(3, stem_channels, 7, stride=2, dim=2)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.stages = nn.Sequential()
         in_channels = stem_channels
@@ -164,12 +161,7 @@ class ResNeXt3D(ClassifierBase):
     ) -> None:
         super().__init__()
         self.num_features = widths[-1]
-        self.conv1 = nn.Sequential()
-        self.conv1.add_module(
-            "conv", nn.Conv3d(3, stem_channels, (3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2), bias=False)
-        )
-        self.conv1.add_module("bn", nn.BatchNorm3d(stem_channels))
-        self.conv1.add_module("relu", nn.ReLU(inplace=True))
+        self.conv1 = ConvBnAct(3, stem_channels, (3, 5, 5), stride=(1, 2, 2), dim=3)
         self.maxpool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
         self.stages = nn.Sequential()
         in_channels = stem_channels

@@ -113,9 +113,10 @@ def test_registered_records_hold_what_they_promise() -> None:
     assert k400.input_spec == PAPER_INPUT and k400.input_spec.eval_resize == (256, 256)
     assert k400.input_spec.test_protocol == "authors" and k400.paper_metric.top1 == 72.8
     with torch.device("meta"):
-        assert mfnet.count_macs(mfnet.create_model("mfnet3d.hmdb51_s1_authors"), (1, 3, 16, 224, 224)) == get_weights(
-            "mfnet3d.hmdb51_s1_authors"
-        ).macs
+        assert (
+            mfnet.count_macs(mfnet.create_model("mfnet3d.hmdb51_s1_authors"), (1, 3, 16, 224, 224))
+            == get_weights("mfnet3d.hmdb51_s1_authors").macs
+        )
     with pytest.raises(MfnetError, match=r"did you mean mfnet3d\.k400_authors"):
         get_weights("mfnet3d.k400_author")
     with pytest.raises(ValueError, match="twice"):

@@ -316,7 +316,6 @@ def _fail_line(path: Path, error: str | None) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
 
-
     if args.topk <= 0:
         raise MfnetError("--topk must be positive")
     if args.window is None and (args.stride is not None or args.plot is not None):
@@ -429,7 +428,6 @@ def _predict_windows(args: argparse.Namespace, loaded: Any, paths: list[Path], c
 
 def _features(args: argparse.Namespace) -> int:
 
-
     out = Path(args.out)
     if out.suffix.lower() not in (".npy", ".safetensors"):
         return run_sharded(args, "features")
@@ -459,7 +457,6 @@ def _features(args: argparse.Namespace) -> int:
         index_path.write_text(json.dumps(index, indent=1) + "\n")
         where = f"{out} (index {index_path})"
     else:
-
         tensors = {"features": features, "video_index": result.video_index, "clip_id": result.clip_id}
         save_file(tensors, str(out), metadata={"index": json.dumps(index)})
         where = str(out)

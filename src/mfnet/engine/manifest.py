@@ -170,6 +170,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     A file given by name is kept whatever its suffix (decoding will tell); folders and globs keep files with a
     video suffix. Raises ``VideoError`` for a path that does not exist or a folder / glob without videos.
     """
+
     def videos_in(paths: list[Path]) -> list[Path]:
         found = []
         for path in paths:

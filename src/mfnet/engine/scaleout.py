@@ -30,6 +30,7 @@ PROGRESS_VIDEOS = 8  # the local engine hands over results (and moves the progre
 MAX_ERRORS_SHOWN = 10  # failures listed in the summary (all of them are rows in the shards)
 ENGINES = ("local", "ray")
 
+
 @dataclass
 class JobSummary:
     """What a run did (``_summary.json``).
@@ -150,7 +151,6 @@ def run_job(
             if engine == "local":
                 tables = local_tables(todo, predictor, options, videos_per_table=min(shard_size, PROGRESS_VIDEOS))
             else:
-
                 tables = ray_tables(todo, predictor, options, **(ray_options or {}))
             pending: list[pa.Table] = []
             pending_videos = 0

@@ -348,7 +348,6 @@ class _Trainer:
         model_path = None
         finished = not stopped and epoch + 1 >= r.epochs if r.epochs else True
         if finished and ctx.is_main:
-
             model_path = save_checkpoint(
                 self.run_dir / "model.pt",
                 model,

@@ -258,8 +258,17 @@ class KernelFiberTail(nn.Module):
         buf_2 = buffers[1]
         wino_1, wino_2 = self._wino()
         torch.ops.mfnet.conv(
-            buf_1, self.weight_1, self.bias_1, [t_out, h, w], self.temporal_stride, True, buf_2, [pd2, ph2, pw2],
-            _EMPTY, None, wino_1,
+            buf_1,
+            self.weight_1,
+            self.bias_1,
+            [t_out, h, w],
+            self.temporal_stride,
+            True,
+            buf_2,
+            [pd2, ph2, pw2],
+            _EMPTY,
+            None,
+            wino_1,
         )
         torch.ops.mfnet.conv(
             buf_2, self.weight_2, self.bias_2, [t_out, h, w], 1, False, _EMPTY, [0, 0, 0], out, shortcut, wino_2
@@ -380,8 +389,17 @@ class KernelMultiplexer(nn.Module):
         weights = (self.scale, self.shift, self.weight_1, self.bias_1, self.weight_2, self.bias_2)
         proj_bn = (self.proj_scale, self.proj_shift) if proj is not None else (None, None)
         torch.ops.mfnet.mux_pack(
-            x, *weights, self.out_scale, self.out_shift, _EMPTY if buf is None else buf, _EMPTY if out is None else out,
-            list(padding), _mux_rows(w), *proj_bn, _EMPTY if proj is None else proj, list(self.proj_stride),
+            x,
+            *weights,
+            self.out_scale,
+            self.out_shift,
+            _EMPTY if buf is None else buf,
+            _EMPTY if out is None else out,
+            list(padding),
+            _mux_rows(w),
+            *proj_bn,
+            _EMPTY if proj is None else proj,
+            list(self.proj_stride),
         )
         return out, proj
 
@@ -459,11 +477,7 @@ class KernelFiberConv(nn.Module):
     def spatial_stride_fits(weight: torch.Tensor, groups: int) -> bool:
         """Whether the kernel runs this convolution ``(C_out, C_in/G, kt, kh, kw)`` with a spatial stride of 2: 3x3
         spatial taps, output channels per group a multiple of 12 (``s2_tile12`` of fiber_conv.c), AVX-512 on."""
-        return (
-            tuple(weight.shape[3:]) == (3, 3)
-            and (weight.shape[0] // groups) % 12 == 0
-            and native.avx512_on()
-        )
+        return tuple(weight.shape[3:]) == (3, 3) and (weight.shape[0] // groups) % 12 == 0 and native.avx512_on()
 
     def out_size(self, t: int, h: int, w: int) -> tuple[int, int, int]:
         """The output's ``(T, H, W)`` for an input of ``(t, h, w)``."""
@@ -485,9 +499,7 @@ class KernelFiberConv(nn.Module):
         return _kept(self._buffers_cache, layout, (n, c, t, h, w), shape)[0]
 
     @torch.no_grad()
-    def pack_from(
-        self, x: torch.Tensor, multiplexer: KernelMultiplexer
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def pack_from(self, x: torch.Tensor, multiplexer: KernelMultiplexer) -> tuple[torch.Tensor, torch.Tensor | None]:
         """For a first unit: ``multiplexer`` (whose BN after ``x_in`` is this one's) packs straight into the
         convolution's buffer; returns that buffer and the projection's input it writes too, if it has the
         projection's BN (``forward_with_projection``), else ``None``. ``conv(buf, x.shape)`` then convolves."""
@@ -546,8 +558,18 @@ class KernelFiberConv(nn.Module):
             if extra.shape != expected:
                 raise ValueError(f"the projection's input has shape {tuple(extra.shape)}, not {expected}")
         torch.ops.mfnet.conv_dense(
-            buf, self.weight, self.bias, [t_out, h_out, w_out], self.temporal_stride, self.dense_weight,
-            self.dense_bias, out, add, extra, self.projection_channels, self.spatial_stride,
+            buf,
+            self.weight,
+            self.bias,
+            [t_out, h_out, w_out],
+            self.temporal_stride,
+            self.dense_weight,
+            self.dense_bias,
+            out,
+            add,
+            extra,
+            self.projection_channels,
+            self.spatial_stride,
         )
         return out
 
@@ -564,9 +586,7 @@ class KernelFiberConv(nn.Module):
 # Training: forward, input gradient and weight gradient of one grouped convolution
 
 
-def training_conv_fits(
-    weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]
-) -> bool:
+def training_conv_fits(weight: torch.Tensor, groups: int, stride: tuple[int, ...], padding: tuple[int, ...]) -> bool:
     """Whether ``fiber_conv3d`` can run (forward and backward) a convolution with this weight and these settings.
 
     On top of ``conv_fits``: stride 1, at most 12 channels per group, and input channels per group a multiple of 6

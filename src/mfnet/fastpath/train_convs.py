@@ -52,8 +52,10 @@ def conv3d_train(conv: nn.Conv3d, x: torch.Tensor, add: torch.Tensor | None = No
     if add is not None and (isinstance(conv.padding, str) or tuple(add.shape) != _out_shape(conv, x)):
         return conv3d_train(conv, x) + add  # broadcast: a sum of its own
     if _fast_backward_runs(x, conv):
-        if conv.bias is None and _kernel_fits(conv) and kernels.wide_enough(
-            x, conv.kernel_size, training=True, groups=conv.groups
+        if (
+            conv.bias is None
+            and _kernel_fits(conv)
+            and kernels.wide_enough(x, conv.kernel_size, training=True, groups=conv.groups)
         ):
             return kernels.fiber_conv3d(x, conv.weight, list(conv.padding), conv.groups, add)
         args = (x, conv.weight, conv.bias, conv.stride, conv.padding, conv.groups)
@@ -96,9 +98,7 @@ def _sum_fuses(x: torch.Tensor, add: torch.Tensor) -> bool:
     """Whether oneDNN adds ``add`` as it writes the convolution's output (both channels-last, a PyTorch built with
     oneDNN's fused operators), saving a pass over the activations."""
     return (
-        onednn.fused_ops_available()
-        and x.is_contiguous(memory_format=_CL3D)
-        and add.is_contiguous(memory_format=_CL3D)
+        onednn.fused_ops_available() and x.is_contiguous(memory_format=_CL3D) and add.is_contiguous(memory_format=_CL3D)
     )
 
 

@@ -60,7 +60,6 @@ def _first_conv(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
 def _frame_strip(path: str, count: int = 6, height: int = 72) -> np.ndarray | None:
     """``count`` frames evenly spread over a video (or one image), resized to ``height`` rows, ``(F, h, w, 3)``."""
 
-
     try:
         with contextlib.closing(open_video(path)) as reader:
             n = reader.num_frames

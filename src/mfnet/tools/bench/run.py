@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     import matplotlib.axes
 
 
-
 def run_benchmark(
     candidates: Sequence[Candidate],
     *,

@@ -109,7 +109,6 @@ def serve(stdin: IO[str] | None = None) -> None:
     """The worker side: reads the spec, prepares the candidate, then times a step per ``"step"`` line."""
     import time
 
-
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of libraries go to stderr, not into the protocol
     stdin = stdin or sys.stdin

@@ -1,12 +1,14 @@
 """The speed targets as a user meets them: one process, `import torch` then `import mfnet`, no environment variable.
 
 `python benchmarks/bench_user_order.py` (also the first part of `benchmarks/bench_speed.py`). In one process per
-variant (`torch` imported first, then the same with `mfnet` first), batch 1, fp32, `--threads` threads:
+variant (`torch` imported first, and `mfnet` first), both alive and their steps interleaved in one session, batch
+1, fp32, `--threads` threads:
 
 - inference: mfnet3d through `mfnet.optimize_for_inference` at 16x224x224 against torchvision's r3d_18 as shipped
   (eval, `torch.inference_mode`) at 16x112x112, in the same process; ONNX Runtime on `mfnet export`'s ONNX file of
-  mfnet3d runs alone in a process of its own; one step of each per round, in turn, after warm-up, each starting
-  ``--settle`` seconds after the last one ended (idle threads of both engines spin for a while after a step);
+  mfnet3d runs alone in a process of its own (one, the peer of both variants); one step of each per round, in
+  turn, after warm-up, each starting ``--settle`` seconds after the last one ended (idle threads of both engines
+  spin for a while after a step);
 - training: one SGD step on 8 clips of 16x112x112, mfnet3d through `mfnet.prepare_for_training` against r3d_18 as
   shipped, in the same process.
 
@@ -149,26 +151,37 @@ def _onnx_process(threads: int) -> tuple[_Process, str]:
 
 
 def run(
-    first: str, mode: str, *, threads: int, repeats: int, onnx: bool, settle: float = 0.0
-) -> dict[str, list[float]]:
-    """Interleaved rounds of one variant; returns the step times in seconds per candidate. Each step starts
-    ``settle`` seconds after the previous one ended, so that no candidate's idle threads (which spin for a while
-    after a step, in both PyTorch and ONNX Runtime) are still busy when the next one starts."""
-    user = _Process([sys.executable, __file__, "--worker", first, "--mode", mode, "--threads", str(threads)])
-    workers = [(name, user, name) for name in user.ready["ready"]]
-    if onnx and mode == "infer":
-        ort, request = _onnx_process(threads)
-        workers.append(("onnxruntime", ort, request))
-    times: dict[str, list[float]] = {name: [] for name, _, _ in workers}
-    if "max_rel_diff" in user.ready:
-        times["max_rel_diff"] = [user.ready["max_rel_diff"]]
+    firsts: tuple[str, ...], mode: str, *, threads: int, repeats: int, onnx: bool, settle: float = 0.0
+) -> dict[str, dict[str, list[float]]]:
+    """Interleaved rounds of the variants in ``firsts`` (one user process each, all alive at once, and one ONNX
+    Runtime process that serves as every variant's peer); returns the step times in seconds per variant and
+    candidate. Each step starts ``settle`` seconds after the previous one ended, so that no candidate's idle threads
+    (which spin for a while after a step, in both PyTorch and ONNX Runtime) are still busy when the next one starts.
+    """
+    users = {}
     try:
+        for first in firsts:
+            argv = [sys.executable, __file__, "--worker", first, "--mode", mode, "--threads", str(threads)]
+            users[first] = _Process(argv)
+        workers = [(first, name, user, name) for first, user in users.items() for name in user.ready["ready"]]
+        if onnx and mode == "infer":
+            ort, request = _onnx_process(threads)
+            users["onnxruntime"] = ort
+            workers.append((None, "onnxruntime", ort, request))
+        times: dict[str, dict[str, list[float]]] = {first: {} for first in firsts}
+        shared: list[float] = []  # ONNX Runtime's times, every variant's peer
+        for first in firsts:
+            for _, name, _, _ in workers:
+                times[first][name] = shared if name == "onnxruntime" else []
+            if "max_rel_diff" in users[first].ready:
+                times[first]["max_rel_diff"] = [users[first].ready["max_rel_diff"]]
         for r in range(repeats):
-            for name, worker, request in workers[r % len(workers) :] + workers[: r % len(workers)]:
+            for first, name, worker, request in workers[r % len(workers) :] + workers[: r % len(workers)]:
                 time.sleep(settle)
-                times[name].append(worker.ask(request))
+                wall = worker.ask(request)
+                times[firsts[0] if first is None else first][name].append(wall)
     finally:
-        for proc in {id(w): w for _, w, _ in workers}.values():
+        for proc in users.values():
             proc.close()
     return times
 
@@ -237,16 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         _worker(args.worker, args.mode, args.threads)
         return 0
-    results: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for first in ("torch",) if args.torch_first_only else ("torch", "mfnet"):
-        infer = run(
-            first, "infer", threads=args.threads, repeats=args.repeats, onnx=not args.skip_onnx, settle=args.settle
-        )
-        results[first] = {"infer": infer}
-        if not args.skip_train:
-            results[first]["train"] = run(
-                first, "train", threads=args.threads, repeats=args.train_repeats, onnx=False, settle=args.settle
-            )
+    firsts = ("torch",) if args.torch_first_only else ("torch", "mfnet")
+    infer = run(
+        firsts, "infer", threads=args.threads, repeats=args.repeats, onnx=not args.skip_onnx, settle=args.settle
+    )
+    results: dict[str, dict[str, dict[str, list[float]]]] = {first: {"infer": infer[first]} for first in firsts}
+    if not args.skip_train:
+        train = run(firsts, "train", threads=args.threads, repeats=args.train_repeats, onnx=False, settle=args.settle)
+        for first in firsts:
+            results[first]["train"] = train[first]
     lines = summarize(results)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     footer = (

@@ -8,12 +8,9 @@ import torch
 
 import mfnet
 from mfnet.fastpath import native, optimize_for_inference
+from numerics import max_rel_diff
 
 TOL = 1e-4
-
-
-def _rel(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((got - expected).abs().max() / expected.abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +27,7 @@ def test_export_traces_the_native_operators_and_agrees(models) -> None:
     if native.load():
         assert "mfnet" in str(program.graph)  # the operators are in the graph, not traced around
     with torch.no_grad():
-        assert _rel(program.module()(x), model(x)) < TOL
+        assert max_rel_diff(program.module()(x), model(x)) < TOL
 
 
 @pytest.mark.slow
@@ -38,4 +35,4 @@ def test_compile_agrees(models) -> None:
     model, fast, x = models
     compiled = torch.compile(fast)
     with torch.no_grad():
-        assert _rel(compiled(x), model(x)) < TOL
+        assert max_rel_diff(compiled(x), model(x)) < TOL

@@ -21,6 +21,7 @@ from mfnet.fastpath.fused import FusedConv
 from mfnet.fastpath.onednn import fused_ops_available
 from mfnet.fastpath.unit import FiberBackend
 from mfnet.models.fiber import MultiFiberUnit
+from numerics import max_rel_diff, randomize_bn
 
 TOL = 1e-4  # relative to the largest plain output
 
@@ -36,26 +37,8 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine terms, so that folding mistakes show in the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
-    return model.eval()
-
-
-def _rel(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((got - expected).abs().max() / expected.abs().max())
-
-
 def _small3d(**kwargs) -> nn.Module:
-    return _randomize_bn(mfnet.create_model("mfnet3d", num_classes=10, **kwargs))
+    return randomize_bn(mfnet.create_model("mfnet3d", num_classes=10, **kwargs)).eval()
 
 
 @pytest.mark.parametrize("mode", ["eager", pytest.param("fused", marks=needs_onednn)])
@@ -69,11 +52,11 @@ def test_video_model_matches_plain(mode, arch):
     x = torch.randn(2, 3, 8, 64, 64, generator=torch.Generator().manual_seed(1))
     fast = optimize_for_inference(model, x, mode=mode, check=True)
     with torch.no_grad():
-        assert _rel(fast(x), model(x)) < TOL
-        assert _rel(fast.clip_features(x), model.clip_features(x)) < TOL
+        assert max_rel_diff(fast(x), model(x)) < TOL
+        assert max_rel_diff(fast.clip_features(x), model.clip_features(x)) < TOL
         # another clip size and batch than the example input
         y = torch.randn(1, 3, 4, 32, 64)
-        assert _rel(fast(y), model(y)) < TOL
+        assert max_rel_diff(fast(y), model(y)) < TOL
     info = fast.fastpath_info
     assert info.mode == mode and info.max_rel_diff < TOL
     # the stem BN, and in every unit conv_m2's BN (and conv_i2's with the multiplexer), are folded
@@ -88,13 +71,13 @@ def test_video_model_matches_plain(mode, arch):
 @needs_onednn
 @pytest.mark.parametrize("shape", [(2, 3, 64, 64), (2, 3, 4, 64, 64)], ids=["images", "clips"])
 def test_image_model_fused_matches_plain(shape):
-    model = _randomize_bn(mfnet.create_model("mfnet2d", num_classes=7))
+    model = randomize_bn(mfnet.create_model("mfnet2d", num_classes=7)).eval()
     x = torch.randn(shape)
     fast = optimize_for_inference(model, x, mode="fused")
     assert fast.fastpath_info.fused_units == 16
     with torch.no_grad():
-        assert _rel(fast(x), model(x)) < TOL
-        assert _rel(fast.clip_features(x), model.clip_features(x)) < TOL
+        assert max_rel_diff(fast(x), model(x)) < TOL
+        assert max_rel_diff(fast.clip_features(x), model.clip_features(x)) < TOL
 
 
 @needs_onednn
@@ -109,7 +92,7 @@ def test_fused_units_run_one_dnn_primitives_and_keep_channels_last():
     with torch.no_grad():
         features = fast.forward_features(x)
     assert features.is_contiguous(memory_format=torch.channels_last_3d)
-    assert _rel(features, model.forward_features(x).detach()) < TOL
+    assert max_rel_diff(features, model.forward_features(x).detach()) < TOL
 
 
 @needs_onednn
@@ -126,9 +109,9 @@ def test_fused_conv_sums_into_the_shortcut_in_place(groups):
     with torch.no_grad():
         target = shortcut.clone()
         got = conv(x, add=target, add_in_place=True)
-        assert _rel(got, expected) < TOL
+        assert max_rel_diff(got, expected) < TOL
         assert (got.data_ptr() == target.data_ptr()) == (groups == 1)
-        assert _rel(conv(x, add=shortcut), expected) < TOL
+        assert max_rel_diff(conv(x, add=shortcut), expected) < TOL
     assert torch.equal(shortcut, before)  # not in place: the shortcut is left as it was
 
 
@@ -147,13 +130,13 @@ def test_torchvision_peer_matches_plain():
     from torchvision.models.video.resnet import BasicBlock, BasicStem, Conv3DSimple, VideoResNet
 
     # r3d_18's structure with one block per stage (faster to build)
-    model = _randomize_bn(VideoResNet(BasicBlock, [Conv3DSimple] * 4, [1, 1, 1, 1], BasicStem, num_classes=5))
+    model = randomize_bn(VideoResNet(BasicBlock, [Conv3DSimple] * 4, [1, 1, 1, 1], BasicStem, num_classes=5)).eval()
     x = torch.randn(1, 3, 2, 32, 32)
     fast = optimize_for_inference(model, x, check=True)
     # Conv -> BN [-> ReLU] sequences (the stem, the blocks' convolutions) are fused; the residual sums stay eager
     assert isinstance(fast.stem, FusedConv) and isinstance(fast.layer2[0].conv1, FusedConv)
     with torch.no_grad():
-        assert _rel(fast(x), model(x)) < TOL
+        assert max_rel_diff(fast(x), model(x)) < TOL
 
 
 @pytest.mark.slow  # Inductor compiles C++ kernels: 30-80 s on a busy 2-core machine
@@ -163,7 +146,7 @@ def test_compile_mode_matches_plain_and_reports_its_compile_time():
     fast = optimize_for_inference(model, x, mode="compile")
     assert fast.fastpath_info.compile_s > 0
     with torch.inference_mode():
-        assert _rel(fast(x), model(x)) < TOL
+        assert max_rel_diff(fast(x), model(x)) < TOL
 
 
 def test_unknown_mode_and_fused_on_other_dtypes_are_refused():
@@ -191,7 +174,7 @@ def test_channels_last_training_step_matches_plain(name, shape):
         optimizer.step()
         outputs.append((loss.detach(), grads, [p.detach().clone() for p in model.parameters()]))
     (loss_a, grads_a, params_a), (loss_b, grads_b, params_b) = outputs
-    assert _rel(loss_b, loss_a) < TOL
+    assert max_rel_diff(loss_b, loss_a) < TOL
     # Gradients agree less tightly, for two reasons that are not ours: ReLU makes them discontinuous (an entry
     # within float32 rounding of 0 can fall on the other side when a sum is taken in another order; plain fp32
     # against fp64 shows the same), and PyTorch's channels-last training BN normalises with ~20x the rounding
@@ -199,7 +182,7 @@ def test_channels_last_training_step_matches_plain(name, shape):
     # 6e-4 to 8e-3 (plain fp32 against fp64: up to 3e-3); the loss and the updated weights agree to 1e-4.
     flat_a, flat_b = torch.cat([g.flatten() for g in grads_a]), torch.cat([g.flatten() for g in grads_b])
     assert float((flat_b - flat_a).norm() / flat_a.norm()) < 2e-2
-    assert _rel(torch.cat([p.flatten() for p in params_b]), torch.cat([p.flatten() for p in params_a])) < TOL
+    assert max_rel_diff(torch.cat([p.flatten() for p in params_b]), torch.cat([p.flatten() for p in params_a])) < TOL
     assert fast.conv2.B02.conv_m1.conv.weight.is_contiguous(memory_format=torch.channels_last_3d) or name == "mfnet2d"
     # BN running statistics were updated identically
     assert torch.allclose(fast.tail.bn.running_mean, plain.tail.bn.running_mean, rtol=TOL, atol=1e-6)
@@ -214,11 +197,11 @@ def test_autocast_is_never_used_on_cpu():
 @pytest.mark.parametrize("name", mfnet.list_models())
 def test_every_registered_model_matches_plain(name):
     """The default fast path on every family (mf_mobilenet_v2 has a depthwise conv inside its fiber units)."""
-    model = _randomize_bn(mfnet.create_model(name, num_classes=10))
+    model = randomize_bn(mfnet.create_model(name, num_classes=10)).eval()
     x = torch.randn((1, 3, 4, 64, 64) if model.input_ndim == 5 else (1, 3, 64, 64))
     fast = optimize_for_inference(model, x)
     with torch.no_grad():
-        assert _rel(fast(x), model(x)) < TOL
+        assert max_rel_diff(fast(x), model(x)) < TOL
 
 
 def test_memory_format_follows_the_device_and_the_model():
@@ -240,7 +223,8 @@ def test_memory_format_follows_the_device_and_the_model():
 def test_the_copy_moves_to_the_example_device() -> None:
     """A model loaded on the CPU with an example on the GPU: the fast copy runs on the GPU (``Predictor`` relies on
     it), in NCDHW for MF-Net, and matches the model in fp32; the original stays on the CPU."""
-    model = _randomize_bn(mfnet.create_model("mfnet3d", num_classes=5, widths=(96, 192, 96, 96), depths=(1, 2, 1, 1)))
+    model = mfnet.create_model("mfnet3d", num_classes=5, widths=(96, 192, 96, 96), depths=(1, 2, 1, 1))
+    model = randomize_bn(model).eval()
     x = torch.randn(2, 3, 4, 64, 64, device="cuda")
     previous = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False

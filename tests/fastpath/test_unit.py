@@ -16,6 +16,7 @@ from mfnet.fastpath.fused import FusedConv
 from mfnet.fastpath.unit import FUSED, KERNEL, REFERENCE, TRAINING, FiberBackend, InferencePlan, StemBackend
 from mfnet.models.fiber import MultiFiberUnit
 from mfnet.models.layers import ConvBnAct
+from numerics import max_rel_diff, randomize_bn
 
 CL3D = torch.channels_last_3d
 TOL = 1e-4
@@ -37,20 +38,7 @@ SIZES = [(1, 4, 6, 28), (2, 3, 5, 27), (1, 4, 7, 13)]
 def _unit(name: str, seed: int = 0) -> MultiFiberUnit:
     torch.manual_seed(seed)
     unit = MultiFiberUnit(kernel_m1=3, kernel_m2=(1, 3, 3), fibers=16, **UNITS[name])
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in unit.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
-    return unit
-
-
-def _rel(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((got.detach() - expected.detach()).abs().max() / expected.detach().abs().max().clamp_min(1e-12))
+    return randomize_bn(unit, seed)
 
 
 def _inference_unit(unit: MultiFiberUnit, *, use_kernels: bool) -> MultiFiberUnit:
@@ -78,7 +66,7 @@ def test_fused_backend_matches_the_unit(name: str) -> None:
         for size in SIZES:
             x = _input(name, size)
             assert _selected(fast, x) == FUSED
-            assert _rel(fast(x), unit(x)) < TOL
+            assert max_rel_diff(fast(x), unit(x)) < TOL
 
 
 @pytest.mark.kernel
@@ -103,7 +91,7 @@ def test_kernel_backend_matches_the_unit(name: str, avx512: bool, winograd: bool
                 assert backend in (KERNEL, FUSED)
                 if size[-1] >= 28:
                     assert backend == KERNEL
-                assert _rel(fast(x), unit(x)) < TOL, (size, backend)
+                assert max_rel_diff(fast(x), unit(x)) < TOL, (size, backend)
     finally:
         native.set_avx512()
         native.set_winograd()
@@ -120,15 +108,15 @@ def test_training_backend_matches_the_unit_forward_and_backward(name: str, size:
     got_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
     assert _selected(fast, got_x) == TRAINING
     got, expected = fast(got_x), unit(ref_x)
-    assert _rel(got, expected) < TOL
+    assert max_rel_diff(got, expected) < TOL
     grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2))
     got.backward(grad)
     expected.backward(grad)
-    assert _rel(got_x.grad, ref_x.grad) < TOL
+    assert max_rel_diff(got_x.grad, ref_x.grad) < TOL
     for (key, p_ref), p_fast in zip(unit.named_parameters(), fast.parameters(), strict=True):
-        assert _rel(p_fast.grad, p_ref.grad) < 1e-3, key  # sums over many positions: more rounding
+        assert max_rel_diff(p_fast.grad, p_ref.grad) < 1e-3, key  # sums over many positions: more rounding
     for (key, b_ref), b_fast in zip(unit.named_buffers(), fast.buffers(), strict=True):
-        assert _rel(b_fast.float(), b_ref.float()) < 1e-5, key
+        assert max_rel_diff(b_fast.float(), b_ref.float()) < 1e-5, key
 
 
 def test_reference_backend_for_what_no_other_runs() -> None:
@@ -192,7 +180,7 @@ def test_prepare_and_optimize_compose_in_any_order_and_number() -> None:
     assert _count(again) == (5, 5)
     with torch.no_grad():
         for fast in (once, twice, prepared_then_optimized, again):
-            assert _rel(fast(x), expected) < TOL
+            assert max_rel_diff(fast(x), expected) < TOL
 
 
 def test_prepare_for_training_replaces_no_module_and_keeps_hooks_and_keys() -> None:

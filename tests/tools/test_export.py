@@ -20,28 +20,16 @@ from mfnet.tools.export import (
     inference_model,
     verify_export,
 )
+from numerics import randomize_bn
 
 SMALL = {"depths": (1, 2, 1, 1), "widths": (32, 32, 64, 64)}
 SHAPE = (1, 3, 8, 64, 64)
 
 
-def _randomise_batchnorms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Running statistics and affine parameters far from their initial values, so folding has work to do."""
-    generator = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=generator) * 0.6 - 0.3)
-    return model
-
-
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
     torch.manual_seed(0)
-    return _randomise_batchnorms(mfnet.create_model("mfnet3d", num_classes=5, **SMALL)).eval()
+    return randomize_bn(mfnet.create_model("mfnet3d", num_classes=5, **SMALL)).eval()
 
 
 def test_fold_batchnorm_pairs_and_equivalence(model: nn.Module) -> None:
@@ -99,7 +87,7 @@ def test_torch_export_round_trip(model: nn.Module, tmp_path: Path) -> None:
     with torch.no_grad():
         assert (program.module()(x) - model(x)).abs().max() < 1e-4
     # A different model is caught by the verification.
-    other = _randomise_batchnorms(mfnet.create_model("mfnet3d", num_classes=5, **SMALL), seed=3).eval()
+    other = randomize_bn(mfnet.create_model("mfnet3d", num_classes=5, **SMALL), seed=3).eval()
     assert verify_export(result.path, other, input_shape=SHAPE) > 1e-3
 
 

@@ -35,6 +35,22 @@ def pool_layer(dim: int) -> type[nn.MaxPool2d] | type[nn.MaxPool3d]:
     return {2: nn.MaxPool2d, 3: nn.MaxPool3d}[dim]
 
 
+def same_conv(
+    in_channels: int, out_channels: int, kernel_size: Size, *, stride: Size = 1, groups: int = 1, dim: int = 3
+) -> nn.Conv2d | nn.Conv3d:
+    """A convolution without bias whose padding (``kernel // 2``) keeps the size for odd kernels before the stride."""
+    kernel = as_tuple(kernel_size, dim)
+    padding = tuple(k // 2 for k in kernel)
+    return conv_layer(dim)(
+        in_channels, out_channels, kernel, stride=as_tuple(stride, dim), padding=padding, groups=groups, bias=False
+    )
+
+
+def activation(act_layer: type[nn.Module]) -> nn.Module:
+    """``act_layer()``, in place where it is ``nn.ReLU``."""
+    return act_layer(inplace=True) if act_layer is nn.ReLU else act_layer()
+
+
 class BnActConv(nn.Module):
     """Pre-activation convolution: ``BN -> ReLU -> Conv`` (no bias), in 2D or 3D.
 
@@ -54,19 +70,10 @@ class BnActConv(nn.Module):
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
-        kernel = as_tuple(kernel_size, dim)
         # NOTE: the attribute names `bn` and `conv` match the authors' released checkpoints.
         self.bn = norm_layer(dim)(in_channels)
-        self.relu = act_layer(inplace=True) if act_layer is nn.ReLU else act_layer()
-        self.conv = conv_layer(dim)(
-            in_channels,
-            out_channels,
-            kernel,
-            stride=as_tuple(stride, dim),
-            padding=tuple(k // 2 for k in kernel),
-            groups=groups,
-            bias=False,
-        )
+        self.relu = activation(act_layer)
+        self.conv = same_conv(in_channels, out_channels, kernel_size, stride=stride, groups=groups, dim=dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.relu(self.bn(x)))
@@ -96,18 +103,10 @@ class ConvBnAct(nn.Sequential):
         act_layer: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
-        kernel = as_tuple(kernel_size, dim)
         # NOTE: the child names make the authors' keys `conv1.conv.*` and `conv1.bn.*`.
-        self.conv = conv_layer(dim)(
-            in_channels,
-            out_channels,
-            kernel,
-            stride=as_tuple(stride, dim),
-            padding=tuple(k // 2 for k in kernel),
-            bias=False,
-        )
+        self.conv = same_conv(in_channels, out_channels, kernel_size, stride=stride, dim=dim)
         self.bn = norm_layer(dim)(out_channels)
-        self.relu = act_layer(inplace=True) if act_layer is nn.ReLU else act_layer()
+        self.relu = activation(act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend is not None:

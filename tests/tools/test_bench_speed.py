@@ -92,10 +92,13 @@ def test_user_order_summary_checks_the_targets_and_the_import_order() -> None:
     spec.loader.exec_module(module)
     infer = {"mfnet3d": [0.15, 0.16, 0.17], "r3d_18": [0.42] * 3, "onnxruntime": [0.20] * 3}
     lines = module.summarize(
-        {"torch": {"infer": infer, "train": {"mfnet3d": [1.5], "r3d_18": [9.0]}}, "mfnet": {"infer": infer}}
+        {"torch": {"infer": infer, "train": {"mfnet3d": [1.5], "r3d_18": [9.0]}}, "mfnet": {"infer": infer}},
+        {"torch": 2.1e-7, "mfnet": 3e-4},
     )
     text = "\n".join(lines)
     assert "torch first, inference: mfnet3d@224 vs r3d_18: 2.62x (target 2.5x: met)" in text
     assert "torch first, inference: mfnet3d@224 vs onnxruntime: 1.25x (target 1.5x: NOT met)" in text
     assert "torch first, training step: mfnet3d 1500 ms, 6.00x faster than r3d_18" in text
     assert "mfnet first vs torch first, infer vs r3d_18: +0.0% (within 5%)" in text
+    assert "torch first: fast path against the plain model, 2.1e-07 relative (1e-4: met)" in text
+    assert "mfnet first: fast path against the plain model, 3.0e-04 relative (1e-4: NOT met)" in text
